@@ -1,0 +1,1 @@
+"""Pallas kernels for TPU and GPU, one folder per op. Imports only jax."""
