@@ -1,0 +1,132 @@
+"""Softmax attention token mixer with rotary positions, grouped-query heads, an optional
+sliding window and a key/value cache as its state.
+
+"Attention Is All You Need" (Vaswani et al., 2017); rotary positions from RoFormer (Su et
+al., 2021); grouped-query heads from GQA (Ainslie et al., 2023).
+
+    o_t = Σ_{s ≤ t, t - s < window, seg(s) = seg(t)} softmax_s(q_t·k_s / √K) v_s
+
+The state holds the last ``cache_length`` keys and values in time order with their
+positions and segment ids (empty slots have position -1), the next position and the current
+segment id, so a sequence fed in pieces, or one token at a time, equals the whole. Without
+a window the cache must hold every token of the context (``cache_length``); with a window it
+only needs the last ``window`` tokens.
+"""
+
+import jax.numpy as jnp
+from flax import nnx
+
+from seqjax.layers.registry import register
+from seqjax.ops.attention import rotary_embedding, softmax_attention
+from seqjax.typing import Array, PyTree
+
+
+@register("attention")
+class Attention(nnx.Module):
+    """Multi-head causal softmax attention; see the module docstring. x: [B, T, D]."""
+
+    def __init__(
+        self,
+        d_model: int,
+        *,
+        rngs: nnx.Rngs,
+        num_heads: int = 4,
+        num_kv_heads: int | None = None,
+        head_dim: int | None = None,
+        window: int | None = None,
+        cache_length: int = 2048,
+        rotary_base: float = 10_000.0,
+        implementation: str | None = None,
+    ):
+        num_kv_heads = num_kv_heads or num_heads
+        head_dim = head_dim or d_model // num_heads
+        if num_heads % num_kv_heads:
+            raise ValueError(
+                f"num_heads ({num_heads}) must be a multiple of num_kv_heads ({num_kv_heads})"
+            )
+        if head_dim % 2:
+            raise ValueError(f"head_dim must be even for rotary positions, got {head_dim}")
+        if window is not None and window < 1:
+            raise ValueError(f"window must be a positive number of tokens or None, got {window}")
+        self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
+        self.window = window
+        self.cache_length = min(cache_length, window) if window else cache_length
+        self.rotary_base = rotary_base
+        self.implementation = implementation
+        self.query = nnx.Linear(d_model, num_heads * head_dim, use_bias=False, rngs=rngs)
+        self.key_value = nnx.Linear(d_model, 2 * num_kv_heads * head_dim, use_bias=False, rngs=rngs)
+        self.output = nnx.Linear(num_heads * head_dim, d_model, use_bias=False, rngs=rngs)
+
+    @property
+    def context_limit(self) -> int | None:
+        """How many tokens a sequence may have in all before the cache drops the oldest."""
+        return None if self.window else self.cache_length
+
+    def init_state(self, batch_size: int) -> PyTree:
+        cache_shape = (batch_size, self.cache_length, self.num_kv_heads, self.head_dim)
+        return {
+            "keys": jnp.zeros(cache_shape, jnp.float32),
+            "values": jnp.zeros(cache_shape, jnp.float32),
+            "positions": jnp.full((batch_size, self.cache_length), -1, jnp.int32),
+            "segment_ids": jnp.zeros((batch_size, self.cache_length), jnp.int32),
+            "next_position": jnp.zeros((batch_size,), jnp.int32),
+            "segment_id": jnp.zeros((batch_size,), jnp.int32),
+        }
+
+    def __call__(
+        self, x: Array, *, state: PyTree | None = None, segment_starts: Array | None = None
+    ) -> tuple[Array, PyTree]:
+        batch, length, _ = x.shape
+        cache = self.init_state(batch) if state is None else state
+        positions = cache["next_position"][:, None] + jnp.arange(length, dtype=jnp.int32)
+        starts = (
+            jnp.zeros((batch, length), jnp.int32)
+            if segment_starts is None
+            else segment_starts.astype(jnp.int32)
+        )
+        segment_ids = cache["segment_id"][:, None] + jnp.cumsum(starts, axis=1)
+
+        queries = self.query(x).reshape(batch, length, self.num_heads, self.head_dim)
+        keys, values = jnp.split(
+            self.key_value(x).reshape(batch, length, 2 * self.num_kv_heads, self.head_dim),
+            2,
+            axis=2,
+        )
+        queries = rotary_embedding(queries, positions, base=self.rotary_base)
+        keys = rotary_embedding(keys, positions, base=self.rotary_base)
+
+        all_keys = jnp.concatenate([cache["keys"].astype(keys.dtype), keys], axis=1)
+        all_values = jnp.concatenate([cache["values"].astype(values.dtype), values], axis=1)
+        all_positions = jnp.concatenate([cache["positions"], positions], axis=1)
+        all_segment_ids = jnp.concatenate([cache["segment_ids"], segment_ids], axis=1)
+        uses_segments = state is not None or segment_starts is not None
+        if state is None:
+            # A fresh cache is empty: attend to the new tokens only.
+            attend_keys, attend_values = keys, values
+            attend_positions, attend_segment_ids = positions, segment_ids
+        else:
+            attend_keys, attend_values = all_keys, all_values
+            attend_positions, attend_segment_ids = all_positions, all_segment_ids
+        attended = softmax_attention(
+            queries,
+            attend_keys,
+            attend_values,
+            q_positions=positions,
+            kv_positions=attend_positions,
+            q_segment_ids=segment_ids if uses_segments else None,
+            kv_segment_ids=attend_segment_ids if uses_segments else None,
+            causal=True,
+            window=self.window,
+            implementation=self.implementation,
+        )
+        output = self.output(attended.reshape(batch, length, self.num_heads * self.head_dim))
+
+        new_state = {
+            "keys": all_keys[:, -self.cache_length :].astype(jnp.float32),
+            "values": all_values[:, -self.cache_length :].astype(jnp.float32),
+            "positions": all_positions[:, -self.cache_length :],
+            "segment_ids": all_segment_ids[:, -self.cache_length :],
+            "next_position": positions[:, -1] + 1,
+            "segment_id": segment_ids[:, -1],
+        }
+        return output, new_state

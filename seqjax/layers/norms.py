@@ -1,0 +1,58 @@
+"""Normalization layers, computed in float32 and returned in the input dtype."""
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from seqjax.typing import Array
+
+
+def rms_normalize(x: Array, scale: Array, epsilon: float) -> Array:
+    """x / sqrt(mean(x²) + ε) ⊙ scale over the last axis (Zhang & Sennrich, 2019)."""
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + epsilon)
+    return (normed * scale).astype(x.dtype)
+
+
+def layer_normalize(x: Array, scale: Array, bias: Array, epsilon: float) -> Array:
+    """(x - mean) / sqrt(var + ε) ⊙ scale + bias over the last axis (Ba et al., 2016)."""
+    x32 = x.astype(jnp.float32)
+    mean = jnp.mean(x32, axis=-1, keepdims=True)
+    variance = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+    normed = (x32 - mean) * jax.lax.rsqrt(variance + epsilon)
+    return (normed * scale + bias).astype(x.dtype)
+
+
+class RMSNorm(nnx.Module):
+    """Root-mean-square norm with a learned scale, over the last axis [..., D]."""
+
+    def __init__(self, dim: int, *, epsilon: float = 1e-6, rngs: nnx.Rngs | None = None):
+        del rngs
+        self.scale = nnx.Param(jnp.ones((dim,), jnp.float32))
+        self.epsilon = epsilon
+
+    def __call__(self, x: Array) -> Array:
+        return rms_normalize(x, self.scale[...], self.epsilon)
+
+
+class LayerNorm(nnx.Module):
+    """Layer norm with a learned scale and bias, over the last axis [..., D]."""
+
+    def __init__(self, dim: int, *, epsilon: float = 1e-5, rngs: nnx.Rngs | None = None):
+        del rngs
+        self.scale = nnx.Param(jnp.ones((dim,), jnp.float32))
+        self.bias = nnx.Param(jnp.zeros((dim,), jnp.float32))
+        self.epsilon = epsilon
+
+    def __call__(self, x: Array) -> Array:
+        return layer_normalize(x, self.scale[...], self.bias[...], self.epsilon)
+
+
+NORMS = {"rms": RMSNorm, "layer": LayerNorm}
+
+
+def create_norm(kind: str, dim: int) -> nnx.Module:
+    """A norm by name: ``"rms"`` or ``"layer"``."""
+    if kind not in NORMS:
+        raise ValueError(f"unknown norm {kind!r}; expected one of {', '.join(NORMS)}")
+    return NORMS[kind](dim)

@@ -1,0 +1,191 @@
+"""The residual backbone shared by every model, and its heads.
+
+    x = embed(inputs)
+    for each block:  x = x + mixer(norm(x));  x = x + mlp(norm(x))
+    y = head(norm(x))
+
+The mixer of block i is ``pattern[i % len(pattern)]``, so hybrids such as Griffin's
+(rg_lru, rg_lru, local_attention) are configuration. Models take and return the stacked
+state (a tuple with one mixer state per block), so decoding is the same ``__call__`` with
+T = 1 after a parallel prefill.
+"""
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax.numpy as jnp
+from flax import nnx
+
+from seqjax import layers
+from seqjax.layers.embeddings import InputProjection, TokenEmbedding
+from seqjax.layers.mlp import GatedMLP
+from seqjax.layers.norms import create_norm
+from seqjax.typing import Array, PyTree
+
+
+def parse_pattern(pattern: str | Sequence[str]) -> tuple[str, ...]:
+    """``"gru"`` or ``"rg_lru,rg_lru,attention"`` (or a sequence) -> validated mixer names."""
+    names = tuple(pattern.split(",")) if isinstance(pattern, str) else tuple(pattern)
+    names = tuple(name.strip() for name in names)
+    if not names or any(not name for name in names):
+        raise ValueError(f"mixer pattern must name at least one mixer, got {pattern!r}")
+    for name in names:
+        layers.mixer_class(name)  # raises with the list of known mixers
+    return names
+
+
+class Block(nnx.Module):
+    """Pre-norm residual block: token mixer, then (if ``mlp_expansion`` > 0) a gated MLP."""
+
+    def __init__(
+        self,
+        mixer: str,
+        d_model: int,
+        *,
+        mixer_options: Mapping[str, Any],
+        mlp_expansion: int,
+        norm: str,
+        rngs: nnx.Rngs,
+    ):
+        self.mixer_norm = create_norm(norm, d_model)
+        self.mixer = layers.create(mixer, d_model=d_model, rngs=rngs, **mixer_options)
+        if mlp_expansion:
+            self.mlp_norm = create_norm(norm, d_model)
+            self.mlp = GatedMLP(d_model, mlp_expansion * d_model, rngs=rngs)
+        else:
+            self.mlp_norm = self.mlp = None
+
+    def __call__(
+        self, x: Array, *, state: PyTree | None = None, segment_starts: Array | None = None
+    ) -> tuple[Array, PyTree]:
+        mixed, new_state = self.mixer(
+            self.mixer_norm(x), state=state, segment_starts=segment_starts
+        )
+        x = x + mixed
+        if self.mlp is not None:
+            x = x + self.mlp(self.mlp_norm(x))
+        return x, new_state
+
+    def init_state(self, batch_size: int) -> PyTree:
+        return self.mixer.init_state(batch_size)
+
+
+class Backbone(nnx.Module):
+    """Embedding (token ids [B, T]) or projection (features [B, T, F]) -> blocks -> norm.
+
+    Returns hidden states [B, T, D] and the stacked state.
+    """
+
+    def __init__(
+        self,
+        *,
+        d_model: int,
+        num_layers: int,
+        pattern: str | Sequence[str],
+        rngs: nnx.Rngs,
+        vocab_size: int | None = None,
+        input_dim: int | None = None,
+        mixer_options: Mapping[str, Mapping[str, Any]] | None = None,
+        mlp_expansion: int = 4,
+        norm: str = "rms",
+    ):
+        if (vocab_size is None) == (input_dim is None):
+            raise ValueError("give exactly one of vocab_size (token inputs) or input_dim")
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be at least 1, got {num_layers}")
+        self.d_model = d_model
+        self.pattern = parse_pattern(pattern)
+        mixer_options = dict(mixer_options or {})
+        unknown = sorted(set(mixer_options) - set(layers.available()))
+        if unknown:
+            raise ValueError(
+                f"mixer_options has entries for unknown mixer(s) {', '.join(unknown)}; "
+                f"available mixers: {', '.join(layers.available())}"
+            )
+        self.embed = (
+            TokenEmbedding(vocab_size, d_model, rngs=rngs)
+            if vocab_size is not None
+            else InputProjection(input_dim, d_model, rngs=rngs)
+        )
+        self.blocks = nnx.List(
+            [
+                Block(
+                    self.pattern[i % len(self.pattern)],
+                    d_model,
+                    mixer_options=dict(mixer_options.get(self.pattern[i % len(self.pattern)], {})),
+                    mlp_expansion=mlp_expansion,
+                    norm=norm,
+                    rngs=rngs,
+                )
+                for i in range(num_layers)
+            ]
+        )
+        self.final_norm = create_norm(norm, d_model)
+
+    def __call__(
+        self, inputs: Array, *, state: PyTree | None = None, segment_starts: Array | None = None
+    ) -> tuple[Array, tuple[PyTree, ...]]:
+        states = (None,) * len(self.blocks) if state is None else state
+        if len(states) != len(self.blocks):
+            raise ValueError(f"state must hold {len(self.blocks)} block states, got {len(states)}")
+        x = self.embed(inputs)
+        new_states = []
+        for block, block_state in zip(self.blocks, states, strict=True):
+            x, new_state = block(x, state=block_state, segment_starts=segment_starts)
+            new_states.append(new_state)
+        return self.final_norm(x), tuple(new_states)
+
+    def init_state(self, batch_size: int) -> tuple[PyTree, ...]:
+        return tuple(block.init_state(batch_size) for block in self.blocks)
+
+    @property
+    def context_limit(self) -> int | None:
+        """The longest context every mixer's state can hold, or None if unbounded."""
+        limits = [getattr(block.mixer, "context_limit", None) for block in self.blocks]
+        limits = [limit for limit in limits if limit is not None]
+        return min(limits) if limits else None
+
+
+class LanguageModel(nnx.Module):
+    """Backbone with a next-token head: token ids [B, T] -> logits [B, T, vocab_size]."""
+
+    def __init__(self, backbone: Backbone, vocab_size: int, *, rngs: nnx.Rngs):
+        self.backbone = backbone
+        self.vocab_size = vocab_size
+        self.head = nnx.Linear(backbone.d_model, vocab_size, rngs=rngs)
+
+    def __call__(
+        self, tokens: Array, *, state: PyTree | None = None, segment_starts: Array | None = None
+    ) -> tuple[Array, tuple[PyTree, ...]]:
+        hidden, new_state = self.backbone(tokens, state=state, segment_starts=segment_starts)
+        return self.head(hidden).astype(jnp.float32), new_state
+
+    def init_state(self, batch_size: int) -> tuple[PyTree, ...]:
+        return self.backbone.init_state(batch_size)
+
+
+class Classifier(nnx.Module):
+    """Backbone with a sequence-level head: inputs [B, T(, F)] -> logits [B, num_classes].
+
+    ``pooling="last"`` reads the last position (works when streaming with a state);
+    ``"mean"`` averages over all positions.
+    """
+
+    def __init__(
+        self, backbone: Backbone, num_classes: int, *, pooling: str = "last", rngs: nnx.Rngs
+    ):
+        if pooling not in ("last", "mean"):
+            raise ValueError(f"pooling must be 'last' or 'mean', got {pooling!r}")
+        self.backbone = backbone
+        self.pooling = pooling
+        self.head = nnx.Linear(backbone.d_model, num_classes, rngs=rngs)
+
+    def __call__(
+        self, inputs: Array, *, state: PyTree | None = None, segment_starts: Array | None = None
+    ) -> tuple[Array, tuple[PyTree, ...]]:
+        hidden, new_state = self.backbone(inputs, state=state, segment_starts=segment_starts)
+        pooled = hidden[:, -1] if self.pooling == "last" else jnp.mean(hidden, axis=1)
+        return self.head(pooled).astype(jnp.float32), new_state
+
+    def init_state(self, batch_size: int) -> tuple[PyTree, ...]:
+        return self.backbone.init_state(batch_size)

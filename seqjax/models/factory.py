@@ -1,0 +1,54 @@
+"""Builds a model from the ``model`` section of a config.
+
+model.mixer          "gru", or a comma-separated pattern "rg_lru,rg_lru,attention"
+model.num_layers     blocks; block i uses pattern[i % len(pattern)]
+model.d_model        width D
+model.mlp_expansion  gated MLP width as a multiple of D (0: no MLP)
+model.norm           "rms" or "layer"
+model.mixers.<name>  options for mixer <name>, passed to its constructor
+model.pooling        "last" or "mean", for classifiers
+"""
+
+from collections.abc import Mapping
+from typing import Any
+
+from flax import nnx
+
+from seqjax.models.backbone import Backbone, Classifier, LanguageModel
+
+MODEL_KEYS = ("mixer", "num_layers", "d_model", "mlp_expansion", "norm", "mixers", "pooling")
+
+
+def create_model(
+    model_config: Mapping[str, Any],
+    *,
+    rngs: nnx.Rngs,
+    vocab_size: int | None = None,
+    input_dim: int | None = None,
+    num_classes: int | None = None,
+) -> LanguageModel | Classifier:
+    """A language model over ``vocab_size`` tokens, or a classifier into ``num_classes``."""
+    unknown = sorted(set(model_config) - set(MODEL_KEYS))
+    if unknown:
+        raise ValueError(
+            f"unknown model config key(s) {', '.join(unknown)}; expected {', '.join(MODEL_KEYS)}"
+        )
+    mixers = model_config.get("mixers", {})
+    backbone = Backbone(
+        d_model=model_config["d_model"],
+        num_layers=model_config["num_layers"],
+        pattern=model_config["mixer"],
+        vocab_size=vocab_size,
+        input_dim=input_dim,
+        mixer_options={name: dict(options) for name, options in mixers.items()},
+        mlp_expansion=model_config.get("mlp_expansion", 4),
+        norm=model_config.get("norm", "rms"),
+        rngs=rngs,
+    )
+    if num_classes is not None:
+        return Classifier(
+            backbone, num_classes, pooling=model_config.get("pooling", "last"), rngs=rngs
+        )
+    if vocab_size is None:
+        raise ValueError("a language model needs vocab_size; give num_classes for a classifier")
+    return LanguageModel(backbone, vocab_size, rngs=rngs)

@@ -1,0 +1,166 @@
+"""Nonlinear recurrent cells and the one scan driver that runs them over a sequence.
+
+A cell is a pure function ``cell(weights, state, gate_inputs_t) -> (new_state, output_t)``.
+The input projection ``gate_inputs = x @ W + b`` has no recurrence, so layers compute it for
+the whole sequence at once and the cell only adds the recurrent term. ``run_cell`` scans a
+cell over ``[B, T, G]`` gate inputs with an initial state, segment resets and an optional
+reverse direction, and returns ``(outputs, final_state)`` like every op in seqjax.
+
+States and gate arithmetic are float32 whatever the input dtype.
+
+Cells:
+    elman:  h_t = tanh(u_t + R h_{t-1})                                   (Elman, 1990)
+    lstm:   c_t = f_t ⊙ c_{t-1} + i_t ⊙ z_t,  h_t = o_t ⊙ tanh(c_t)      (Hochreiter &
+            Schmidhuber, 1997; forget gate: Gers et al., 2000), with the variants of
+            "LSTM: A Search Space Odyssey" (Greff et al., 2017): peepholes, a coupled
+            input-forget gate (f_t = 1 - i_t) and no forget gate (f_t = 1).
+    gru:    h_t = (1 - u_t) ⊙ h_{t-1} + u_t ⊙ n_t                         (Cho et al., 2014)
+"""
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from seqjax.typing import Array, PyTree
+
+Cell = Callable[[PyTree, Array], tuple[PyTree, Array]]
+
+
+def run_cell(
+    cell: Cell,
+    gate_inputs: Array,
+    initial_state: PyTree,
+    *,
+    segment_starts: Array | None = None,
+    reverse: bool = False,
+) -> tuple[Array, PyTree]:
+    """Scans ``cell`` over the time axis of ``gate_inputs`` [B, T, G].
+
+    ``initial_state`` is a pytree of [B, ...] arrays. Where ``segment_starts`` [B, T] is
+    true the state is reset to zero before that token (with ``reverse=True``: the state
+    carried from position p into p - 1 is dropped when p starts a segment).
+    Returns ``(outputs [B, T, ...], final_state)``.
+    """
+    if gate_inputs.ndim != 3:
+        raise ValueError(f"gate_inputs must be [B, T, G], got shape {gate_inputs.shape}")
+    batch, length = gate_inputs.shape[:2]
+    if segment_starts is None:
+        resets = jnp.zeros((batch, length), bool)
+    else:
+        if segment_starts.shape != (batch, length):
+            raise ValueError(
+                f"segment_starts must be [B, T] = {(batch, length)}, got {segment_starts.shape}"
+            )
+        resets = segment_starts.astype(bool)
+        if reverse:
+            # Position p receives the state of p + 1, which is dropped when p + 1 starts.
+            resets = jnp.concatenate([resets[:, 1:], jnp.zeros((batch, 1), bool)], axis=1)
+
+    def step(state, inputs):
+        gate_input, reset = inputs
+        state = jax.tree.map(lambda s: jnp.where(reset[:, None], 0, s), state)
+        return cell(state, gate_input)
+
+    time_major = (jnp.swapaxes(gate_inputs, 0, 1), jnp.swapaxes(resets, 0, 1))
+    final_state, outputs = jax.lax.scan(step, initial_state, time_major, reverse=reverse)
+    return jnp.swapaxes(outputs, 0, 1), final_state
+
+
+def _at_least_float32(x: Array) -> Array:
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+def elman_cell(recurrent_kernel: Array, state: Array, gate_input: Array) -> tuple[Array, Array]:
+    """h_t = tanh(u_t + R h_{t-1}); ``recurrent_kernel`` R is [N, N], state h is [B, N]."""
+    hidden = jnp.tanh(_at_least_float32(gate_input) + state @ recurrent_kernel)
+    return hidden, hidden
+
+
+class LSTMState(NamedTuple):
+    hidden: Array  # h [B, N]
+    cell: Array  # c [B, N]
+
+
+class LSTMWeights(NamedTuple):
+    recurrent_kernel: Array  # R [N, num_lstm_gates * N], gates in the order of lstm_gate_names
+    peepholes: Array | None  # [num_lstm_gates - 1, N]: the input, forget (if any), output gates
+
+
+def lstm_gate_names(*, coupled_input_forget: bool, forget_gate: bool) -> tuple[str, ...]:
+    """The gates whose pre-activations an LSTM variant needs, in gate-input order."""
+    if coupled_input_forget and not forget_gate:
+        raise ValueError(
+            "coupled_input_forget=True needs forget_gate=True (the forget gate is 1 - input)"
+        )
+    has_forget_input = forget_gate and not coupled_input_forget
+    return ("cell_input", "input", *(("forget",) if has_forget_input else ()), "output")
+
+
+def lstm_cell(
+    weights: LSTMWeights,
+    state: LSTMState,
+    gate_input: Array,
+    *,
+    coupled_input_forget: bool = False,
+    forget_gate: bool = True,
+) -> tuple[LSTMState, Array]:
+    """One LSTM step (Greff et al., 2017, vanilla LSTM and its CIFG / NFG / peephole variants).
+
+        z = tanh(·), i = σ(· + p_i ⊙ c_{t-1}), f = σ(· + p_f ⊙ c_{t-1}) | 1 - i | 1,
+        c_t = f ⊙ c_{t-1} + i ⊙ z,  o = σ(· + p_o ⊙ c_t),  h_t = o ⊙ tanh(c_t)
+
+    where · is the gate input plus R h_{t-1}. ``gate_input`` is [B, num_gates * N].
+    """
+    names = lstm_gate_names(coupled_input_forget=coupled_input_forget, forget_gate=forget_gate)
+    pre = _at_least_float32(gate_input) + state.hidden @ weights.recurrent_kernel
+    gates = dict(zip(names, jnp.split(pre, len(names), axis=-1), strict=True))
+    peep = (
+        dict(zip(names[1:], weights.peepholes, strict=True))
+        if weights.peepholes is not None
+        else {}
+    )
+
+    def peephole(name: str, cell: Array) -> Array:
+        return gates[name] + peep[name] * cell if name in peep else gates[name]
+
+    cell_input = jnp.tanh(gates["cell_input"])
+    input_gate = jax.nn.sigmoid(peephole("input", state.cell))
+    if coupled_input_forget:
+        forget = 1.0 - input_gate
+    elif forget_gate:
+        forget = jax.nn.sigmoid(peephole("forget", state.cell))
+    else:
+        forget = 1.0
+    cell = forget * state.cell + input_gate * cell_input
+    hidden = jax.nn.sigmoid(peephole("output", cell)) * jnp.tanh(cell)
+    return LSTMState(hidden, cell), hidden
+
+
+class GRUWeights(NamedTuple):
+    recurrent_kernel: Array  # R [N, 3N] for the reset, update and candidate gates
+    candidate_bias: Array  # b_n [N], inside the reset product (reset_after form)
+
+
+def gru_cell(
+    weights: GRUWeights, state: Array, gate_input: Array, *, reset_after: bool = True
+) -> tuple[Array, Array]:
+    """One GRU step (Cho et al., 2014). ``gate_input`` [B, 3N] holds W x + b for r, u, n.
+
+    r = σ(W_r x + R_r h),  u = σ(W_u x + R_u h),
+    n = tanh(W_n x + r ⊙ (R_n h + b_n))       (reset_after, as in cuDNN)
+      | tanh(W_n x + R_n (r ⊙ h) + b_n)       (the original form),
+    h_t = (1 - u) ⊙ h_{t-1} + u ⊙ n
+    """
+    gate_input = _at_least_float32(gate_input)
+    r_kernel, u_kernel, n_kernel = jnp.split(weights.recurrent_kernel, 3, axis=-1)
+    x_reset, x_update, x_candidate = jnp.split(gate_input, 3, axis=-1)
+    reset = jax.nn.sigmoid(x_reset + state @ r_kernel)
+    update = jax.nn.sigmoid(x_update + state @ u_kernel)
+    if reset_after:
+        candidate = jnp.tanh(x_candidate + reset * (state @ n_kernel + weights.candidate_bias))
+    else:
+        candidate = jnp.tanh(x_candidate + (reset * state) @ n_kernel + weights.candidate_bias)
+    hidden = (1.0 - update) * state + update * candidate
+    return hidden, hidden

@@ -1,0 +1,165 @@
+"""Experiment configs: Python files returning an ``ml_collections.ConfigDict``.
+
+``load_config("configs/mqar.py:arg", ["model.mixer=gru"])`` imports the file, calls its
+``get_config(arg)`` and applies ``key=value`` overrides, each checked against the keys and
+types the config already has, so a misspelt key fails with the keys that do exist.
+"""
+
+import ast
+import difflib
+import importlib.util
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+
+from seqjax import layers
+
+SECTIONS_THAT_MUST_MATCH_ON_RESUME = ("model", "task")
+
+
+class ConfigError(ValueError):
+    """A config file, key or value that cannot be used, with a message saying why."""
+
+
+def mixer_defaults(**overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
+    """Every registered mixer's options with their defaults, updated by ``overrides[name]``.
+
+    Putting them all in a config lets ``--config.model.mixers.<name>.<option>=...`` reach
+    any option of any mixer, and records the options a run used.
+    """
+    sections = {name: layers.default_options(name) for name in layers.available()}
+    for name, options in overrides.items():
+        if name not in sections:
+            raise ConfigError(f"unknown mixer {name!r}; available mixers: {', '.join(sections)}")
+        sections[name].update(options)
+    return ml_collections.ConfigDict(sections)
+
+
+def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+    """Loads ``path[:arg]`` and applies ``key=value`` overrides (``model.mixer=gru``)."""
+    path, _, arg = spec.partition(":")
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"config file {path!r} does not exist (expected a Python file)")
+    module_spec = importlib.util.spec_from_file_location(f"seqjax_config_{file.stem}", file)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"config file {path!r} defines no get_config() function")
+    config = module.get_config(arg) if arg else module.get_config()
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigError(f"{path}: get_config() must return an ml_collections.ConfigDict")
+    for override in overrides:
+        key, separator, value = override.partition("=")
+        if not separator:
+            raise ConfigError(f"config override {override!r} must look like key=value")
+        set_value(config, key, value)
+    return config
+
+
+def set_value(config: ml_collections.ConfigDict, dotted_key: str, text: str) -> None:
+    """Sets ``config[dotted_key]`` from command-line ``text``, parsed as the field's type."""
+    *parents, leaf = dotted_key.split(".")
+    section, walked = config, []
+    for name in [*parents, leaf]:
+        if not isinstance(section, ml_collections.ConfigDict) or name not in section:
+            where = ".".join(walked) or "the top level"
+            known = sorted(section.keys()) if isinstance(section, ml_collections.ConfigDict) else []
+            hint = difflib.get_close_matches(name, known, n=1)
+            raise ConfigError(
+                f"unknown config key {dotted_key!r}"
+                + (f" (did you mean {'.'.join([*walked, hint[0]])!r}?)" if hint else "")
+                + f"; keys at {where}: {', '.join(known) or '(none)'}"
+            )
+        if name != leaf:
+            section = section[name]
+        walked.append(name)
+    current = section[leaf]
+    if isinstance(current, ml_collections.ConfigDict):
+        raise ConfigError(f"config key {dotted_key!r} is a section; set one of its keys instead")
+    with section.ignore_type():
+        section[leaf] = _parse_like(current, text, dotted_key)
+
+
+def _parse_like(current: Any, text: str, key: str) -> Any:
+    try:
+        if isinstance(current, bool):
+            lowered = text.strip().lower()
+            if lowered not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(text)
+            return lowered in ("true", "1", "yes")
+        if isinstance(current, int):
+            return int(text)
+        if isinstance(current, float):
+            return float(text)
+        if isinstance(current, str):
+            return text
+        if isinstance(current, tuple | list):
+            value = ast.literal_eval(text)
+            return type(current)(value if isinstance(value, tuple | list) else (value,))
+    except (ValueError, SyntaxError):
+        raise ConfigError(
+            f"config key {key!r} expects a {type(current).__name__}, got {text!r}"
+        ) from None
+    # The field is None (or another type): a Python literal if it is one, else the text.
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def to_json(config: ml_collections.ConfigDict) -> str:
+    return json.dumps(config.to_dict(), indent=2, sort_keys=True)
+
+
+def from_json(text: str) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(_lists_to_tuples(json.loads(text)))
+
+
+def _lists_to_tuples(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _lists_to_tuples(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return tuple(_lists_to_tuples(v) for v in value)
+    return value
+
+
+def differences(saved: Any, current: Any, prefix: str = "") -> list[str]:
+    """Human-readable ``key: saved -> current`` lines where two config trees differ."""
+    if isinstance(saved, Mapping) and isinstance(current, Mapping):
+        lines = []
+        for key in sorted(set(saved) | set(current)):
+            path = f"{prefix}.{key}" if prefix else str(key)
+            if key not in saved:
+                lines.append(f"{path}: (absent) -> {current[key]!r}")
+            elif key not in current:
+                lines.append(f"{path}: {saved[key]!r} -> (absent)")
+            else:
+                lines += differences(saved[key], current[key], path)
+        return lines
+    return [] if saved == current else [f"{prefix}: {saved!r} -> {current!r}"]
+
+
+def resume_conflicts(saved: ml_collections.ConfigDict, current: ml_collections.ConfigDict):
+    """The differences in the sections a checkpoint depends on (model and task).
+
+    Options of mixers the pattern does not use are ignored, so registering new mixers
+    does not break old workdirs.
+    """
+    conflicts = []
+    for section in SECTIONS_THAT_MUST_MATCH_ON_RESUME:
+        old = _relevant(saved.to_dict().get(section, {}))
+        new = _relevant(current.to_dict().get(section, {}))
+        conflicts += differences(old, new, section)
+    return conflicts
+
+
+def _relevant(section: dict) -> dict:
+    if "mixers" not in section or "mixer" not in section:
+        return section
+    used = {name.strip() for name in str(section["mixer"]).split(",")}
+    mixers = {name: options for name, options in section["mixers"].items() if name in used}
+    return {**section, "mixers": mixers}
