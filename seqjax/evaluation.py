@@ -1,36 +1,16 @@
-"""Evaluation: task metrics on the held-out split, loading trained runs, generating text."""
+"""Evaluation of trained runs: load a workdir's model at a checkpoint, score its test split."""
 
 import dataclasses
-import functools
 from pathlib import Path
 
-import jax
 import ml_collections
-import numpy as np
 from flax import nnx
 
 from seqjax.data import Task, create_task
 from seqjax.models import create_model
 from seqjax.training.checkpoint import Checkpoints
-from seqjax.training.step import eval_step, summarize
+from seqjax.training.evaluate import evaluate
 from seqjax.training.workdir import CHECKPOINT_DIR, load_saved_config
-from seqjax.typing import PyTree
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _eval_step(graphdef, params, batch):
-    return eval_step(graphdef, params, batch)
-
-
-def evaluate(
-    graphdef: nnx.GraphDef, params: PyTree, task: Task, *, batch_size: int
-) -> dict[str, float]:
-    """Loss and accuracy (and bits per byte for text) over the whole test split."""
-    totals = None
-    for batch in task.test_batches(batch_size):
-        sums = _eval_step(graphdef, params, batch)
-        totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
-    return summarize(jax.device_get(totals), kind=task.kind)
 
 
 @dataclasses.dataclass
@@ -53,3 +33,6 @@ def load_run(workdir: str | Path, *, step: int | None = None) -> LoadedRun:
     params, _ = checkpoints.restore(step, params)
     checkpoints.close()
     return LoadedRun(config=config, task=task, model=nnx.merge(graphdef, params), step=step)
+
+
+__all__ = ["LoadedRun", "evaluate", "load_run"]

@@ -23,10 +23,10 @@ import ml_collections
 from flax import nnx
 
 from seqjax.data import create_task
-from seqjax.evaluation import evaluate
 from seqjax.models import create_model
 from seqjax.training import config as config_lib
 from seqjax.training.checkpoint import Checkpoints
+from seqjax.training.evaluate import evaluate
 from seqjax.training.metrics import MetricsWriter
 from seqjax.training.optimizer import create_optimizer, learning_rate_schedule
 from seqjax.training.step import TrainState, train_step
@@ -46,7 +46,7 @@ TRAINING_KEYS = (
 @dataclasses.dataclass
 class TrainResult:
     step: int  # steps completed
-    eval_metrics: dict[str, float]  # test-split metrics at ``step`` (empty if not evaluated)
+    eval_metrics: dict[str, float]  # the latest test-split metrics (empty if none were run)
     stopped_by: str | None  # the signal that stopped training early, if any
 
 
@@ -144,15 +144,24 @@ class Progress:
 
 
 def train(
-    config: ml_collections.ConfigDict, workdir: str | Path, *, interactive: bool | None = None
+    config: ml_collections.ConfigDict,
+    workdir: str | Path,
+    *,
+    interactive: bool | None = None,
+    until_step: int | None = None,
 ) -> TrainResult:
-    """Trains as ``config`` says, with everything written under ``workdir``."""
+    """Trains as ``config`` says, with everything written under ``workdir``.
+
+    ``until_step`` checkpoints and returns after that step, as a preempted job would; the
+    learning-rate schedule still follows ``config.training.num_steps``, so running again
+    continues the same run.
+    """
     check_training_config(config)
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
     training = config.training
     task = create_task(**config.task)
     model = create_model(config.model, vocab_size=task.vocab_size, rngs=nnx.Rngs(config.seed))
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
     graphdef, params = nnx.split(model)
     schedule = learning_rate_schedule(config.optimizer, training.num_steps)
     optimizer = create_optimizer(config.optimizer, training.num_steps)
@@ -182,10 +191,10 @@ def train(
         progress.message(f"eval at step {step}: {_format_metrics(metrics)}")
         return metrics
 
-    step = start
+    step, last_step = start, min(training.num_steps, until_step or training.num_steps)
     with StopSignals() as stop:
         interval_start, interval_steps = time.perf_counter(), 0
-        while step < training.num_steps and not stop.received:
+        while step < last_step and not stop.received:
             state, metrics = step_fn(state, task.train_batch(step, training.batch_size))
             step += 1
             interval_steps += 1
@@ -207,7 +216,7 @@ def train(
         if step != last_saved:
             checkpoints.save(step, state.params, state.opt_state)
         checkpoints.close()
-    if not stop.received and last_eval != step:
+    if step == training.num_steps and last_eval != step:
         eval_metrics = run_eval(step)
     progress.close()
     writer.close()

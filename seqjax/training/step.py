@@ -60,7 +60,7 @@ def train_step(
     metrics = {
         "loss": loss,
         "accuracy": sums["correct_sum"] / jnp.maximum(sums["weight_sum"], 1.0),
-        "grad_norm": optax.global_norm(grads),
+        "grad_norm": optax.tree.norm(grads),
         "learning_rate": schedule(state.step),
     }
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
