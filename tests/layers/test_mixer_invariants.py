@@ -30,6 +30,11 @@ VARIANTS = [
 CASES = [(name, SMALL_OPTIONS.get(name, {})) for name in layers.available()] + VARIANTS
 
 
+@nnx.jit
+def apply(mixer, x, state=None, segment_starts=None):
+    return mixer(x, state=state, segment_starts=segment_starts)
+
+
 def case_id(case):
     name, options = case
     return name + "".join(f"-{k}={v}" for k, v in options.items())
@@ -53,7 +58,7 @@ def assert_trees_close(actual, expected):
 
 def test_output_shape_and_state_structure(mixer_and_inputs):
     mixer, x = mixer_and_inputs
-    y, state = mixer(x)
+    y, state = apply(mixer, x)
     assert y.shape == x.shape and y.dtype == x.dtype
     assert jax.tree.structure(state) == jax.tree.structure(mixer.init_state(BATCH))
     assert np.all(np.isfinite(np.asarray(y)))
@@ -61,21 +66,20 @@ def test_output_shape_and_state_structure(mixer_and_inputs):
 
 def test_two_pieces_equal_whole(mixer_and_inputs):
     mixer, x = mixer_and_inputs
-    whole, whole_state = mixer(x)
+    whole, whole_state = apply(mixer, x)
     split = 4
-    first, state = mixer(x[:, :split])
-    second, final_state = mixer(x[:, split:], state=state)
+    first, state = apply(mixer, x[:, :split])
+    second, final_state = apply(mixer, x[:, split:], state)
     assert_trees_close(jnp.concatenate([first, second], axis=1), whole)
     assert_trees_close(final_state, whole_state)
 
 
 def test_token_by_token_equals_whole(mixer_and_inputs):
     mixer, x = mixer_and_inputs
-    whole, whole_state = mixer(x)
-    step = nnx.jit(lambda m, token, state: m(token, state=state))
+    whole, whole_state = apply(mixer, x)
     state, outputs = mixer.init_state(BATCH), []
     for t in range(LENGTH):
-        y, state = step(mixer, x[:, t : t + 1], state)
+        y, state = apply(mixer, x[:, t : t + 1], state)
         outputs.append(y)
     assert_trees_close(jnp.concatenate(outputs, axis=1), whole)
     assert_trees_close(state, whole_state)
@@ -98,9 +102,9 @@ def test_packed_batch_equals_segments_run_separately(mixer_and_inputs):
     mixer, x = mixer_and_inputs
     boundaries = (0, 3, 7)  # segments [0, 3), [3, 7), [7, 9)
     segment_starts = jnp.zeros((BATCH, LENGTH), bool).at[:, boundaries].set(True)
-    packed, packed_state = mixer(x, segment_starts=segment_starts)
+    packed, packed_state = apply(mixer, x, None, segment_starts)
     ends = (*boundaries[1:], LENGTH)
-    pieces = [mixer(x[:, start:end]) for start, end in zip(boundaries, ends, strict=True)]
+    pieces = [apply(mixer, x[:, start:end]) for start, end in zip(boundaries, ends, strict=True)]
     assert_trees_close(packed, jnp.concatenate([y for y, _ in pieces], axis=1))
     # The final state is the last segment's state (attention also keeps older keys that
     # are masked by segment id, so compare the recurrent mixers' states only).
@@ -110,8 +114,8 @@ def test_packed_batch_equals_segments_run_separately(mixer_and_inputs):
 
 def test_packed_segments_reset_a_carried_state(mixer_and_inputs):
     mixer, x = mixer_and_inputs
-    _, carried = mixer(x[:, ::-1])
+    _, carried = apply(mixer, x[:, ::-1])
     segment_starts = jnp.zeros((BATCH, LENGTH), bool).at[:, 0].set(True)
-    fresh, _ = mixer(x)
-    reset, _ = mixer(x, state=carried, segment_starts=segment_starts)
+    fresh, _ = apply(mixer, x)
+    reset, _ = apply(mixer, x, carried, segment_starts)
     assert_trees_close(reset, fresh)

@@ -1,0 +1,117 @@
+"""The backbone, its heads and generation: hybrids by pattern, stacked state in and out,
+prefill + decode equal to recomputation, sampling rules and clear input errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from tolerances import FLOAT32
+
+from seqjax.models import Backbone, Classifier, LanguageModel, generate, parse_pattern
+
+VOCAB = 11
+
+
+def language_model(pattern="gru,attention", num_layers=3, **mixer_options):
+    backbone = Backbone(
+        d_model=16,
+        num_layers=num_layers,
+        pattern=pattern,
+        vocab_size=VOCAB,
+        mlp_expansion=2,
+        mixer_options={"attention": dict(num_heads=2, cache_length=32), **mixer_options},
+        rngs=nnx.Rngs(0),
+    )
+    return LanguageModel(backbone, VOCAB, rngs=nnx.Rngs(1))
+
+
+@nnx.jit
+def apply(model, inputs, state=None):
+    return model(inputs, state=state)
+
+
+def tokens(batch, length, seed=0):
+    return jax.random.randint(jax.random.key(seed), (batch, length), 0, VOCAB)
+
+
+def test_pattern_repeats_over_the_layers():
+    model = language_model("gru,gru,attention", num_layers=5)
+    kinds = [type(block.mixer).__name__ for block in model.backbone.blocks]
+    assert kinds == ["GRU", "GRU", "Attention", "GRU", "GRU"]
+    assert parse_pattern(" lstm , attention") == ("lstm", "attention")
+    with pytest.raises(ValueError, match="unknown mixer 'rg_lur'"):
+        parse_pattern("gru,rg_lur")
+    with pytest.raises(ValueError, match="at least one mixer"):
+        parse_pattern("gru,,attention")
+
+
+def test_stacked_state_pieces_and_steps_equal_the_whole_sequence():
+    model = language_model()
+    inputs = tokens(2, 10)
+    whole, whole_state = apply(model, inputs)
+    first, state = apply(model, inputs[:, :6])
+    second, state = apply(model, inputs[:, 6:], state)
+    np.testing.assert_allclose(jnp.concatenate([first, second], 1), whole, **FLOAT32)
+    state, outputs = model.init_state(2), []
+    for t in range(10):
+        logits, state = apply(model, inputs[:, t : t + 1], state)
+        outputs.append(logits)
+    np.testing.assert_allclose(jnp.concatenate(outputs, 1), whole, **FLOAT32)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **FLOAT32), state, whole_state)
+
+
+def test_greedy_generation_equals_recomputing_the_whole_sequence():
+    model = language_model()
+    prompt = tokens(2, 5, seed=3)
+    generated = generate(model, prompt, max_new_tokens=6)
+    assert generated.shape == (2, 11)
+    np.testing.assert_array_equal(generated[:, :5], prompt)
+    # Each new token is the argmax of the whole model run on everything before it.
+    logits, _ = apply(model, generated[:, :-1])
+    np.testing.assert_array_equal(generated[:, 5:], jnp.argmax(logits[:, 4:], axis=-1))
+
+
+def test_sampling_respects_top_k_and_the_key():
+    model = language_model("lstm", num_layers=1)
+    prompt = tokens(4, 3)
+    key = jax.random.key(7)
+    sampled = generate(model, prompt, max_new_tokens=8, key=key, temperature=1.0, top_k=3)
+    again = generate(model, prompt, max_new_tokens=8, key=key, temperature=1.0, top_k=3)
+    np.testing.assert_array_equal(sampled, again)
+    greedy = generate(model, prompt, max_new_tokens=8)
+    top1 = generate(model, prompt, max_new_tokens=8, key=key, temperature=1.0, top_k=1)
+    np.testing.assert_array_equal(top1, greedy)
+    # Every sampled token is among the 3 most likely given the sequence before it.
+    logits, _ = apply(model, sampled[:, :-1])
+    top3 = jax.lax.top_k(logits[:, 2:], 3)[1]
+    assert np.all(np.any(top3 == sampled[:, 3:, None], axis=-1))
+    different = generate(model, prompt, max_new_tokens=8, key=jax.random.key(8), temperature=1.0)
+    assert not np.array_equal(different, sampled)
+
+
+def test_classifier_head_pools_over_time():
+    backbone = Backbone(d_model=8, num_layers=1, pattern="gru", input_dim=3, rngs=nnx.Rngs(0))
+    classifier = Classifier(backbone, 5, pooling="mean", rngs=nnx.Rngs(1))
+    features = jax.random.normal(jax.random.key(0), (2, 7, 3))
+    logits, state = classifier(features)
+    assert logits.shape == (2, 5) and state[0].shape == (2, 8)
+    with pytest.raises(ValueError, match="inputs must have 3 features"):
+        classifier(jnp.ones((2, 7, 4)))
+    with pytest.raises(ValueError, match="pooling must be 'last' or 'mean'"):
+        Classifier(backbone, 5, pooling="max", rngs=nnx.Rngs(1))
+
+
+def test_bad_inputs_raise_clear_errors():
+    model = language_model("gru", num_layers=1)
+    with pytest.raises(ValueError, match=r"tokens must be token ids in \[0, 11\), got values"):
+        model(jnp.array([[1, 2, 11]]))
+    with pytest.raises(ValueError, match=r"prompt must be token ids in \[0, 11\)"):
+        generate(model, jnp.array([[-1, 2]]), max_new_tokens=2)
+    with pytest.raises(ValueError, match="needs a PRNG key"):
+        generate(model, tokens(1, 2), max_new_tokens=2, temperature=0.5)
+    attention = language_model("attention", num_layers=1)
+    with pytest.raises(ValueError, match="more than the attention cache holds"):
+        generate(attention, tokens(1, 30), max_new_tokens=5)
+    with pytest.raises(ValueError, match="give exactly one of vocab_size"):
+        Backbone(d_model=8, num_layers=1, pattern="gru", rngs=nnx.Rngs(0))
