@@ -34,6 +34,9 @@ def markdown_table(metrics: dict[str, float]) -> str:
 def main(argv: list[str]) -> int:
     arguments = parse_arguments(argv)
     import jax
+    from absl import logging
+
+    logging.set_verbosity(logging.ERROR)  # orbax warns that a read-only checkpoint is read-only
     from flax import nnx
 
     from seqjax.evaluation import evaluate, load_run

@@ -92,9 +92,11 @@ def test_metrics_after_the_restored_step_are_dropped_on_resume(tmp_path):
     assert lines[-1] == "" and all(line.endswith("}") for line in lines[:-1])
 
 
-def test_training_writes_config_metrics_tensorboard_and_keeps_last_checkpoints(tmp_path):
+def test_training_writes_config_metrics_tensorboard_and_keeps_last_checkpoints(tmp_path, capsys):
     workdir = tmp_path / "run"
-    train(tiny_config("training.keep_checkpoints=1"), workdir, interactive=False)
+    train(tiny_config("training.keep_checkpoints=1"), workdir, interactive=True)
+    progress_bar = capsys.readouterr().err
+    assert "8/8" in progress_bar and "loss=" in progress_bar and "tok_s=" in progress_bar
     assert json.loads((workdir / "config.json").read_text())["model"]["mixer"] == "gru"
     assert checkpoint_steps(workdir) == [8]
     records = read_metrics(workdir)
