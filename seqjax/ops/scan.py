@@ -135,6 +135,8 @@ def _recurrence_forward(implementation, reverse, chunk_size, a, x, initial_state
 def _recurrence_backward(implementation, reverse, chunk_size, residuals, cotangents):
     a, h, initial_state = residuals
     h_cotangent, final_cotangent = cotangents
+    if implementation == "sequential":
+        return _sequential_backward(a, h, initial_state, h_cotangent, final_cotangent, reverse)
     ones = jnp.ones_like(a[:, :1])
     if reverse:
         # h_t = a_t h_{t+1} + x_t: the adjoint runs forward, δ_t = ct_t + a_{t-1} δ_{t-1}.
@@ -170,6 +172,38 @@ def _sequential(a, x, initial_state, reverse, chunk_size):
 
     final_state, h = jax.lax.fori_loop(0, length, step, (initial_state, jnp.zeros_like(x)))
     return h, final_state
+
+
+def _sequential_backward(a, h, initial_state, h_cotangent, final_cotangent, reverse):
+    """The adjoint recurrence as one loop that also writes ∂L/∂a, with no shifted copies."""
+    length = h.shape[1]
+    h_cotangent = h_cotangent.astype(a.dtype)
+
+    def step(i, carry):
+        delta, x_grad, a_grad = carry
+        t = i if reverse else length - 1 - i
+        later = t - 1 if reverse else t + 1  # the step that consumed h_t
+        a_later = jnp.where(
+            (later >= 0) & (later < length),
+            jax.lax.dynamic_index_in_dim(a, jnp.clip(later, 0, length - 1), 1, keepdims=False),
+            1,
+        )
+        delta = jax.lax.dynamic_index_in_dim(h_cotangent, t, 1, keepdims=False) + a_later * delta
+        earlier = t + 1 if reverse else t - 1  # the state h_t was computed from
+        previous_h = jnp.where(
+            (earlier >= 0) & (earlier < length),
+            jax.lax.dynamic_index_in_dim(h, jnp.clip(earlier, 0, length - 1), 1, keepdims=False),
+            initial_state,
+        )
+        x_grad = jax.lax.dynamic_update_index_in_dim(x_grad, delta, t, axis=1)
+        a_grad = jax.lax.dynamic_update_index_in_dim(a_grad, delta * previous_h, t, axis=1)
+        return delta, x_grad, a_grad
+
+    delta, x_grad, a_grad = jax.lax.fori_loop(
+        0, length, step, (final_cotangent, jnp.zeros_like(h), jnp.zeros_like(a))
+    )
+    first = -1 if reverse else 0
+    return a_grad, x_grad, a[:, first] * delta
 
 
 def _combine(earlier, later):

@@ -1,0 +1,57 @@
+"""Shared benchmark helpers: timing compiled functions, compiled memory, saving results."""
+
+import json
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+
+
+def time_compiled(function: Callable, *args, repeats: int = 5) -> float:
+    """Median wall time in seconds of a jitted ``function(*args)``, compiled beforehand."""
+    compiled = jax.jit(function).lower(*args).compile()
+    jax.block_until_ready(compiled(*args))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(compiled(*args))
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def compiled_memory(function: Callable, *args) -> dict[str, int]:
+    """Bytes XLA plans for arguments, outputs and temporaries of ``jit(function)(*args)``."""
+    analysis = jax.jit(function).lower(*args).compile().memory_analysis()
+    return {
+        "argument_bytes": int(analysis.argument_size_in_bytes),
+        "output_bytes": int(analysis.output_size_in_bytes),
+        "temp_bytes": int(analysis.temp_size_in_bytes),
+    }
+
+
+def machine() -> dict[str, str]:
+    """What the numbers were measured on."""
+    device = jax.devices()[0]
+    return {
+        "backend": jax.default_backend(),
+        "device": getattr(device, "device_kind", str(device)),
+        "device_count": str(jax.device_count()),
+        "processor": platform.processor() or platform.machine(),
+        "jax": jax.__version__,
+    }
+
+
+def save_json(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+
+
+def markdown_table(rows: list[dict], columns: list[str]) -> str:
+    def cell(value):
+        return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    lines += ["| " + " | ".join(cell(row[c]) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)

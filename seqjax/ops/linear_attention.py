@@ -1,0 +1,239 @@
+"""Gated linear attention: a matrix state per head with a diagonal decay.
+
+    S_t = diag(exp(log_decay_t)) S_{t-1} + k_t v_tᵀ          S_t: [K, V]
+    o_t = scale · S_tᵀ q_t
+
+With no decay this is linear attention (Katharopoulos et al. 2020); a scalar decay per head
+gives RetNet, Mamba-2 (SSD) and mLSTM's forget gate; a decay per key dimension gives GLA
+("Gated Linear Attention Transformers with Hardware-Efficient Training", Yang et al. 2024),
+HGRN-2 and RWKV-6.
+
+    "recurrent"  the recurrence above, one step at a time (the reference)
+    "chunked"    chunks of C steps: inside a chunk, attention-like matmuls with the decays
+                 as a causal mask; across chunks, the state recurrence. Cost O(T·C·K + T·K·V).
+    "pallas"     the kernels of kernels_pallas/chunked_gla (not yet available)
+
+Decays stay in log space: inside a chunk every factor is exp(b_i - b_j) with j ≤ i for the
+cumulative log decay b, so no exponent is positive and nothing overflows however small the
+decays. Packed sequences (``segment_starts``) are masks, not decays of -inf, so no
+-inf - -inf appears either.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from seqjax.typing import Array
+
+IMPLEMENTATIONS = ("recurrent", "chunked", "pallas")
+
+
+def gated_linear_attention(
+    q: Array,
+    k: Array,
+    v: Array,
+    *,
+    log_decay: Array | None = None,
+    initial_state: Array | None = None,
+    segment_starts: Array | None = None,
+    scale: float | None = None,
+    chunk_size: int = 64,
+    implementation: str | None = None,
+) -> tuple[Array, Array]:
+    """Runs S_t = diag(exp(log_decay_t)) S_{t-1} + k_t v_tᵀ, o_t = scale · S_tᵀ q_t.
+
+    Args:
+      q, k: [B, T, H, K].  v: [B, T, H, V].
+      log_decay: None (no decay), [B, T, H] (one decay per head) or [B, T, H, K] (one per
+        key dimension); values <= 0.
+      initial_state: [B, H, K, V] (zeros if None).
+      segment_starts: bool [B, T]; the state is reset to zero before each true position.
+      scale: multiplies the output; default 1.
+      chunk_size: C of the chunked form.
+      implementation: one of IMPLEMENTATIONS, or None for the best available.
+
+    Returns:
+      o [B, T, H, V] in v's dtype, and the final state [B, H, K, V] in float32.
+    """
+    batch, length, heads, key_size = _check_shapes(q, k, v, log_decay, initial_state)
+    value_size = v.shape[-1]
+    if initial_state is None:
+        initial_state = jnp.zeros((batch, heads, key_size, value_size), jnp.float32)
+    if segment_starts is not None and segment_starts.shape != (batch, length):
+        raise ValueError(
+            f"segment_starts must be [B, T] = {(batch, length)}, got {segment_starts.shape}"
+        )
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
+    implementation = _resolve(implementation)
+    f32 = functools.partial(jnp.asarray, dtype=jnp.float32)
+    # Decays become [B, T, H, K] (a scalar decay broadcasts over K) in float32.
+    if log_decay is None:
+        log_decay = jnp.zeros((batch, length, heads, 1), jnp.float32)
+    elif log_decay.ndim == 3:
+        log_decay = log_decay[..., None]
+    starts = (
+        jnp.zeros((batch, length), bool) if segment_starts is None else segment_starts.astype(bool)
+    )
+    run = _recurrent if implementation == "recurrent" else _chunked
+    output, final_state = run(
+        f32(q), f32(k), f32(v), f32(log_decay), f32(initial_state), starts, chunk_size
+    )
+    output = output * (1.0 if scale is None else scale)
+    return output.astype(v.dtype), final_state
+
+
+def _check_shapes(q, k, v, log_decay, initial_state):
+    if q.ndim != 4:
+        raise ValueError(f"q must be [B, T, H, K], got shape {q.shape}")
+    if k.shape != q.shape:
+        raise ValueError(f"k must have q's shape [B, T, H, K] = {q.shape}, got {k.shape}")
+    if v.ndim != 4 or v.shape[:3] != q.shape[:3]:
+        raise ValueError(f"v must be [B, T, H, V] with [B, T, H] = {q.shape[:3]}, got {v.shape}")
+    if log_decay is not None and log_decay.shape not in (q.shape[:3], q.shape):
+        raise ValueError(
+            f"log_decay must be [B, T, H] = {q.shape[:3]} or [B, T, H, K] = {q.shape}, "
+            f"got {log_decay.shape}"
+        )
+    expected_state = (q.shape[0], q.shape[2], q.shape[3], v.shape[3])
+    if initial_state is not None and initial_state.shape != expected_state:
+        raise ValueError(
+            f"initial_state must be [B, H, K, V] = {expected_state}, got {initial_state.shape}"
+        )
+    return q.shape
+
+
+def _resolve(implementation: str | None) -> str:
+    if implementation is None:
+        return "chunked"
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(
+            f"unknown implementation {implementation!r}; expected one of {IMPLEMENTATIONS}"
+        )
+    if implementation == "pallas":
+        raise ValueError(
+            "gated_linear_attention: implementation='pallas' is not available yet; use "
+            "'recurrent' or 'chunked'"
+        )
+    return implementation
+
+
+def _recurrent(q, k, v, log_decay, initial_state, starts, chunk_size):
+    """The reference: one step at a time, time-major."""
+    del chunk_size
+
+    def step(state, inputs):
+        q_t, k_t, v_t, log_decay_t, start_t = inputs  # [B, H, K], [B, H, V], [B, H, K|1], [B]
+        state = jnp.where(start_t[:, None, None, None], 0.0, state)
+        state = jnp.exp(log_decay_t)[..., None] * state + k_t[..., :, None] * v_t[..., None, :]
+        return state, jnp.einsum("bhk,bhkv->bhv", q_t, state)
+
+    time_major = [jnp.swapaxes(t, 0, 1) for t in (q, k, v, log_decay, starts)]
+    final_state, output = jax.lax.scan(step, initial_state, time_major)
+    return jnp.swapaxes(output, 0, 1), final_state
+
+
+def _chunked(q, k, v, log_decay, initial_state, starts, chunk_size):
+    """A scan over chunks whose body is rematerialized in the backward pass, so autodiff
+    keeps only the state entering each chunk ([T/C, B, H, K, V])."""
+    batch, length, heads, key_size = q.shape
+    chunk_size = min(chunk_size, length)
+    padding = -length % chunk_size
+    if padding:
+        # Padded steps have k = v = 0 and decay 1: they leave the state unchanged.
+        pad = [(0, 0), (0, padding), (0, 0), (0, 0)]
+        q, k, v, log_decay = (jnp.pad(t, pad) for t in (q, k, v, log_decay))
+        starts = jnp.pad(starts, [(0, 0), (0, padding)])
+    num_chunks = (length + padding) // chunk_size
+
+    def chunks(t):  # [B, T, ...] -> [N, B, C, ...]
+        return jnp.swapaxes(t.reshape(batch, num_chunks, chunk_size, *t.shape[2:]), 0, 1)
+
+    @jax.checkpoint
+    def chunk_step(state, inputs):
+        output, state = _chunk(state, *inputs)
+        return state, output
+
+    final_state, output = jax.lax.scan(
+        chunk_step, initial_state, [chunks(t) for t in (q, k, v, log_decay, starts)]
+    )
+    output = jnp.swapaxes(output, 0, 1).reshape(batch, num_chunks * chunk_size, heads, -1)
+    return output[:, :length], final_state
+
+
+def _chunk(state, q, k, v, log_decay, starts):
+    """One chunk, as [B, C, H, ·] arrays, with the state [B, H, K, V] entering it.
+    Returns the chunk's outputs [B, C, H, V] and the state leaving it."""
+    cumulative = jnp.cumsum(log_decay, axis=1)  # b_i = Σ_{s ≤ i in the chunk} log_decay_s
+    segment = jnp.cumsum(starts, axis=1)  # segment index within the chunk; 0 = carried in
+    output = _intra_chunk(q, k, v, cumulative, segment)
+
+    # Positions still in the carried-in segment read the entering state.
+    carried = (segment == 0)[..., None, None]
+    query_decayed = jnp.where(carried, q * jnp.exp(cumulative), 0.0)
+    output += jnp.einsum("bihk,bhkv->bihv", query_decayed, state)
+
+    # The state leaving: keys of the chunk's last segment, decayed to its end.
+    total = cumulative[:, -1]  # [B, H, K|1]
+    in_last_segment = (segment == segment[:, -1:])[..., None, None]
+    key_decayed = jnp.where(in_last_segment, k * jnp.exp(total[:, None] - cumulative), 0.0)
+    keeps_state = (segment[:, -1] == 0)[:, None, None, None]
+    state = jnp.where(keeps_state, jnp.exp(total)[..., None] * state, 0.0)
+    state += jnp.einsum("bjhk,bjhv->bhkv", key_decayed, v)
+    return output, state
+
+
+def _intra_chunk(q, k, v, cumulative, segment):
+    """o_i = Σ_{j ≤ i, same segment} (Σ_k q_ik k_jk exp(b_ik - b_jk)) v_j within a chunk.
+
+    Shapes [B, C, H, ·]. A scalar decay factors out of the sum over k; a decay per key uses
+    the stable sub-chunk form of ``_per_key_scores``.
+    """
+    chunk_size = q.shape[1]
+    positions = jnp.arange(chunk_size)
+    causal = positions[:, None] >= positions[None, :]
+    mask = causal & (segment[:, :, None] == segment[:, None, :])  # [B, Ci, Cj]
+    if cumulative.shape[-1] == 1:
+        exponent = cumulative[:, :, None, :, 0] - cumulative[:, None, :, :, 0]
+        decay = jnp.exp(jnp.where(mask[..., None], exponent, -jnp.inf))  # [B, Ci, Cj, H]
+        scores = jnp.einsum("bihk,bjhk->bijh", q, k) * decay
+    else:
+        scores = jnp.where(mask[..., None], _per_key_scores(q, k, cumulative), 0.0)
+    return jnp.einsum("bijh,bjhv->bihv", scores, v)
+
+
+def _per_key_scores(q, k, cumulative, sub_chunk: int = 8):
+    """Σ_k q_ik k_jk exp(b_ik - b_jk) for j <= i, with no positive exponent anywhere.
+
+    The chunk is split into sub-chunks of ``sub_chunk`` steps (GLA's secondary chunking).
+    For j in an earlier sub-chunk than i, the factor splits at the first step r of i's
+    sub-chunk as exp(b_i - b_r) · exp(b_r - b_j), both exponents <= 0, so the sum is a
+    matmul. Inside a sub-chunk the product is formed directly. Returns [B, Ci, Cj, H].
+    """
+    batch, chunk_size, heads, key_size = q.shape
+    sub_chunk = min(sub_chunk, chunk_size)
+    if chunk_size % sub_chunk:
+        sub_chunk = 1
+    num_sub = chunk_size // sub_chunk
+    shape = (batch, num_sub, sub_chunk, heads, key_size)
+    q_sub, k_sub, b_sub = (t.reshape(shape) for t in (q, k, cumulative))
+    # b at the first step of each sub-chunk [B, S, 1, H, K]. It cancels in every product
+    # exp(b_i - b_r) · exp(b_r - b_j), so no gradient flows through it.
+    pivot = jax.lax.stop_gradient(b_sub[:, :, :1])
+
+    # Earlier sub-chunks: q̃_i = q_i exp(b_i - b_r(i)),  k̃_j = k_j exp(b_r(i) - b_j).
+    query = q_sub * jnp.exp(b_sub - pivot)
+    earlier = jnp.arange(num_sub)[None, :] < jnp.arange(num_sub)[:, None]  # [S(i), S(j)]
+    exponent = pivot[:, :, None] - b_sub[:, None]  # [B, S(i), S(j), c, H, K]
+    exponent = jnp.where(earlier[:, :, None, None, None], exponent, -jnp.inf)
+    keys = k_sub[:, None] * jnp.exp(exponent)
+    across = jnp.einsum("bIihk,bIJjhk->bIiJjh", query, keys)
+
+    # The same sub-chunk: the direct product, masked before exp.
+    inside = b_sub[:, :, :, None] - b_sub[:, :, None, :]  # [B, S, ci, cj, H, K]
+    lower = jnp.arange(sub_chunk)[:, None] >= jnp.arange(sub_chunk)[None, :]
+    inside = jnp.exp(jnp.where(lower[:, :, None, None], inside, -jnp.inf))
+    within = jnp.einsum("bSihk,bSjhk,bSijhk->bSijh", q_sub, k_sub, inside)
+    diagonal_blocks = jnp.einsum("IJ,bIijh->bIiJjh", jnp.eye(num_sub), within)
+    return (across + diagonal_blocks).reshape(batch, chunk_size, chunk_size, heads)
