@@ -24,6 +24,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from seqjax.ops.chunking import check_implementation, scan_over_chunks
 from seqjax.typing import Array
 
 IMPLEMENTATIONS = ("recurrent", "chunked", "pallas")
@@ -66,7 +67,7 @@ def gated_linear_attention(
         )
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
-    implementation = _resolve(implementation)
+    implementation = check_implementation("gated_linear_attention", implementation, IMPLEMENTATIONS)
     f32 = functools.partial(jnp.asarray, dtype=jnp.float32)
     # Decays become [B, T, H, K] (a scalar decay broadcasts over K) in float32.
     if log_decay is None:
@@ -104,21 +105,6 @@ def _check_shapes(q, k, v, log_decay, initial_state):
     return q.shape
 
 
-def _resolve(implementation: str | None) -> str:
-    if implementation is None:
-        return "chunked"
-    if implementation not in IMPLEMENTATIONS:
-        raise ValueError(
-            f"unknown implementation {implementation!r}; expected one of {IMPLEMENTATIONS}"
-        )
-    if implementation == "pallas":
-        raise ValueError(
-            "gated_linear_attention: implementation='pallas' is not available yet; use "
-            "'recurrent' or 'chunked'"
-        )
-    return implementation
-
-
 def _recurrent(q, k, v, log_decay, initial_state, starts, chunk_size):
     """The reference: one step at a time, time-major."""
     del chunk_size
@@ -135,31 +121,9 @@ def _recurrent(q, k, v, log_decay, initial_state, starts, chunk_size):
 
 
 def _chunked(q, k, v, log_decay, initial_state, starts, chunk_size):
-    """A scan over chunks whose body is rematerialized in the backward pass, so autodiff
-    keeps only the state entering each chunk ([T/C, B, H, K, V])."""
-    batch, length, heads, key_size = q.shape
-    chunk_size = min(chunk_size, length)
-    padding = -length % chunk_size
-    if padding:
-        # Padded steps have k = v = 0 and decay 1: they leave the state unchanged.
-        pad = [(0, 0), (0, padding), (0, 0), (0, 0)]
-        q, k, v, log_decay = (jnp.pad(t, pad) for t in (q, k, v, log_decay))
-        starts = jnp.pad(starts, [(0, 0), (0, padding)])
-    num_chunks = (length + padding) // chunk_size
-
-    def chunks(t):  # [B, T, ...] -> [N, B, C, ...]
-        return jnp.swapaxes(t.reshape(batch, num_chunks, chunk_size, *t.shape[2:]), 0, 1)
-
-    @jax.checkpoint
-    def chunk_step(state, inputs):
-        output, state = _chunk(state, *inputs)
-        return state, output
-
-    final_state, output = jax.lax.scan(
-        chunk_step, initial_state, [chunks(t) for t in (q, k, v, log_decay, starts)]
+    return scan_over_chunks(
+        _chunk, initial_state, (q, k, v, log_decay, starts), chunk_size=chunk_size
     )
-    output = jnp.swapaxes(output, 0, 1).reshape(batch, num_chunks * chunk_size, heads, -1)
-    return output[:, :length], final_state
 
 
 def _chunk(state, q, k, v, log_decay, starts):

@@ -7,12 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from tolerances import (
-    CHUNKED_BFLOAT16_RELATIVE,
-    CHUNKED_FLOAT32_RELATIVE,
-    FLOAT32,
-    relative_error,
-)
+from parity import assert_relative, outputs_and_grads
+from tolerances import CHUNKED_BFLOAT16_RELATIVE, CHUNKED_FLOAT32_RELATIVE, FLOAT32
 
 from seqjax.ops.linear_attention import gated_linear_attention
 
@@ -32,34 +28,12 @@ def inputs(seed, batch, length, heads, key_size, value_size, decay, segments=Tru
     return q, k / np.sqrt(key_size), v, log_decay, state, starts
 
 
-def outputs_and_grads(implementation, q, k, v, log_decay, state, starts, chunk_size):
-    rng = np.random.default_rng(123)
-    output_weights = rng.normal(size=v.shape).astype(np.float32)
-    state_weights = rng.normal(size=state.shape).astype(np.float32)
-
-    def loss(q, k, v, log_decay, state):
-        output, final = gated_linear_attention(
-            q, k, v, log_decay=log_decay, initial_state=state, segment_starts=starts,
-            scale=0.5, chunk_size=chunk_size, implementation=implementation,
-        )  # fmt: skip
-        value = jnp.sum(output.astype(jnp.float32) * output_weights)
-        return value + jnp.sum(final * state_weights), (output, final)
-
-    grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3, 4), has_aux=True))
-    if log_decay is None:
-        grad = jax.jit(
-            jax.grad(lambda q, k, v, s: loss(q, k, v, None, s), argnums=(0, 1, 2, 3), has_aux=True)
-        )
-        grads, (output, final) = grad(q, k, v, state)
-    else:
-        grads, (output, final) = grad(q, k, v, log_decay, state)
-    return {"output": output, "final_state": final, "grads": grads}
-
-
-def assert_relative(actual, expected, bound):
-    errors = jax.tree.map(relative_error, actual, expected)
-    worst = max(jax.tree.leaves(errors))
-    assert worst <= bound, errors
+def parity(implementation, q, k, v, log_decay, state, starts, chunk_size):
+    arrays = dict(q=q, k=k, v=v, log_decay=log_decay, initial_state=state, segment_starts=starts)
+    return outputs_and_grads(
+        gated_linear_attention, arrays, scale=0.5, chunk_size=chunk_size,
+        implementation=implementation,
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -68,8 +42,8 @@ def assert_relative(actual, expected, bound):
 )
 def test_chunked_equals_recurrent(chunk_size, decay, length):
     args = inputs(0, 2, length, 2, 8, 4, decay)
-    expected = outputs_and_grads("recurrent", *args, chunk_size)
-    actual = outputs_and_grads("chunked", *args, chunk_size)
+    expected = parity("recurrent", *args, chunk_size)
+    actual = parity("chunked", *args, chunk_size)
     assert_relative(actual, expected, CHUNKED_FLOAT32_RELATIVE)
 
 
@@ -110,10 +84,10 @@ def test_pieces_with_the_state_equal_the_whole():
 @pytest.mark.parametrize("decay", ["head", "key"])
 def test_bfloat16_inputs(decay):
     args = inputs(3, 2, 70, 2, 8, 8, decay)
-    expected = outputs_and_grads("recurrent", *args, 32)
+    expected = parity("recurrent", *args, 32)
     as_bf16 = [None if a is None or a.dtype == bool else jnp.asarray(a, jnp.bfloat16)
                for a in args[:4]]  # fmt: skip
-    actual = outputs_and_grads("chunked", *as_bf16, args[4], args[5], 32)
+    actual = parity("chunked", *as_bf16, args[4], args[5], 32)
     assert actual["output"].dtype == jnp.bfloat16
     assert_relative(actual, expected, CHUNKED_BFLOAT16_RELATIVE)
 
