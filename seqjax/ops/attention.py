@@ -3,6 +3,12 @@ grouped-query heads (GQA, Ainslie et al. 2023), and rotary position embedding.
 
     o_i = sum_j softmax_j(scale * q_i . k_j, over the keys j that query i may attend to) v_j
 
+With a forget gate (Forgetting Transformer, Lin et al. 2025) the score of key j for query i
+gains Σ_{l=j+1..i} log f_l = F_i - F_j, F the cumulative log forget gate of each head, so a
+head can learn to fade the past as a recurrent model does:
+
+    o_i = sum_j softmax_j(scale * q_i . k_j + F_i - F_j) v_j
+
 Query head h reads key/value head h // (H // G). Key j is allowed for query i when its
 position is non-negative (a negative position marks an empty cache slot) and, when enabled,
 kv_pos_j <= q_pos_i (causal), q_pos_i - kv_pos_j < window (sliding window) and the two share a
@@ -71,11 +77,12 @@ def softmax_attention(
     kv_segment_ids: Array | None = None,
     causal: bool = True,
     window: int | None = None,
+    log_forget: Array | None = None,
     scale: float | None = None,
     block_size: int = 128,
     implementation: str | None = None,
 ) -> Array:
-    """Masked softmax attention with grouped-query heads.
+    """Masked softmax attention with grouped-query heads and an optional forget gate.
 
     Args:
       q: [B, Tq, H, K] queries.
@@ -88,6 +95,9 @@ def softmax_attention(
       causal: allow key j for query i only if kv_pos_j <= q_pos_i.
       window: allow key j only if q_pos_i - kv_pos_j < window (1: the query's own position).
         Requires causal.
+      log_forget: [B, Tk, H] log forget gate (<= 0) at each key position for each query
+        head; the queries are the last Tq key positions (as in self-attention with a key
+        cache). Adds F_i - F_j to the scores, F the cumulative sum over the key axis.
       scale: score scale, default K ** -0.5.
       block_size: query and key block length of the chunked form.
       implementation: None (reference for small Tq * Tk, chunked otherwise), "reference",
@@ -100,6 +110,11 @@ def softmax_attention(
     _check_arguments(
         q, k, v, q_positions, kv_positions, q_segment_ids, kv_segment_ids, causal, window
     )
+    if log_forget is not None and log_forget.shape != (*k.shape[:2], q.shape[2]):
+        raise ValueError(
+            f"softmax_attention: log_forget must be [B, Tk, H] = {(*k.shape[:2], q.shape[2])}, "
+            f"got {log_forget.shape}"
+        )
     if block_size < 1:
         raise ValueError(f"softmax_attention: block_size must be >= 1, got {block_size}")
     batch, query_length, _, head_dim = q.shape
@@ -125,11 +140,15 @@ def softmax_attention(
         kv_positions = _default_positions(batch, key_length, 0)
     masking = _Masking(q_positions, kv_positions, q_segment_ids, kv_segment_ids)
     scale = head_dim**-0.5 if scale is None else scale
+    forget = None
+    if log_forget is not None:
+        cumulative = jnp.cumsum(log_forget.astype(jnp.float32), axis=1)  # F [B, Tk, H]
+        forget = _Forget(query=cumulative[:, key_length - query_length :], key=cumulative)
 
     if implementation == "reference":
-        return _reference_attention(q, k, v, masking, causal, window, scale)
+        return _reference_attention(q, k, v, masking, forget, causal, window, scale)
     return _chunked_attention(
-        q, k, v, masking, causal, window, scale, block_size, positions_are_default
+        q, k, v, masking, forget, causal, window, scale, block_size, positions_are_default
     )
 
 
@@ -140,6 +159,13 @@ class _Masking(NamedTuple):
     kv_positions: Array
     q_segment_ids: Array | None
     kv_segment_ids: Array | None
+
+
+class _Forget(NamedTuple):
+    """Cumulative log forget gates F of the queries [B, Tq, H] and keys [B, Tk, H]."""
+
+    query: Array
+    key: Array
 
 
 def _allowed_keys(masking: _Masking, causal: bool, window: int | None) -> Array:
@@ -160,12 +186,15 @@ def _default_positions(batch: int, length: int, offset: int) -> Array:
     return jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32) + offset, (batch, length))
 
 
-def _reference_attention(q, k, v, masking, causal, window, scale):
+def _reference_attention(q, k, v, masking, forget, causal, window, scale):
     """Materialized masked softmax over [B, H, Tq, Tk] scores, all in float32."""
     heads_per_group = q.shape[2] // k.shape[2]
     k = jnp.repeat(k.astype(jnp.float32), heads_per_group, axis=2)
     v = jnp.repeat(v.astype(jnp.float32), heads_per_group, axis=2)
     scores = scale * jnp.einsum("bqhk,bshk->bhqs", q.astype(jnp.float32), k)
+    if forget is not None:
+        scores += jnp.einsum("bqh->bhq", forget.query)[..., None]
+        scores -= jnp.einsum("bsh->bhs", forget.key)[:, :, None]
     allowed = _allowed_keys(masking, causal, window)[:, None]
     scores = jnp.where(allowed, scores, -jnp.inf)
     # A row with no allowed key has max -inf; shifting it by 0 instead keeps exp at exactly 0.
@@ -192,7 +221,9 @@ class _ChunkedConfig(NamedTuple):
     default_position_offset: int | None
 
 
-def _chunked_attention(q, k, v, masking, causal, window, scale, block_size, positions_are_default):
+def _chunked_attention(
+    q, k, v, masking, forget, causal, window, scale, block_size, positions_are_default
+):
     """Pads to whole blocks, lays blocks out head-major, runs the custom-VJP core."""
     batch, query_length, heads, _ = q.shape
     key_length, groups = k.shape[1], k.shape[2]
@@ -220,7 +251,17 @@ def _chunked_attention(q, k, v, masking, causal, window, scale, block_size, posi
     q_blocks = jnp.moveaxis(_split_blocks(grouped_q, query_block, pad_value=0), 2, 4)
     k_blocks = jnp.moveaxis(_split_blocks(k, key_block, pad_value=0), 2, 3)
     v_blocks = jnp.moveaxis(_split_blocks(v, key_block, pad_value=0), 2, 3)
-    o_blocks = _chunked_core(config, q_blocks, k_blocks, v_blocks, blocked_masking)
+    forget_blocks = None
+    if forget is not None:
+        # [B, T, H] -> [n, B, G, R, block], laid out like the score rows and columns.
+        def split_heads(cumulative, block):
+            grouped = cumulative.reshape(*cumulative.shape[:2], groups, heads // groups)
+            return jnp.moveaxis(_split_blocks(grouped, block, pad_value=0), 2, 4)
+
+        forget_blocks = _Forget(
+            query=split_heads(forget.query, query_block), key=split_heads(forget.key, key_block)
+        )
+    o_blocks = _chunked_core(config, q_blocks, k_blocks, v_blocks, blocked_masking, forget_blocks)
     o = jnp.moveaxis(jnp.moveaxis(o_blocks, 4, 2), 0, 1)  # [B, nq, bq, G, R, V]
     return o.reshape(batch, -1, heads, v.shape[-1])[:, :query_length]
 
@@ -250,11 +291,15 @@ def _block_masking(masking: _Masking, query_block_index, key_block_index) -> _Ma
     )
 
 
-def _block_scores(config, q_block, k_block, masking, query_block_index, key_block_index):
-    """Scaled float32 scores [B, G, R, bq, bk] of one block pair, -inf where not allowed."""
+def _block_scores(config, q_block, k_block, masking, forget, query_block_index, key_block_index):
+    """Scaled float32 scores [B, G, R, bq, bk] of one block pair (plus the forget-gate bias
+    F_i - F_j), -inf where not allowed."""
     scores = config.scale * jnp.einsum(
         "bgrqk,bgsk->bgrqs", q_block.astype(jnp.float32), k_block.astype(jnp.float32)
     )
+    if forget is not None:
+        scores += forget.query[query_block_index][..., :, None]
+        scores -= forget.key[key_block_index][..., None, :]
     block_masking = _block_masking(masking, query_block_index, key_block_index)
     allowed = _allowed_keys(block_masking, config.causal, config.window)
     return jnp.where(allowed[:, None, None], scores, -jnp.inf)
@@ -288,10 +333,11 @@ def _query_block_range(config, key_block_index, num_query_blocks):
     return first, jnp.minimum(last_query_row // config.query_block + 1, num_query_blocks)
 
 
-def _chunked_forward(config, q, k, v, masking):
+def _chunked_forward(config, q, k, v, masking, forget):
     """Online softmax, one query block at a time.
 
-    Args: q [nq, B, G, R, bq, K], k [nk, B, G, bk, K], v [nk, B, G, bk, V], blocked masking.
+    Args: q [nq, B, G, R, bq, K], k [nk, B, G, bk, K], v [nk, B, G, bk, V], blocked masking,
+      blocked forget-gate cumulatives ([nq, B, G, R, bq] and [nk, B, G, R, bk]) or None.
     Returns: o [nq, B, G, R, bq, V] in q's dtype and the row logsumexp [nq, B, G, R, bq].
     """
     num_key_blocks = k.shape[0]
@@ -302,7 +348,13 @@ def _chunked_forward(config, q, k, v, masking):
         def visit_key_block(key_block_index, carry):
             running_max, running_sum, accumulator = carry
             scores = _block_scores(
-                config, q_block, k[key_block_index], masking, query_block_index, key_block_index
+                config,
+                q_block,
+                k[key_block_index],
+                masking,
+                forget,
+                query_block_index,
+                key_block_index,
             )
             new_max = jnp.maximum(running_max, jnp.max(scores, axis=-1))
             # Rows with no allowed key so far keep max -inf; shift them by 0 so exp gives 0.
@@ -332,26 +384,28 @@ def _chunked_forward(config, q, k, v, masking):
     return lax.map(attend_query_block, jnp.arange(q.shape[0]))
 
 
-def _chunked_backward(config, q, k, v, masking, o, logsumexp, do):
+def _chunked_backward(config, q, k, v, masking, forget, o, logsumexp, do):
     """FlashAttention-2 backward: recompute each block's probabilities from the logsumexp.
 
     With P = softmax(S) and D = rowsum(dO * O) = rowsum(P * dP):
         dV = P^T dO,   dP = dO V^T,   dS = P * (dP - D),   dQ = scale dS K,   dK = scale dS^T Q.
     One pass over key blocks (dK, dV accumulate over query blocks); dQ accumulates across it.
+    The forget-gate bias F_i - F_j gets dF_i = Σ_j dS_ij and dF_j = -Σ_i dS_ij.
     """
     num_query_blocks = q.shape[0]
     row_dot = jnp.sum(do.astype(jnp.float32) * o.astype(jnp.float32), axis=-1)
 
-    def visit_key_block(dq, key_block_index):
+    def visit_key_block(carry, key_block_index):
+        dq, dforget_query = carry
         k_block = k[key_block_index].astype(jnp.float32)
         v_block = v[key_block_index].astype(jnp.float32)
 
         def visit_query_block(query_block_index, carry):
-            dq, dk_block, dv_block = carry
+            dq, dforget_query, dk_block, dv_block, dforget_key_block = carry
             q_block = q[query_block_index].astype(jnp.float32)
             do_block = do[query_block_index].astype(jnp.float32)
             scores = _block_scores(
-                config, q_block, k_block, masking, query_block_index, key_block_index
+                config, q_block, k_block, masking, forget, query_block_index, key_block_index
             )
             probabilities = jnp.exp(scores - logsumexp[query_block_index][..., None])
             dv_block += jnp.einsum("bgrqs,bgrqv->bgsv", probabilities, do_block)
@@ -361,34 +415,47 @@ def _chunked_backward(config, q, k, v, masking, o, logsumexp, do):
                 config.scale * jnp.einsum("bgrqs,bgsk->bgrqk", dscores, k_block)
             )
             dk_block += config.scale * jnp.einsum("bgrqs,bgrqk->bgsk", dscores, q_block)
-            return dq, dk_block, dv_block
+            if forget is not None:
+                dforget_query = dforget_query.at[query_block_index].add(jnp.sum(dscores, -1))
+                dforget_key_block -= jnp.sum(dscores, axis=-2)
+            return dq, dforget_query, dk_block, dv_block, dforget_key_block
 
-        initial = (dq, jnp.zeros(k_block.shape, jnp.float32), jnp.zeros(v_block.shape, jnp.float32))
+        initial = (
+            dq,
+            dforget_query,
+            jnp.zeros(k_block.shape, jnp.float32),
+            jnp.zeros(v_block.shape, jnp.float32),
+            jnp.zeros(q.shape[1:4] + (k.shape[3],), jnp.float32),  # [B, G, R, bk]
+        )
         first, end = _query_block_range(config, key_block_index, num_query_blocks)
-        dq, dk_block, dv_block = lax.fori_loop(first, end, visit_query_block, initial)
-        return dq, (dk_block, dv_block)
+        dq, dforget_query, dk_block, dv_block, dforget_key_block = lax.fori_loop(
+            first, end, visit_query_block, initial
+        )
+        return (dq, dforget_query), (dk_block, dv_block, dforget_key_block)
 
-    dq, (dk, dv) = lax.scan(
-        visit_key_block, jnp.zeros(q.shape, jnp.float32), jnp.arange(k.shape[0])
+    initial = (jnp.zeros(q.shape, jnp.float32), jnp.zeros(q.shape[:-1], jnp.float32))
+    (dq, dforget_query), (dk, dv, dforget_key) = lax.scan(
+        visit_key_block, initial, jnp.arange(k.shape[0])
     )
-    return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
+    dforget = None if forget is None else _Forget(query=dforget_query, key=dforget_key)
+    return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), dforget
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _chunked_core(config, q, k, v, masking):
-    o, _ = _chunked_forward(config, q, k, v, masking)
+def _chunked_core(config, q, k, v, masking, forget):
+    o, _ = _chunked_forward(config, q, k, v, masking, forget)
     return o
 
 
-def _chunked_core_forward(config, q, k, v, masking):
-    o, logsumexp = _chunked_forward(config, q, k, v, masking)
-    return o, (q, k, v, masking, o, logsumexp)
+def _chunked_core_forward(config, q, k, v, masking, forget):
+    o, logsumexp = _chunked_forward(config, q, k, v, masking, forget)
+    return o, (q, k, v, masking, forget, o, logsumexp)
 
 
 def _chunked_core_backward(config, residuals, do):
-    q, k, v, masking, o, logsumexp = residuals
-    dq, dk, dv = _chunked_backward(config, q, k, v, masking, o, logsumexp, do)
-    return dq, dk, dv, None  # positions and segment ids are integers: no gradient
+    q, k, v, masking, forget, o, logsumexp = residuals
+    dq, dk, dv, dforget = _chunked_backward(config, q, k, v, masking, forget, o, logsumexp, do)
+    return dq, dk, dv, None, dforget  # positions and segment ids are integers: no gradient
 
 
 _chunked_core.defvjp(_chunked_core_forward, _chunked_core_backward)

@@ -336,3 +336,43 @@ def test_invalid_arguments_raise_clear_errors(arguments, match):
 def test_rotary_embedding_rejects_bad_shapes(x, positions, match):
     with pytest.raises(ValueError, match=match):
         rotary_embedding(x, positions)
+
+
+@pytest.mark.parametrize("window", [None, 7], ids=["causal", "window"])
+def test_forget_gate_chunked_matches_reference_including_its_gradient(window):
+    q, k, v, output_weights = _random_inputs(5, 2, 45, 45, 4, 2)
+    rng = np.random.default_rng(6)
+    log_forget = jnp.asarray(np.log(rng.uniform(0.5, 1.0, (2, 45, 4))), jnp.float32)
+    segments = jnp.asarray(_packed_segment_ids(2, 45, [[20, 25], [45]]))
+
+    def outputs_and_gradients(implementation):
+        def loss(q, k, v, log_forget):
+            o = softmax_attention(
+                q, k, v, log_forget=log_forget, q_segment_ids=segments, kv_segment_ids=segments,
+                window=window, block_size=16, implementation=implementation,
+            )  # fmt: skip
+            return jnp.sum(o * output_weights), o
+
+        grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3), has_aux=True))
+        gradients, o = grad(q, k, v, log_forget)
+        return o, gradients
+
+    chunked, reference = outputs_and_gradients("chunked"), outputs_and_gradients("reference")
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, **FLOAT32_TOLERANCE), chunked, reference
+    )
+
+
+def test_forget_gate_adds_the_cumulative_log_forget_difference():
+    q, k, v, _ = _random_inputs(7, 1, 6, 6, 1, 1)
+    log_forget = np.log(np.random.default_rng(8).uniform(0.3, 1.0, (1, 6, 1)))
+    o = softmax_attention(q, k, v, log_forget=jnp.asarray(log_forget, jnp.float32))
+    cumulative = np.cumsum(log_forget[0, :, 0])
+    scores = np.asarray(q[0, :, 0], np.float64) @ np.asarray(k[0, :, 0], np.float64).T / np.sqrt(8)
+    scores += cumulative[:, None] - cumulative[None, :]
+    scores = np.where(np.tril(np.ones((6, 6))) > 0, scores, -np.inf)
+    weights = np.exp(scores - scores.max(axis=1, keepdims=True))
+    expected = (weights / weights.sum(axis=1, keepdims=True)) @ np.asarray(v[0, :, 0])
+    np.testing.assert_allclose(o[0, :, 0], expected, **FLOAT32_TOLERANCE)
+    with pytest.raises(ValueError, match=r"log_forget must be \[B, Tk, H\] = \(1, 6, 1\)"):
+        softmax_attention(q, k, v, log_forget=jnp.zeros((1, 6)))
