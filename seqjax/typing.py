@@ -8,6 +8,7 @@ Shapes are written in brackets, batch first:
     K  key / query head dimension   V  value head dimension
     F  feature dimensions of an elementwise recurrence (any trailing shape)
     C  number of classes / outputs  L  cache length of an attention layer
+    E  inner (expanded) width of a block   W  width of a short causal convolution
 """
 
 from typing import Any, TypeAlias

@@ -16,6 +16,8 @@ from typing import Any
 from flax import nnx
 
 _MIXERS: dict[str, type[nnx.Module]] = {}
+# Set by the backbone, not by configs: a mixer that declares them learns where it sits.
+DEPTH_ARGUMENTS = ("layer_index", "num_layers")
 
 
 def register(name: str) -> Callable[[type[nnx.Module]], type[nnx.Module]]:
@@ -45,11 +47,24 @@ def mixer_class(name: str) -> type[nnx.Module]:
 def mixer_options(name: str) -> tuple[str, ...]:
     """The keyword options that mixer ``name`` accepts besides ``d_model`` and ``rngs``."""
     parameters = inspect.signature(mixer_class(name).__init__).parameters
-    return tuple(p for p in parameters if p not in ("self", "d_model", "rngs"))
+    excluded = ("self", "d_model", "rngs", *DEPTH_ARGUMENTS)
+    return tuple(p for p in parameters if p not in excluded)
 
 
-def create(name: str, *, d_model: int, rngs: nnx.Rngs, **options: Any) -> nnx.Module:
-    """Builds the mixer registered as ``name`` with width ``d_model`` and its ``options``."""
+def create(
+    name: str,
+    *,
+    d_model: int,
+    rngs: nnx.Rngs,
+    layer_index: int = 0,
+    num_layers: int = 1,
+    **options: Any,
+) -> nnx.Module:
+    """Builds the mixer registered as ``name`` with width ``d_model`` and its ``options``.
+
+    ``layer_index`` and ``num_layers`` reach only mixers whose constructor declares them
+    (HGRN's forget-gate lower bound rises with depth).
+    """
     valid = mixer_options(name)
     unknown = sorted(set(options) - set(valid))
     if unknown:
@@ -57,7 +72,10 @@ def create(name: str, *, d_model: int, rngs: nnx.Rngs, **options: Any) -> nnx.Mo
             f"mixer {name!r} got unknown option(s) {', '.join(unknown)}; "
             f"valid options: {', '.join(valid) or '(none)'}"
         )
-    return mixer_class(name)(d_model=d_model, rngs=rngs, **options)
+    parameters = inspect.signature(mixer_class(name).__init__).parameters
+    depth = {"layer_index": layer_index, "num_layers": num_layers}
+    depth = {argument: value for argument, value in depth.items() if argument in parameters}
+    return mixer_class(name)(d_model=d_model, rngs=rngs, **depth, **options)
 
 
 def default_options(name: str) -> dict[str, Any]:

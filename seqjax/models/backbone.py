@@ -46,9 +46,18 @@ class Block(nnx.Module):
         mlp_expansion: int,
         norm: str,
         rngs: nnx.Rngs,
+        layer_index: int = 0,
+        num_layers: int = 1,
     ):
         self.mixer_norm = create_norm(norm, d_model)
-        self.mixer = layers.create(mixer, d_model=d_model, rngs=rngs, **mixer_options)
+        self.mixer = layers.create(
+            mixer,
+            d_model=d_model,
+            rngs=rngs,
+            layer_index=layer_index,
+            num_layers=num_layers,
+            **mixer_options,
+        )
         if mlp_expansion:
             self.mlp_norm = create_norm(norm, d_model)
             self.mlp = GatedMLP(d_model, mlp_expansion * d_model, rngs=rngs)
@@ -116,6 +125,8 @@ class Backbone(nnx.Module):
                     mlp_expansion=mlp_expansion,
                     norm=norm,
                     rngs=rngs,
+                    layer_index=i,
+                    num_layers=num_layers,
                 )
                 for i in range(num_layers)
             ]

@@ -26,6 +26,8 @@ VARIANTS = [
     ("lstm", dict(peepholes=True, coupled_input_forget=True)),
     ("lstm", dict(forget_gate=False)),
     ("gru", dict(reset_after=False)),
+    ("mamba", dict(negative_eigenvalues=True)),
+    ("hgrn", dict(forget_lower_bound=0.5)),
 ]
 CASES = [(name, SMALL_OPTIONS.get(name, {})) for name in layers.available()] + VARIANTS
 

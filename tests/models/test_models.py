@@ -115,3 +115,14 @@ def test_bad_inputs_raise_clear_errors():
         generate(attention, tokens(1, 30), max_new_tokens=5)
     with pytest.raises(ValueError, match="give exactly one of vocab_size"):
         Backbone(d_model=8, num_layers=1, pattern="gru", rngs=nnx.Rngs(0))
+
+
+def test_hgrn_forget_lower_bound_rises_with_depth():
+    backbone = Backbone(d_model=8, num_layers=4, pattern="hgrn", vocab_size=VOCAB, rngs=nnx.Rngs(0))
+    bounds = [block.mixer.forget_lower_bound for block in backbone.blocks]
+    assert bounds == [0.0, 0.25, 0.5, 0.75]
+    fixed = Backbone(
+        d_model=8, num_layers=2, pattern="hgrn", vocab_size=VOCAB, rngs=nnx.Rngs(0),
+        mixer_options={"hgrn": {"forget_lower_bound": 0.3}},
+    )  # fmt: skip
+    assert [block.mixer.forget_lower_bound for block in fixed.blocks] == [0.3, 0.3]

@@ -1,0 +1,186 @@
+"""Mamba: a gated block around a selective state space (S6) layer.
+
+"Mamba: Linear-Time Sequence Modeling with Selective State Spaces" (Gu & Dao, 2023). Per
+channel d of the inner width E and state index n, with input-dependent Δ_t, B_t, C_t:
+
+    h_t[d, n] = exp(Δ_t[d] A[d, n]) h_{t-1}[d, n] + Δ_t[d] B_t[n] u_t[d]
+    y_t[d] = Σ_n C_t[n] h_t[d, n] + D[d] u_t[d]
+
+(zero-order hold for A, the simplified Euler step Δ B for B, as in the paper). The block:
+x → in_proj → (u, z); u → causal conv → SiLU → S6 → ⊙ SiLU(z) → out_proj.
+
+With ``negative_eigenvalues=True`` the decays exp(Δ A) ∈ (0, 1) are mapped to
+2 exp(Δ A) - 1 ∈ (-1, 1) ("Unlocking State-Tracking in Linear RNNs Through Negative
+Eigenvalues", Grazzi et al., 2025), which lets the state flip sign (parity, modular counts).
+
+State: {"conv": the last conv_width - 1 inputs of the conv [B, W-1, E],
+"ssm": h [B, E, N]}.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from seqjax.layers.registry import register
+from seqjax.ops.conv import causal_conv1d
+from seqjax.ops.scan import linear_recurrence
+from seqjax.typing import Array, PyTree
+
+
+def selective_scan(
+    u: Array,
+    delta: Array,
+    log_decay_rate: Array,
+    input_matrix: Array,
+    output_matrix: Array,
+    skip: Array,
+    *,
+    initial_state: Array | None = None,
+    segment_starts: Array | None = None,
+    negative_eigenvalues: bool = False,
+    implementation: str | None = None,
+) -> tuple[Array, Array]:
+    """The S6 recurrence of the module docstring; returns ``(y [B, T, E], h_T [B, E, N])``.
+
+    Args:
+      u: inputs [B, T, E].
+      delta: step sizes Δ > 0 [B, T, E].
+      log_decay_rate: A_log [E, N]; A = -exp(A_log) < 0.
+      input_matrix: B_t [B, T, N].
+      output_matrix: C_t [B, T, N].
+      skip: D [E].
+      initial_state: h [B, E, N] (zeros if None).
+      segment_starts: bool [B, T]; the state is zeroed before each true position.
+      negative_eigenvalues: decays 2 exp(Δ A) - 1 instead of exp(Δ A).
+      implementation: passed to ``linear_recurrence``.
+    """
+    u32, delta = u.astype(jnp.float32), delta.astype(jnp.float32)
+    decay = selective_decay(delta, log_decay_rate, negative_eigenvalues=negative_eigenvalues)
+    inputs = (delta * u32)[..., None] * input_matrix.astype(jnp.float32)[:, :, None, :]
+    h, final_state = linear_recurrence(
+        decay,
+        inputs,
+        initial_state=initial_state,
+        segment_starts=segment_starts,
+        implementation=implementation,
+    )
+    y = jnp.einsum("bten,btn->bte", h, output_matrix.astype(jnp.float32))
+    return (y + skip * u32).astype(u.dtype), final_state
+
+
+def selective_decay(
+    delta: Array, log_decay_rate: Array, *, negative_eigenvalues: bool = False
+) -> Array:
+    """Ā = exp(Δ A) ∈ (0, 1), or 2 exp(Δ A) - 1 ∈ (-1, 1): [B, T, E, N] from Δ [B, T, E]
+    and A_log [E, N], in float32."""
+    rate = -jnp.exp(log_decay_rate.astype(jnp.float32))  # A = -exp(A_log) < 0
+    decay = jnp.exp(delta.astype(jnp.float32)[..., None] * rate)
+    return 2.0 * decay - 1.0 if negative_eigenvalues else decay
+
+
+def s4d_real_log_rates(inner_size: int, state_size: int) -> Array:
+    """A_log for the S4D-Real initialization A[d, n] = -(n + 1) (Gu et al., 2022)."""
+    rates = jnp.arange(1, state_size + 1, dtype=jnp.float32)
+    return jnp.log(jnp.broadcast_to(rates, (inner_size, state_size)))
+
+
+def step_size_bias(key: Array, size: int, dt_min: float, dt_max: float) -> Array:
+    """A bias b with softplus(b) log-uniform in [dt_min, dt_max], as in the Mamba code."""
+    log_dt = jax.random.uniform(key, (size,), minval=math.log(dt_min), maxval=math.log(dt_max))
+    dt = jnp.maximum(jnp.exp(log_dt), 1e-4)
+    return dt + jnp.log(-jnp.expm1(-dt))  # softplus⁻¹(dt)
+
+
+def _symmetric_uniform(key: Array, shape: tuple[int, ...], dtype=jnp.float32) -> Array:
+    """Uniform in ±rank^-1/2 for the Δ projection [rank, E], as in the Mamba code."""
+    bound = shape[0] ** -0.5
+    return jax.random.uniform(key, shape, dtype, minval=-bound, maxval=bound)
+
+
+@register("mamba")
+class Mamba(nnx.Module):
+    """The Mamba block (Gu & Dao, 2023); see the module docstring. x: [B, T, D].
+
+    Options: ``state_size`` N, ``expand`` (E = expand * D), ``conv_width``, ``dt_rank`` (rank
+    of the Δ projection; None or 0 for ⌈D / 16⌉), ``dt_min``/``dt_max`` (range of the initial Δ),
+    ``negative_eigenvalues`` and ``implementation`` (of ``linear_recurrence``).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        *,
+        rngs: nnx.Rngs,
+        state_size: int = 16,
+        expand: int = 2,
+        conv_width: int = 4,
+        dt_rank: int | None = None,
+        dt_min: float = 0.001,
+        dt_max: float = 0.1,
+        negative_eigenvalues: bool = False,
+        implementation: str | None = None,
+    ):
+        if conv_width < 1:
+            raise ValueError(f"conv_width must be at least 1, got {conv_width}")
+        self.inner_size = inner = expand * d_model
+        self.state_size = state_size
+        self.conv_width = conv_width
+        self.dt_rank = dt_rank = dt_rank or math.ceil(d_model / 16)
+        self.negative_eigenvalues = negative_eigenvalues
+        self.implementation = implementation
+
+        self.in_proj = nnx.Linear(d_model, 2 * inner, use_bias=False, rngs=rngs)
+        # Depthwise conv taps [W, E], initialized like PyTorch's Conv1d (fan-in W).
+        bound = conv_width**-0.5
+        self.conv_kernel = nnx.Param(
+            jax.random.uniform(rngs.params(), (conv_width, inner), minval=-bound, maxval=bound)
+        )
+        self.conv_bias = nnx.Param(
+            jax.random.uniform(rngs.params(), (inner,), minval=-bound, maxval=bound)
+        )
+        self.x_proj = nnx.Linear(inner, dt_rank + 2 * state_size, use_bias=False, rngs=rngs)
+        self.dt_proj = nnx.Linear(dt_rank, inner, kernel_init=_symmetric_uniform, rngs=rngs)
+        self.dt_proj.bias[...] = step_size_bias(rngs.params(), inner, dt_min, dt_max)
+        self.log_decay_rate = nnx.Param(s4d_real_log_rates(inner, state_size))
+        self.skip = nnx.Param(jnp.ones((inner,), jnp.float32))
+        self.out_proj = nnx.Linear(inner, d_model, use_bias=False, rngs=rngs)
+
+    def init_state(self, batch_size: int) -> PyTree:
+        return {
+            "conv": jnp.zeros((batch_size, self.conv_width - 1, self.inner_size), jnp.float32),
+            "ssm": jnp.zeros((batch_size, self.inner_size, self.state_size), jnp.float32),
+        }
+
+    def __call__(
+        self, x: Array, *, state: PyTree | None = None, segment_starts: Array | None = None
+    ) -> tuple[Array, PyTree]:
+        if state is None:
+            state = self.init_state(x.shape[0])
+        u, gate = jnp.split(self.in_proj(x), 2, axis=-1)
+        u, conv_state = causal_conv1d(
+            u,
+            self.conv_kernel[...],
+            bias=self.conv_bias[...],
+            initial_state=state["conv"],
+            segment_starts=segment_starts,
+        )
+        u = jax.nn.silu(u)
+        low_rank_delta, input_matrix, output_matrix = jnp.split(
+            self.x_proj(u), [self.dt_rank, self.dt_rank + self.state_size], axis=-1
+        )
+        delta = jax.nn.softplus(self.dt_proj(low_rank_delta).astype(jnp.float32))
+        y, ssm_state = selective_scan(
+            u,
+            delta,
+            self.log_decay_rate[...],
+            input_matrix,
+            output_matrix,
+            self.skip[...],
+            initial_state=state["ssm"],
+            segment_starts=segment_starts,
+            negative_eigenvalues=self.negative_eigenvalues,
+            implementation=self.implementation,
+        )
+        return self.out_proj(y * jax.nn.silu(gate)), {"conv": conv_state, "ssm": ssm_state}
