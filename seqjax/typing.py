@@ -9,6 +9,7 @@ Shapes are written in brackets, batch first:
     F  feature dimensions of an elementwise recurrence (any trailing shape)
     C  number of classes / outputs  L  cache length of an attention layer
     E  inner (expanded) width of a block   W  width of a short causal convolution
+    P  head width of a Mamba-2 state [N, P]
 """
 
 from typing import Any, TypeAlias

@@ -28,6 +28,8 @@ VARIANTS = [
     ("gru", dict(reset_after=False)),
     ("mamba", dict(negative_eigenvalues=True)),
     ("hgrn", dict(forget_lower_bound=0.5)),
+    ("mamba2", dict(num_groups=2, head_dim=8, state_size=4)),
+    ("hgrn2", dict(forget_lower_bound=0.5, expand_ratio=8)),
 ]
 CASES = [(name, SMALL_OPTIONS.get(name, {})) for name in layers.available()] + VARIANTS
 

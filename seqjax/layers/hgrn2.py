@@ -1,0 +1,140 @@
+"""HGRN2: HGRN with its state expanded by an outer product, a gated linear attention.
+
+"HGRN2: Gated Linear RNNs with State Expansion" (Qin et al., 2024). HGRN's forget gate
+f_t ∈ [γ, 1]^K with a lower bound γ rising with depth, its input gate tied as 1 - f_t, and
+its output gate o_t read out an expanded state per head:
+
+    f_t = γ + (1 - γ) σ(W_f x_t),  i_t = SiLU(W_i x_t),  o_t = σ(W_o x_t)
+    S_t = diag(f_t) S_{t-1} + (1 - f_t) i_tᵀ,    y_t = S_tᵀ o_t                S_t: [K, V]
+
+that is ``gated_linear_attention(q=o, k=1 - f, v=i, log_decay=log f)`` with a decay per key
+dimension [B, T, H, K]: the forget gate is the decay, its complement the key, the output gate
+the query. The expand ratio K (the paper's 128) is each head's key size; the D input
+channels are split into H = D / K heads of V = K values, so the state holds D · K numbers
+where HGRN's holds D. Then a LayerNorm over the D outputs and an output projection:
+
+    out = W_out LayerNorm(y) + b_out
+
+As in HGRN (``hgrn.py``), the lower bound of layer l of L is γ_l = l / L (the paper's learned
+bounds cumsum(softmax(Γ)) at Γ = 0), or a fixed ``forget_lower_bound``.
+
+State: S [B, H, K, K].
+"""
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from seqjax.layers.norms import LayerNorm
+from seqjax.layers.registry import register
+from seqjax.ops.linear_attention import gated_linear_attention
+from seqjax.typing import Array
+
+
+def hgrn2_gates(forget_logits: Array, lower_bound: float) -> tuple[Array, Array]:
+    """(log f_t, 1 - f_t) for f_t = γ + (1 - γ) σ(logits) ∈ [γ, 1], in float32.
+
+    Both stay accurate at the ends: log f = log(γ + (1 - γ) σ) is a logaddexp of log γ and
+    log(1 - γ) + log σ, and 1 - f = (1 - γ) σ(-logits) does not subtract numbers near 1.
+    """
+    logits = forget_logits.astype(jnp.float32)
+    log_forget = jax.nn.log_sigmoid(logits)
+    if lower_bound > 0.0:
+        log_forget = jnp.logaddexp(jnp.log(lower_bound), jnp.log1p(-lower_bound) + log_forget)
+    return log_forget, (1.0 - lower_bound) * jax.nn.sigmoid(-logits)
+
+
+def hgrn2_recurrence(
+    query_logits: Array,
+    forget_logits: Array,
+    input_logits: Array,
+    *,
+    lower_bound: float = 0.0,
+    initial_state: Array | None = None,
+    segment_starts: Array | None = None,
+    chunk_size: int = 64,
+    implementation: str | None = None,
+) -> tuple[Array, Array]:
+    """HGRN2's recurrence of the module docstring; returns ``(y [B, T, H, V], S_T)``.
+
+    Args:
+      query_logits: W_o x [B, T, H, K] (o_t = σ of it).
+      forget_logits: W_f x [B, T, H, K].
+      input_logits: W_i x [B, T, H, V] (i_t = SiLU of it).
+      lower_bound: γ, the least value of the forget gate.
+      initial_state: S [B, H, K, V] (zeros if None).
+      segment_starts: bool [B, T]; the state is zeroed before each true position.
+      chunk_size, implementation: of ``gated_linear_attention``.
+    """
+    log_forget, key = hgrn2_gates(forget_logits, lower_bound)
+    return gated_linear_attention(
+        jax.nn.sigmoid(query_logits.astype(jnp.float32)),
+        key,
+        jax.nn.silu(input_logits.astype(jnp.float32)),
+        log_decay=log_forget,
+        initial_state=initial_state,
+        segment_starts=segment_starts,
+        chunk_size=chunk_size,
+        implementation=implementation,
+    )
+
+
+@register("hgrn2")
+class HGRN2(nnx.Module):
+    """The HGRN2 layer (Qin et al., 2024); see the module docstring. x: [B, T, D].
+
+    Options: ``expand_ratio`` K (the state expansion: heads of K keys and K values, H = D / K),
+    ``forget_lower_bound`` γ (None: layer_index / num_layers), ``chunk_size`` and
+    ``implementation`` (of ``gated_linear_attention``).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        *,
+        rngs: nnx.Rngs,
+        expand_ratio: int = 16,
+        forget_lower_bound: float | None = None,
+        chunk_size: int = 64,
+        implementation: str | None = None,
+        layer_index: int = 0,
+        num_layers: int = 1,
+    ):
+        if expand_ratio < 1 or d_model % expand_ratio:
+            raise ValueError(f"expand_ratio ({expand_ratio}) must divide d_model ({d_model})")
+        if forget_lower_bound is None:
+            forget_lower_bound = layer_index / num_layers
+        if not 0.0 <= forget_lower_bound < 1.0:
+            raise ValueError(f"forget_lower_bound must be in [0, 1), got {forget_lower_bound}")
+        self.num_heads, self.expand_ratio = d_model // expand_ratio, expand_ratio
+        self.forget_lower_bound = forget_lower_bound
+        self.chunk_size, self.implementation = chunk_size, implementation
+        # Query (output gate), forget gate and input from one projection.
+        self.input_proj = nnx.Linear(d_model, 3 * d_model, rngs=rngs)
+        self.norm = LayerNorm(d_model)
+        self.out_proj = nnx.Linear(d_model, d_model, rngs=rngs)
+
+    def init_state(self, batch_size: int) -> Array:
+        size = self.expand_ratio
+        return jnp.zeros((batch_size, self.num_heads, size, size), jnp.float32)
+
+    def __call__(
+        self, x: Array, *, state: Array | None = None, segment_starts: Array | None = None
+    ) -> tuple[Array, Array]:
+        batch, length, d_model = x.shape
+        heads = (batch, length, self.num_heads, self.expand_ratio)
+        query_logits, forget_logits, input_logits = (
+            t.reshape(heads) for t in jnp.split(self.input_proj(x), 3, axis=-1)
+        )
+        y, final_state = hgrn2_recurrence(
+            query_logits,
+            forget_logits,
+            input_logits,
+            lower_bound=self.forget_lower_bound,
+            initial_state=state,
+            segment_starts=segment_starts,
+            chunk_size=self.chunk_size,
+            implementation=self.implementation,
+        )
+        y = self.norm(y.reshape(batch, length, d_model)).astype(x.dtype)
+        return self.out_proj(y), final_state

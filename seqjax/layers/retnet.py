@@ -1,0 +1,174 @@
+"""RetNet: multi-scale retention, a fixed decay per head with rotary relative positions.
+
+"Retentive Network: A Successor to Transformer for Large Language Models" (Sun et al.,
+2023). Per head h with its fixed decay γ_h = 1 - 2^(-5-h) and q̃_t, k̃_t the query and key
+rotated by the angle t θ (the paper's e^{i t θ}, here rotary positions):
+
+    S_t = γ_h S_{t-1} + k̃_t v_tᵀ,    o_t = S_tᵀ q̃_t / √K
+
+that is ``gated_linear_attention(q̃, k̃ / √K, v, log_decay=log γ_h)`` with a scalar decay per
+head, constant over time. The layer: q, k [H, K] and v [H, V] (V = expand_v · K, the paper's
+value factor 2) from x; retention; a group norm per head; ⊙ swish(W_g x); output projection:
+
+    y = W_o (swish(W_g x) ⊙ GroupNorm(o))
+
+Rotary positions count tokens since the start of the current segment; the next position is
+carried in the state, so a sequence fed in pieces (or token by token) rotates every token by
+the same angle as the whole. The paper's parallel form also rescales each row of its decay
+matrix; a scale per row and head cancels in the group norm (up to its ε), so it is omitted.
+
+State: {"retention": S [B, H, K, V], "next_position": [B] int32}.
+"""
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from seqjax.layers.norms import layer_normalize
+from seqjax.layers.registry import register
+from seqjax.ops.attention import rotary_embedding
+from seqjax.ops.linear_attention import gated_linear_attention
+from seqjax.typing import Array, PyTree
+
+GROUP_NORM_EPSILON = 1e-5
+
+
+def retention_log_decay(num_heads: int) -> Array:
+    """log γ_h for γ_h = 1 - 2^(-5-h), h = 0..H-1 (the paper's decays), float32 [H]."""
+    return jnp.log1p(-(2.0 ** (-5.0 - jnp.arange(num_heads, dtype=jnp.float32))))
+
+
+def segment_positions(
+    next_position: Array, length: int, segment_starts: Array | None = None
+) -> Array:
+    """Positions [B, T] of the next ``length`` tokens: counting on from ``next_position`` [B],
+    and from 0 again at every true entry of ``segment_starts`` [B, T]."""
+    steps = jnp.arange(length, dtype=jnp.int32)
+    positions = next_position.astype(jnp.int32)[:, None] + steps
+    if segment_starts is None:
+        return positions
+    last_start = jax.lax.cummax(jnp.where(segment_starts, steps, -1), axis=1)
+    return jnp.where(last_start >= 0, steps - last_start, positions)
+
+
+def multi_scale_retention(
+    q: Array,
+    k: Array,
+    v: Array,
+    positions: Array,
+    *,
+    initial_state: Array | None = None,
+    segment_starts: Array | None = None,
+    rotary_base: float = 10_000.0,
+    chunk_size: int = 64,
+    implementation: str | None = None,
+) -> tuple[Array, Array]:
+    """Retention of the module docstring before the group norm; returns ``(o, S_T)``.
+
+    Args:
+      q, k: [B, T, H, K] with K even (before the rotation).  v: [B, T, H, V].
+      positions: [B, T] integer positions of the rotation.
+      initial_state: S [B, H, K, V] (zeros if None).
+      segment_starts: bool [B, T]; the state is zeroed before each true position.
+      rotary_base, chunk_size, implementation: of the rotation and of the op.
+
+    Returns:
+      o [B, T, H, V] and S_T [B, H, K, V] (float32).
+    """
+    batch, length, heads, key_size = q.shape
+    log_decay = jnp.broadcast_to(retention_log_decay(heads), (batch, length, heads))
+    return gated_linear_attention(
+        rotary_embedding(q, positions, base=rotary_base),
+        rotary_embedding(k, positions, base=rotary_base),
+        v,
+        log_decay=log_decay,
+        initial_state=initial_state,
+        segment_starts=segment_starts,
+        scale=key_size**-0.5,
+        chunk_size=chunk_size,
+        implementation=implementation,
+    )
+
+
+@register("retnet")
+class RetNet(nnx.Module):
+    """Multi-scale retention (Sun et al., 2023); see the module docstring. x: [B, T, D].
+
+    Options: ``num_heads`` H (K = D / H, even), ``expand_v`` (V = expand_v · K),
+    ``rotary_base``, ``chunk_size`` and ``implementation`` (of ``gated_linear_attention``).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        *,
+        rngs: nnx.Rngs,
+        num_heads: int = 4,
+        expand_v: int = 2,
+        rotary_base: float = 10_000.0,
+        chunk_size: int = 64,
+        implementation: str | None = None,
+    ):
+        if num_heads < 1 or d_model % num_heads:
+            raise ValueError(f"num_heads ({num_heads}) must divide d_model ({d_model})")
+        if (d_model // num_heads) % 2:
+            raise ValueError(
+                f"the key size d_model / num_heads = {d_model // num_heads} must be even for "
+                "rotary positions"
+            )
+        if expand_v < 1:
+            raise ValueError(f"expand_v must be at least 1, got {expand_v}")
+        self.num_heads, self.key_size = num_heads, d_model // num_heads
+        self.value_size = expand_v * self.key_size
+        self.rotary_base = rotary_base
+        self.chunk_size, self.implementation = chunk_size, implementation
+        inner = num_heads * self.value_size
+
+        def linear(size_in, size_out):
+            return nnx.Linear(size_in, size_out, use_bias=False, rngs=rngs)
+
+        self.query, self.key = linear(d_model, d_model), linear(d_model, d_model)
+        self.value, self.gate = linear(d_model, inner), linear(d_model, inner)
+        self.norm_scale = nnx.Param(jnp.ones((num_heads, self.value_size), jnp.float32))
+        self.norm_bias = nnx.Param(jnp.zeros((num_heads, self.value_size), jnp.float32))
+        self.output = linear(inner, d_model)
+
+    @property
+    def decays(self) -> Array:
+        """γ_h [H]."""
+        return jnp.exp(retention_log_decay(self.num_heads))
+
+    def init_state(self, batch_size: int) -> PyTree:
+        shape = (batch_size, self.num_heads, self.key_size, self.value_size)
+        return {
+            "retention": jnp.zeros(shape, jnp.float32),
+            "next_position": jnp.zeros((batch_size,), jnp.int32),
+        }
+
+    def __call__(
+        self, x: Array, *, state: PyTree | None = None, segment_starts: Array | None = None
+    ) -> tuple[Array, PyTree]:
+        batch, length, _ = x.shape
+        if state is None:
+            state = self.init_state(batch)
+        positions = segment_positions(state["next_position"], length, segment_starts)
+
+        def heads(t, size):
+            return t.reshape(batch, length, self.num_heads, size)
+
+        o, retention_state = multi_scale_retention(
+            heads(self.query(x), self.key_size),
+            heads(self.key(x), self.key_size),
+            heads(self.value(x), self.value_size),
+            positions,
+            initial_state=state["retention"],
+            segment_starts=segment_starts,
+            rotary_base=self.rotary_base,
+            chunk_size=self.chunk_size,
+            implementation=self.implementation,
+        )
+        normed = layer_normalize(
+            o, self.norm_scale[...], self.norm_bias[...], GROUP_NORM_EPSILON
+        ).reshape(batch, length, -1)
+        y = self.output(jax.nn.silu(self.gate(x)) * normed)
+        return y, {"retention": retention_state, "next_position": positions[:, -1] + 1}
