@@ -15,6 +15,8 @@ Cells:
             "LSTM: A Search Space Odyssey" (Greff et al., 2017): peepholes, a coupled
             input-forget gate (f_t = 1 - i_t) and no forget gate (f_t = 1).
     gru:    h_t = (1 - u_t) ⊙ h_{t-1} + u_t ⊙ n_t                         (Cho et al., 2014)
+    slstm:  c_t = f_t c_{t-1} + exp(ĩ_t) z_t,  n_t = f_t n_{t-1} + exp(ĩ_t),  h_t = o_t c_t / n_t
+            with a block-diagonal recurrence and a stabilizer              (Beck et al., 2024)
 """
 
 from collections.abc import Callable
@@ -164,3 +166,52 @@ def gru_cell(
         candidate = jnp.tanh(x_candidate + (reset * state) @ n_kernel + weights.candidate_bias)
     hidden = (1.0 - update) * state + update * candidate
     return hidden, hidden
+
+
+class SLSTMState(NamedTuple):
+    cell: Array  # c [B, N], divided by exp(m)
+    normalizer: Array  # n [B, N], divided by exp(m)
+    stabilizer: Array  # m [B, N]
+    hidden: Array  # h [B, N]
+
+
+SLSTM_GATES = ("cell_input", "input", "forget", "output")  # z, i, f, o in gate-input order
+
+
+def slstm_cell(
+    recurrent_kernel: Array, state: SLSTMState, gate_input: Array
+) -> tuple[SLSTMState, Array]:
+    """One sLSTM step ("xLSTM: Extended Long Short-Term Memory", Beck et al., 2024, Sec. 2.2).
+
+        z̃, ĩ, f̃, õ = gate_input + R h_{t-1},   m_t = max(log σ(f̃) + m_{t-1}, ĩ)
+        c_t = f' c_{t-1} + i' tanh(z̃),   n_t = f' n_{t-1} + i',   h_t = σ(õ) c_t / n_t
+
+    with i' = exp(ĩ - m_t) and f' = exp(log σ(f̃) + m_{t-1} - m_t), both <= 1: the
+    exponential input gate and sigmoid forget gate with c and n kept divided by exp(m_t).
+    ``gate_input`` [B, 4N] holds W x + b for the gates of SLSTM_GATES, N each. The recurrence
+    R is block-diagonal over heads: ``recurrent_kernel`` [heads, N/heads, 4·N/heads] maps a
+    head's part of h to that head's four gates (gate-major within the head).
+
+    An empty state (n = 0: the start, or a reset to zeros) takes m_t = ĩ_t, as in the xLSTM
+    code, rather than max(log f + 0, ĩ): then i' = 1, and since one of i', f' is 1 at every
+    step, n_t >= 1 from the first step on, so c_t / n_t never divides by an underflowed n.
+    """
+    heads, head_size, _ = recurrent_kernel.shape
+    batch = state.hidden.shape[0]
+    recurrent = jnp.einsum(
+        "bhi,hig->bhg", state.hidden.reshape(batch, heads, head_size), recurrent_kernel
+    )  # [B, heads, 4 · head_size] -> gate-major [B, 4N]
+    recurrent = jnp.swapaxes(recurrent.reshape(batch, heads, 4, head_size), 1, 2)
+    pre = _at_least_float32(gate_input) + recurrent.reshape(batch, 4 * heads * head_size)
+    cell_input, input_gate, forget_gate, output_gate = jnp.split(pre, 4, axis=-1)
+
+    log_forget_and_state = jax.nn.log_sigmoid(forget_gate) + state.stabilizer
+    empty = state.normalizer == 0
+    stabilizer = jnp.where(empty, input_gate, jnp.maximum(log_forget_and_state, input_gate))
+    input_weight = jnp.exp(input_gate - stabilizer)
+    # Masked before exp: on an empty state the exponent may be large and positive.
+    forget_weight = jnp.exp(jnp.where(empty, -jnp.inf, log_forget_and_state - stabilizer))
+    cell = forget_weight * state.cell + input_weight * jnp.tanh(cell_input)
+    normalizer = forget_weight * state.normalizer + input_weight
+    hidden = jax.nn.sigmoid(output_gate) * cell / normalizer
+    return SLSTMState(cell, normalizer, stabilizer, hidden), hidden

@@ -1,0 +1,241 @@
+"""The xLSTM blocks: mLSTM (matrix memory) and sLSTM (scalar memory with memory mixing).
+
+"xLSTM: Extended Long Short-Term Memory" (Beck et al., 2024). Both cells gate their memory
+with an exponential input gate exp(ĩ) and a sigmoid forget gate, normalize it by a
+normalizer state and carry a stabilizer m so that exp never overflows:
+
+    mLSTM:  C_t = f_t C_{t-1} + exp(ĩ_t) k_t v_tᵀ,  n_t = f_t n_{t-1} + exp(ĩ_t) k_t,
+            h_t = C_tᵀ q_t / max(|n_tᵀ q_t|, 1)                       (ops/mlstm.py)
+    sLSTM:  c_t = f_t c_{t-1} + exp(ĩ_t) z_t,  n_t = f_t n_{t-1} + exp(ĩ_t),  h_t = o_t c_t / n_t,
+            gates from W x_t + R h_{t-1}, R block-diagonal over heads  (ops/cells.py)
+
+``mlstm`` is the paper's pre-up-projection block: x → up-projection to (u, z) of width
+E = expand · D; u → causal conv (width 4) → swish gives q and k, u itself gives v (block-
+diagonal projections with blocks of 4, as in the paper); ĩ and f̃ per head from (q, k, v);
+multi-head mLSTM with k scaled by 1/√K; a group norm per head; plus a learnable skip of the
+conv output; ⊙ swish(z); down-projection to D.
+
+``slstm`` is the sLSTM layer of the paper's post-up-projection block: x → optional causal
+conv → swish feeds ĩ and f̃, x itself feeds z̃ and õ (head-wise projections, as in the
+paper), the sLSTM, and a group norm per head. The block's up-projection (a gated MLP) is
+not part of the mixer: seqjax's backbone already follows every mixer with a pre-norm gated
+MLP (``model.mlp_expansion``), which is that part of the paper's block (there with
+expansion 4/3).
+
+Forget-gate biases start at linspace(3, 6) so forget gates start near 1 (σ(3) ≈ 0.95);
+input-gate biases start near 0 (N(0, 0.1) for mLSTM, 0 for sLSTM) with zero weights for the
+mLSTM gates and a zero recurrence for the sLSTM, all as in the xLSTM code.
+
+States: mlstm {"conv": [B, W-1, E], "mlstm": MLSTMState (C [B, H, K, K], n [B, H, K],
+m [B, H])}; slstm {"conv": [B, W-1, D] (if conv_width > 0), "slstm": SLSTMState (c, n, m, h,
+each [B, D])}.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from seqjax.layers.norms import layer_normalize
+from seqjax.layers.registry import register
+from seqjax.ops import cells
+from seqjax.ops.conv import causal_conv1d
+from seqjax.ops.mlstm import mlstm, zero_mlstm_state
+from seqjax.typing import Array, PyTree
+
+GROUP_NORM_EPSILON = 1e-5
+
+
+def block_diagonal_linear(x: Array, kernel: Array) -> Array:
+    """x [..., G·I] times a block-diagonal matrix given by its blocks ``kernel`` [G, I, O]:
+    [..., G·O]; block g maps input features g·I:(g+1)·I to output features g·O:(g+1)·O."""
+    groups, size_in, size_out = kernel.shape
+    blocks = x.reshape(*x.shape[:-1], groups, size_in)
+    return jnp.einsum("...gi,gio->...go", blocks, kernel).reshape(*x.shape[:-1], groups * size_out)
+
+
+def group_normalize(x: Array, scale: Array) -> Array:
+    """Layer norm of each head's features of x [..., H, K] with a learned scale [H, K] and no
+    bias (the paper's group norm, one group per head)."""
+    return layer_normalize(x, scale, jnp.zeros_like(scale), GROUP_NORM_EPSILON)
+
+
+def _conv_parameters(key: Array, width: int, channels: int) -> tuple[nnx.Param, nnx.Param]:
+    """Depthwise conv taps [W, C] uniform in ±W^-1/2 (PyTorch's Conv1d init) and a zero bias."""
+    bound = width**-0.5
+    kernel = jax.random.uniform(key, (width, channels), minval=-bound, maxval=bound)
+    return nnx.Param(kernel), nnx.Param(jnp.zeros((channels,), jnp.float32))
+
+
+def _block_kernel(key: Array, groups: int, size: int, count: int = 1) -> nnx.Param:
+    """``count`` block-diagonal kernels [count, G, size, size], LeCun normal over a block."""
+    shape = (count, groups, size, size)
+    return nnx.Param(jax.random.normal(key, shape, jnp.float32) * size**-0.5)
+
+
+@register("mlstm")
+class MLSTM(nnx.Module):
+    """The mLSTM block (Beck et al., 2024); see the module docstring. x: [B, T, D].
+
+    Options: ``num_heads`` H (E = expand · D split into heads of K = E / H), ``expand``,
+    ``conv_width``, ``qkv_block_size`` (block size of the block-diagonal q, k, v
+    projections; E for dense ones), ``chunk_size`` and ``implementation`` (of ``mlstm``).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        *,
+        rngs: nnx.Rngs,
+        num_heads: int = 4,
+        expand: int = 2,
+        conv_width: int = 4,
+        qkv_block_size: int = 4,
+        chunk_size: int = 64,
+        implementation: str | None = None,
+    ):
+        self.inner_size = inner = expand * d_model
+        if inner % num_heads:
+            raise ValueError(f"expand * d_model ({inner}) must be a multiple of num_heads")
+        if inner % qkv_block_size:
+            raise ValueError(f"expand * d_model ({inner}) must be a multiple of qkv_block_size")
+        if conv_width < 1:
+            raise ValueError(f"conv_width must be at least 1, got {conv_width}")
+        self.num_heads, self.head_size = num_heads, inner // num_heads
+        self.conv_width = conv_width
+        self.chunk_size, self.implementation = chunk_size, implementation
+
+        self.up_proj = nnx.Linear(d_model, 2 * inner, use_bias=False, rngs=rngs)
+        self.conv_kernel, self.conv_bias = _conv_parameters(rngs.params(), conv_width, inner)
+        num_blocks = inner // qkv_block_size
+        self.qkv_kernels = _block_kernel(rngs.params(), num_blocks, qkv_block_size, count=3)
+        # Gate pre-activations (ĩ, f̃) per head from (q, k, v): zero weights, biases as the paper.
+        self.gate_proj = nnx.Linear(
+            3 * inner, 2 * num_heads, kernel_init=nnx.initializers.zeros, rngs=rngs
+        )
+        input_bias = 0.1 * jax.random.normal(rngs.params(), (num_heads,))
+        forget_bias = jnp.linspace(3.0, 6.0, num_heads)
+        self.gate_proj.bias[...] = jnp.concatenate([input_bias, forget_bias])
+        self.norm_scale = nnx.Param(jnp.ones((num_heads, self.head_size), jnp.float32))
+        self.skip = nnx.Param(jnp.ones((inner,), jnp.float32))
+        self.down_proj = nnx.Linear(inner, d_model, use_bias=False, rngs=rngs)
+
+    def init_state(self, batch_size: int) -> PyTree:
+        return {
+            "conv": jnp.zeros((batch_size, self.conv_width - 1, self.inner_size), jnp.float32),
+            "mlstm": zero_mlstm_state(batch_size, self.num_heads, self.head_size, self.head_size),
+        }
+
+    def __call__(
+        self, x: Array, *, state: PyTree | None = None, segment_starts: Array | None = None
+    ) -> tuple[Array, PyTree]:
+        batch, length, _ = x.shape
+        if state is None:
+            state = self.init_state(batch)
+        u, z = jnp.split(self.up_proj(x), 2, axis=-1)
+        conv, conv_state = causal_conv1d(
+            u,
+            self.conv_kernel[...],
+            bias=self.conv_bias[...],
+            initial_state=state["conv"],
+            segment_starts=segment_starts,
+        )
+        conv = jax.nn.silu(conv)
+        query_kernel, key_kernel, value_kernel = self.qkv_kernels[...]
+        q = block_diagonal_linear(conv, query_kernel)
+        k = block_diagonal_linear(conv, key_kernel)
+        v = block_diagonal_linear(u, value_kernel)
+        input_gate, forget_gate = jnp.split(
+            self.gate_proj(jnp.concatenate([q, k, v], axis=-1)), 2, axis=-1
+        )
+
+        def heads(t):
+            return t.reshape(batch, length, self.num_heads, self.head_size)
+
+        h, mlstm_state = mlstm(
+            heads(q),
+            heads(k) * self.head_size**-0.5,
+            heads(v),
+            input_gate,
+            forget_gate,
+            initial_state=state["mlstm"],
+            segment_starts=segment_starts,
+            chunk_size=self.chunk_size,
+            implementation=self.implementation,
+        )
+        h = group_normalize(h, self.norm_scale[...]).reshape(batch, length, self.inner_size)
+        h = (h + self.skip[...] * conv) * jax.nn.silu(z)
+        return self.down_proj(h), {"conv": conv_state, "mlstm": mlstm_state}
+
+
+@register("slstm")
+class SLSTM(nnx.Module):
+    """The sLSTM layer (Beck et al., 2024); see the module docstring. x: [B, T, D].
+
+    Options: ``num_heads`` (blocks of the recurrence, of the gate projections and of the
+    group norm) and ``conv_width`` (0 for no conv in front of the input and forget gates).
+    """
+
+    def __init__(self, d_model: int, *, rngs: nnx.Rngs, num_heads: int = 4, conv_width: int = 4):
+        if d_model % num_heads:
+            raise ValueError(f"d_model ({d_model}) must be a multiple of num_heads ({num_heads})")
+        if conv_width < 0:
+            raise ValueError(f"conv_width must be 0 (no conv) or more, got {conv_width}")
+        self.d_model, self.num_heads = d_model, num_heads
+        self.head_size = head_size = d_model // num_heads
+        self.conv_width = conv_width
+        if conv_width:
+            self.conv_kernel, self.conv_bias = _conv_parameters(rngs.params(), conv_width, d_model)
+        # Head-wise projections to the gates, in the order of cells.SLSTM_GATES: z̃, õ from x
+        # and ĩ, f̃ from the conv output.
+        self.gate_kernels = _block_kernel(rngs.params(), num_heads, head_size, count=4)
+        forget_bias = jnp.tile(jnp.linspace(3.0, 6.0, head_size), num_heads)
+        gate_bias = jnp.zeros((4, d_model), jnp.float32)
+        self.gate_bias = nnx.Param(gate_bias.at[cells.SLSTM_GATES.index("forget")].set(forget_bias))
+        self.recurrent_kernel = nnx.Param(
+            jnp.zeros((num_heads, head_size, 4 * head_size), jnp.float32)
+        )
+        self.norm_scale = nnx.Param(jnp.ones((num_heads, head_size), jnp.float32))
+
+    def init_state(self, batch_size: int) -> PyTree:
+        zeros = jnp.zeros((batch_size, self.d_model), jnp.float32)
+        state = {"slstm": cells.SLSTMState(zeros, zeros, zeros, zeros)}
+        if self.conv_width:
+            state["conv"] = jnp.zeros((batch_size, self.conv_width - 1, self.d_model), jnp.float32)
+        return state
+
+    def __call__(
+        self, x: Array, *, state: PyTree | None = None, segment_starts: Array | None = None
+    ) -> tuple[Array, PyTree]:
+        batch, length, _ = x.shape
+        if state is None:
+            state = self.init_state(batch)
+        new_state = {}
+        conv = x
+        if self.conv_width:
+            conv, new_state["conv"] = causal_conv1d(
+                x,
+                self.conv_kernel[...],
+                bias=self.conv_bias[...],
+                initial_state=state["conv"],
+                segment_starts=segment_starts,
+            )
+            conv = jax.nn.silu(conv)
+        sources = {"cell_input": x, "input": conv, "forget": conv, "output": x}
+        gate_input = jnp.concatenate(
+            [
+                block_diagonal_linear(sources[name], kernel)
+                for name, kernel in zip(cells.SLSTM_GATES, self.gate_kernels[...], strict=True)
+            ],
+            axis=-1,
+        ) + self.gate_bias[...].reshape(-1)
+        hidden, new_state["slstm"] = cells.run_cell(
+            functools.partial(cells.slstm_cell, self.recurrent_kernel[...]),
+            gate_input,
+            state["slstm"],
+            segment_starts=segment_starts,
+        )
+        hidden = hidden.reshape(batch, length, self.num_heads, self.head_size)
+        y = group_normalize(hidden, self.norm_scale[...]).reshape(batch, length, self.d_model)
+        return y.astype(x.dtype), new_state
