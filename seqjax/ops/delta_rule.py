@@ -20,8 +20,15 @@ lower-triangular system
 
     (I + A) U = diag(β) (V - diag(exp(b)) K S₀),   A_ij = β_i exp(b_i - b_j) k_i·k_j, j < i,
 
-after which outputs and the leaving state are those of gated linear attention with values U.
+(I + A is inverted in matmuls by block doubling), after which outputs and the leaving state
+are those of gated linear attention with values U.
+
+``generalized_delta_rule`` (below) is the diagonal-plus-rank-one form of RWKV-7, with a decay
+per key and separate removal key and direction; the same derivation carries over with the
+decays kept per key (see its docstring).
 """
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -145,10 +152,7 @@ def _chunk(state, q, k, v, beta, log_decay, starts):
     key_products = jnp.einsum("bihk,bjhk->bhij", k, k)
     a = jnp.moveaxis(beta[:, :, None] * decay_where(strictly_lower), 3, 1) * key_products
     right = beta[..., None] * (v - jnp.einsum("bihk,bhkv->bihv", decayed_keys, state))
-    system = jnp.eye(chunk_size) + a  # [B, H, C, C], unit lower triangular
-    u = jax.scipy.linalg.solve_triangular(
-        system, jnp.moveaxis(right, 1, 2), lower=True, unit_diagonal=True
-    )  # [B, H, C, V]
+    u = jnp.einsum("bhij,bjhv->bhiv", _unit_lower_triangular_inverse(a), right)  # [B, H, C, V]
 
     # Outputs and leaving state of gated linear attention with values U.
     scores = jnp.einsum("bihk,bjhk->bhij", q, k) * jnp.moveaxis(decay_where(lower), 3, 1)
@@ -163,3 +167,268 @@ def _chunk(state, q, k, v, beta, log_decay, starts):
     state = jnp.where(keeps_state, jnp.exp(total)[..., None, None] * state, 0.0)
     state += jnp.einsum("bjhk,bhjv->bhkv", to_end, u)
     return output, state
+
+
+def generalized_delta_rule(
+    q: Array,
+    k: Array,
+    v: Array,
+    removal_key: Array,
+    removal_direction: Array,
+    *,
+    log_decay: Array | None = None,
+    initial_state: Array | None = None,
+    segment_starts: Array | None = None,
+    scale: float | None = None,
+    chunk_size: int = 64,
+    implementation: str | None = None,
+) -> tuple[Array, Array]:
+    """The diagonal-plus-rank-one delta rule: a decay per key, a removal along any direction.
+
+        S_t = diag(exp(log_decay_t)) S_{t-1} - d_t (e_tᵀ S_{t-1}) + k_t v_tᵀ      S_t: [K, V]
+        o_t = scale · S_tᵀ q_t
+
+    with removal key e = ``removal_key`` and removal direction d = ``removal_direction``.
+
+    Parametrizations:
+      - the gated delta rule (``delta_rule``): e = k, d = exp(g) β k, values β v, scalar
+        log_decay g;
+      - RWKV-7 (Peng et al. 2025, "RWKV-7 "Goose" with Expressive Dynamic State Evolution"),
+        whose state is [V, K]: S'_t = S'_{t-1} (diag(w_t) - κ̂_tᵀ (a_t ⊙ κ̂_t)) + v_tᵀ k̃_t
+        with row vectors, o_t = S'_t r_t. Transposed (S = S'ᵀ), that is the recurrence above
+        with q = r, k = k̃, e = κ̂, d = a ⊙ κ̂, log_decay = log w (per key), scale 1. In the
+        arguments (w, r, k, v, a, b) of RWKV's kernels, a = -κ̂ and b = κ̂ ⊙ a, so e = -a and
+        d = b.
+
+    Implementations: "recurrent" (the reference) and "chunked". The chunked form writes each
+    step as a gated linear-attention step with two key/value pairs, (k_t, v_t) and
+    (-d_t, u_t) with u_t = S_{t-1}ᵀ e_t. Inside a chunk with inclusive cumulative log decay
+    b_i (per key), exclusive b_{i-1} = b_i - log_decay_i, and entering state S₀, the u's
+    solve the unit lower-triangular system
+
+        u_i + Σ_{j<i} A_ij u_j = S₀ᵀ (e_i ⊙ exp(b_{i-1})) + Σ_{j<i} B_ij v_j,
+        A_ij = Σ_k e_ik d_jk exp(b_{i-1,k} - b_jk),   B_ij = Σ_k e_ik k_jk exp(b_{i-1,k} - b_jk),
+
+    (inverted by block doubling in matmuls, ``_unit_lower_triangular_inverse``), after which
+    outputs and the leaving state are those of gated linear attention with both pairs. Every
+    decay factor is formed with no positive exponent (``_decayed_scores``).
+
+    Args:
+      q, k, removal_key, removal_direction: [B, T, H, K].  v: [B, T, H, V].
+      log_decay: None (no decay), [B, T, H] or [B, T, H, K]; values <= 0.
+      initial_state: [B, H, K, V] (zeros if None).
+      segment_starts: bool [B, T]; the state is reset to zero before each true position.
+      scale: multiplies the output; default 1.
+      chunk_size: C of the chunked form.
+      implementation: one of IMPLEMENTATIONS, or None for the best available.
+
+    Returns:
+      o [B, T, H, V] in v's dtype, and the final state [B, H, K, V] in float32.
+    """
+    _check_generalized_shapes(q, k, v, removal_key, removal_direction, log_decay, initial_state)
+    batch, length, heads, key_size = q.shape
+    if initial_state is None:
+        initial_state = jnp.zeros((batch, heads, key_size, v.shape[-1]), jnp.float32)
+    if segment_starts is not None and segment_starts.shape != (batch, length):
+        raise ValueError(
+            f"segment_starts must be [B, T] = {(batch, length)}, got {segment_starts.shape}"
+        )
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
+    implementation = check_implementation("generalized_delta_rule", implementation, IMPLEMENTATIONS)
+    # Decays become [B, T, H, K] or [B, T, H, 1] (a decay per head broadcasts over K).
+    if log_decay is None:
+        log_decay = jnp.zeros((batch, length, heads, 1), jnp.float32)
+    elif log_decay.ndim == 3:
+        log_decay = log_decay[..., None]
+    starts = (
+        jnp.zeros((batch, length), bool) if segment_starts is None else segment_starts.astype(bool)
+    )
+    arrays = [
+        jnp.asarray(t, jnp.float32) for t in (q, k, v, removal_key, removal_direction, log_decay)
+    ]
+    initial_state = jnp.asarray(initial_state, jnp.float32)
+    if implementation == "recurrent":
+        output, final_state = _generalized_recurrent(*arrays, initial_state, starts)
+    else:
+        output, final_state = scan_over_chunks(
+            _generalized_chunk, initial_state, (*arrays, starts), chunk_size=chunk_size
+        )
+    output = output * (1.0 if scale is None else scale)
+    return output.astype(v.dtype), final_state
+
+
+def _check_generalized_shapes(q, k, v, removal_key, removal_direction, log_decay, state):
+    if q.ndim != 4:
+        raise ValueError(f"q must be [B, T, H, K], got shape {q.shape}")
+    keys = {"k": k, "removal_key": removal_key, "removal_direction": removal_direction}
+    for name, array in keys.items():
+        if array.shape != q.shape:
+            raise ValueError(
+                f"{name} must have q's shape [B, T, H, K] = {q.shape}, got {array.shape}"
+            )
+    if v.ndim != 4 or v.shape[:3] != q.shape[:3]:
+        raise ValueError(f"v must be [B, T, H, V] with [B, T, H] = {q.shape[:3]}, got {v.shape}")
+    if log_decay is not None and log_decay.shape not in (q.shape[:3], q.shape):
+        raise ValueError(
+            f"log_decay must be [B, T, H] = {q.shape[:3]} or [B, T, H, K] = {q.shape}, "
+            f"got {log_decay.shape}"
+        )
+    expected_state = (q.shape[0], q.shape[2], q.shape[3], v.shape[3])
+    if state is not None and state.shape != expected_state:
+        raise ValueError(
+            f"initial_state must be [B, H, K, V] = {expected_state}, got {state.shape}"
+        )
+
+
+def _generalized_recurrent(q, k, v, removal_key, removal_direction, log_decay, state, starts):
+    """The reference: one step at a time, time-major."""
+
+    def step(state, inputs):
+        q_t, k_t, v_t, e_t, d_t, log_decay_t, start_t = inputs
+        state = jnp.where(start_t[:, None, None, None], 0.0, state)
+        removed = jnp.einsum("bhk,bhkv->bhv", e_t, state)  # u_t = S_{t-1}ᵀ e_t
+        state = (
+            jnp.exp(log_decay_t)[..., None] * state
+            - d_t[..., :, None] * removed[..., None, :]
+            + k_t[..., :, None] * v_t[..., None, :]
+        )
+        return state, jnp.einsum("bhk,bhkv->bhv", q_t, state)
+
+    arrays = (q, k, v, removal_key, removal_direction, log_decay, starts)
+    final_state, output = jax.lax.scan(step, state, [jnp.swapaxes(t, 0, 1) for t in arrays])
+    return jnp.swapaxes(output, 0, 1), final_state
+
+
+def _generalized_chunk(state, q, k, v, removal_key, removal_direction, log_decay, starts):
+    """One chunk of the generalized UT-transform form; arrays [B, C, H, ·], state [B, H, K, V]."""
+    chunk_size = q.shape[1]
+    inclusive = jnp.cumsum(log_decay, axis=1)  # b_i [B, C, H, K|1]
+    exclusive = inclusive - log_decay  # b_{i-1}
+    segment = jnp.cumsum(starts, axis=1)  # 0 = the segment carried into the chunk
+    positions = jnp.arange(chunk_size)
+    same_segment = segment[:, :, None] == segment[:, None, :]  # [B, Ci, Cj]
+    strictly_lower = (positions[:, None] > positions[None, :]) & same_segment
+    lower = (positions[:, None] >= positions[None, :]) & same_segment
+    carried = (segment == 0)[..., None, None]  # [B, C, 1, 1]
+
+    # The four score matrices in one call, stacked along heads: Σ_k x_ik y_jk exp(c_ik - b_jk)
+    # for (x, c, y) = (e, b_{i-1}, d), (e, b_{i-1}, k) with j < i and (q, b_i, k), (q, b_i, d)
+    # with j <= i.
+    heads = q.shape[2]
+    stack = functools.partial(jnp.concatenate, axis=2)
+    mask = jnp.repeat(jnp.stack([strictly_lower, lower], axis=-1), 2 * heads, axis=-1)
+    all_scores = _decayed_scores(
+        stack([removal_key, removal_key, q, q]),
+        stack([exclusive, exclusive, inclusive, inclusive]),
+        stack([removal_direction, k, k, removal_direction]),
+        stack([inclusive] * 4),
+        stack([exclusive] * 4),
+        mask,
+    )
+    removal_scores, key_scores, query_key_scores, query_removal_scores = jnp.split(
+        all_scores, 4, axis=-1
+    )
+
+    # The corrected values u_i = S_{i-1}ᵀ e_i: (I + A) U = E S₀ + B V, per batch and head.
+    decayed_removal_keys = jnp.where(carried, removal_key * jnp.exp(exclusive), 0.0)
+    right = jnp.einsum("bijh,bjhv->bihv", key_scores, v)
+    right += jnp.einsum("bihk,bhkv->bihv", decayed_removal_keys, state)
+    inverse = _unit_lower_triangular_inverse(jnp.moveaxis(removal_scores, 3, 1))  # [B, H, C, C]
+    u = jnp.einsum("bhij,bjhv->bihv", inverse, right)  # [B, C, H, V]
+
+    # Outputs: gated linear attention with the pairs (k, v) and (-d, u).
+    output = jnp.einsum("bijh,bjhv->bihv", query_key_scores, v)
+    output -= jnp.einsum("bijh,bjhv->bihv", query_removal_scores, u)
+    decayed_queries = jnp.where(carried, q * jnp.exp(inclusive), 0.0)
+    output += jnp.einsum("bihk,bhkv->bihv", decayed_queries, state)
+
+    # The leaving state: both pairs of the chunk's last segment, decayed to its end.
+    total = inclusive[:, -1]  # [B, H, K|1]
+    in_last_segment = (segment == segment[:, -1:])[..., None, None]
+    to_end = jnp.where(in_last_segment, jnp.exp(total[:, None] - inclusive), 0.0)
+    keeps_state = (segment[:, -1] == 0)[:, None, None, None]
+    state = jnp.where(keeps_state, jnp.exp(total)[..., None] * state, 0.0)
+    state += jnp.einsum("bjhk,bjhv->bhkv", k * to_end, v)
+    state -= jnp.einsum("bjhk,bjhv->bhkv", removal_direction * to_end, u)
+    return output, state
+
+
+def _decayed_scores(queries, query_cumulative, keys, key_cumulative, exclusive, mask):
+    """Σ_k q_ik k_jk exp(c_ik - b_jk) where ``mask`` [B, Ci, Cj, H] holds, else 0: [B, Ci, Cj, H].
+
+    ``query_cumulative`` c is the inclusive (b_i) or exclusive (b_{i-1}) cumulative log decay
+    and ``key_cumulative`` the inclusive b_j; ``mask`` may hold only where c_i - b_j <= 0
+    (j <= i for inclusive, j < i for exclusive). A decay per head factors out of the sum over
+    k. A decay per key uses sub-chunks (GLA's secondary chunking): for j in an earlier
+    sub-chunk than i, the factor splits at p = b_{r-1}, the exclusive cumulative at the first
+    step r of i's sub-chunk, as exp(c_i - p) · exp(p - b_j). Both exponents are <= 0 (c_i is
+    b_i or b_{i-1} with i >= r, and j <= r - 1), so the sum is a matmul. (GLA's pivot b_r
+    would give a positive exponent b_{r-1} - b_r for the exclusive query at i = r.) Inside a
+    sub-chunk the product is formed directly, masked before exp.
+    """
+    batch, chunk_size, heads, key_size = queries.shape
+    if query_cumulative.shape[-1] == 1:
+        exponent = query_cumulative[:, :, None, :, 0] - key_cumulative[:, None, :, :, 0]
+        decay = jnp.exp(jnp.where(mask, exponent, -jnp.inf))  # [B, Ci, Cj, H]
+        return jnp.einsum("bihk,bjhk->bijh", queries, keys) * decay
+
+    sub_chunk = max(size for size in range(1, min(8, chunk_size) + 1) if chunk_size % size == 0)
+    num_sub = chunk_size // sub_chunk
+    shape = (batch, num_sub, sub_chunk, heads, key_size)
+    q_sub, c_sub, k_sub, b_sub = (
+        t.reshape(shape) for t in (queries, query_cumulative, keys, key_cumulative)
+    )
+    # b_{r-1} at each sub-chunk's first step r [B, S, 1, H, K]; it cancels in every product,
+    # so no gradient flows through it.
+    pivot = jax.lax.stop_gradient(exclusive.reshape(shape)[:, :, :1])
+
+    # Earlier sub-chunks: q̃_i = q_i exp(c_i - p(i)),  k̃_j = k_j exp(p(i) - b_j).
+    decayed_queries = q_sub * jnp.exp(c_sub - pivot)
+    earlier = jnp.arange(num_sub)[None, :] < jnp.arange(num_sub)[:, None]  # [S(i), S(j)]
+    exponent = pivot[:, :, None] - b_sub[:, None]  # [B, S(i), S(j), c, H, K]
+    exponent = jnp.where(earlier[:, :, None, None, None], exponent, -jnp.inf)
+    decayed_keys = k_sub[:, None] * jnp.exp(exponent)
+    across = jnp.einsum("bIihk,bIJjhk->bIiJjh", decayed_queries, decayed_keys)
+
+    # The same sub-chunk: the direct product, masked (by the caller's mask) before exp.
+    diagonal = jnp.arange(num_sub)[:, None] == jnp.arange(num_sub)[None, :]
+    local_mask = mask.reshape(batch, num_sub, sub_chunk, num_sub, sub_chunk, heads)
+    local_mask = jnp.moveaxis(jnp.diagonal(local_mask, axis1=1, axis2=3), -1, 1)  # [B,S,ci,cj,H]
+    inside = c_sub[:, :, :, None] - b_sub[:, :, None, :]  # [B, S, ci, cj, H, K]
+    inside = jnp.exp(jnp.where(local_mask[..., None], inside, -jnp.inf))
+    within = jnp.einsum("bSihk,bSjhk,bSijhk->bSijh", q_sub, k_sub, inside)
+    diagonal_blocks = jnp.einsum("IJ,bIijh->bIiJjh", diagonal.astype(within.dtype), within)
+    combined = (across + diagonal_blocks).reshape(batch, chunk_size, chunk_size, heads)
+    return jnp.where(mask, combined, 0.0)
+
+
+def _unit_lower_triangular_inverse(strictly_lower: Array) -> Array:
+    """(I + A)⁻¹ for strictly lower-triangular A [..., C, C], in matmuls only.
+
+    Recursive doubling of the diagonal blocks, from 1 x 1 up to the whole (zero-padded to a
+    power of two) matrix:
+
+        [[L₁, 0], [M, L₂]]⁻¹ = [[L₁⁻¹, 0], [-L₂⁻¹ M L₁⁻¹, L₂⁻¹]]
+
+    (block triangular inversion, stable for triangular matrices: Du Croz & Higham 1992).
+    It replaces ``solve_triangular``, whose LAPACK call on CPU splits its batch over the
+    intra-op thread pool and can deadlock when two of them run at once on few cores.
+    """
+    size = strictly_lower.shape[-1]
+    padded = 1 << (size - 1).bit_length()
+    batch = strictly_lower.shape[:-2]
+    a = jnp.pad(strictly_lower, [(0, 0)] * len(batch) + [(0, padded - size)] * 2)
+    inverse = jnp.ones((*batch, padded, 1, 1), a.dtype)  # the inverted diagonal blocks
+    block = 1
+    while block < padded:
+        count = padded // (2 * block)
+        blocks = a.reshape(*batch, count, 2 * block, count, 2 * block)
+        blocks = jnp.moveaxis(jnp.diagonal(blocks, axis1=-4, axis2=-2), -1, -3)
+        pairs = inverse.reshape(*batch, count, 2, block, block)
+        first, second = pairs[..., 0, :, :], pairs[..., 1, :, :]
+        corner = -second @ blocks[..., block:, :block] @ first
+        top = jnp.concatenate([first, jnp.zeros_like(corner)], axis=-1)
+        inverse = jnp.concatenate([top, jnp.concatenate([corner, second], axis=-1)], axis=-2)
+        block *= 2
+    return inverse[..., 0, :size, :size]

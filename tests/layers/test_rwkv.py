@@ -1,0 +1,128 @@
+"""RWKV-6 and RWKV-7 time mixing equal explicit NumPy loops of their equations over the
+mixers' own (randomly perturbed) parameters, from a carried state; RWKV-7's loop is written
+in RWKV's own [V, K] state convention, so a transposition mistake fails it; decays lie in
+(0, 1)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from tolerances import FLOAT32
+
+from seqjax import layers
+from seqjax.layers.rwkv import GROUP_NORM_EPSILON, rwkv6_log_decay, rwkv7_log_decay
+
+D_MODEL, HEAD_SIZE, BATCH, LENGTH = 16, 8, 2, 7
+
+
+def perturbed_mixer(name, **options):
+    """The mixer with noise on every parameter, so zero-initialized low-rank factors count."""
+    mixer = layers.create(name, d_model=D_MODEL, rngs=nnx.Rngs(0), head_size=HEAD_SIZE, **options)
+    params = nnx.state(mixer, nnx.Param)
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(1), len(leaves))
+    noisy = [p + 0.3 * jax.random.normal(key, p.shape) for p, key in zip(leaves, keys, strict=True)]
+    nnx.update(mixer, jax.tree.unflatten(treedef, noisy))
+    flat = nnx.to_flat_state(nnx.state(mixer, nnx.Param))
+    return mixer, {".".join(map(str, path)): np.asarray(v, np.float64) for path, v in flat}
+
+
+def inputs_and_state(mixer):
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(BATCH, LENGTH, D_MODEL)).astype(np.float32)
+    heads = D_MODEL // HEAD_SIZE
+    state = {
+        "shift": rng.normal(size=(BATCH, D_MODEL)).astype(np.float32),
+        "wkv": 0.5 * rng.normal(size=(BATCH, heads, HEAD_SIZE, HEAD_SIZE)).astype(np.float32),
+    }
+    y, final = nnx.jit(lambda m, x, s: m(x, state=s))(mixer, x, state)
+    return x.astype(np.float64), jax.tree.map(lambda a: np.asarray(a, np.float64), state), y, final
+
+
+def group_norm(o, scale, bias):  # o [H, V] per head
+    mean = o.mean(-1, keepdims=True)
+    normed = (o - mean) / np.sqrt(((o - mean) ** 2).mean(-1, keepdims=True) + GROUP_NORM_EPSILON)
+    return normed.reshape(-1) * scale + bias
+
+
+def sigmoid(z):
+    return 1 / (1 + np.exp(-z))
+
+
+def test_rwkv6_equals_a_loop_of_its_equations():
+    mixer, params = perturbed_mixer("rwkv6")
+    x, state, y, final = inputs_and_state(mixer)
+    p = params.__getitem__
+    heads = D_MODEL // HEAD_SIZE
+    expected = np.zeros_like(x)
+    for b in range(BATCH):
+        previous, S = state["shift"][b], state["wkv"][b].copy()  # S [H, K, V]
+        for t in range(LENGTH):
+            x_t = x[b, t]
+            delta = previous - x_t
+            low_rank = np.tanh((x_t + delta * p("mix_x")) @ p("mix_down")).reshape(5, -1)
+            mix = p("mix_base") + np.einsum("fr,frd->fd", low_rank, p("mix_up"))
+            x_w, x_k, x_v, x_r, x_g = x_t + delta * mix
+            r, k, v = (x_r @ p("receptance.kernel"), x_k @ p("key.kernel"), x_v @ p("value.kernel"))
+            g = x_g @ p("gate.kernel")
+            g = g * sigmoid(g)
+            w = np.exp(-np.exp(p("decay_base") + np.tanh(x_w @ p("decay_down")) @ p("decay_up")))
+            r, k, v, w = (u.reshape(heads, HEAD_SIZE) for u in (r, k, v, w))
+            o = np.zeros((heads, HEAD_SIZE))
+            for h in range(heads):
+                kv = np.outer(k[h], v[h])
+                o[h] = r[h] @ (S[h] + np.diag(p("bonus")[h]) @ kv)
+                S[h] = np.diag(w[h]) @ S[h] + kv
+            normed = group_norm(o, p("norm_scale"), p("norm_bias"))
+            expected[b, t] = (normed * g) @ p("output.kernel")
+            previous = x_t
+        np.testing.assert_allclose(final["wkv"][b], S, **FLOAT32)
+    np.testing.assert_allclose(y, expected, **FLOAT32)
+    np.testing.assert_allclose(final["shift"], x[:, -1], **FLOAT32)
+
+
+def test_rwkv7_equals_a_loop_in_rwkv_state_convention():
+    mixer, params = perturbed_mixer("rwkv7")
+    x, state, y, final = inputs_and_state(mixer)
+    p = params.__getitem__
+    heads = D_MODEL // HEAD_SIZE
+    expected = np.zeros_like(x)
+    for b in range(BATCH):
+        previous = state["shift"][b]
+        state_vk = np.swapaxes(state["wkv"][b], -1, -2).copy()  # RWKV's [H, V, K]
+        for t in range(LENGTH):
+            x_t = x[b, t]
+            x_r, x_w, x_k, x_v, x_a, x_g = x_t + (previous - x_t) * p("mix")
+            r, k, v = (x_r @ p("receptance.kernel"), x_k @ p("key.kernel"), x_v @ p("value.kernel"))
+            # RWKV's code: w = -softplus(-(w0 + tanh(x_w w1) w2)) - 0.5, decay exp(-exp(w)).
+            w = p("decay_base") + np.tanh(x_w @ p("decay_down")) @ p("decay_up")
+            w = np.exp(-np.exp(-np.log1p(np.exp(-w)) - 0.5))
+            a = sigmoid(p("icl_base") + (x_a @ p("icl_down")) @ p("icl_up"))
+            g = sigmoid(x_g @ p("gate_down")) @ p("gate_up")
+            r, k, v, w, a = (u.reshape(heads, HEAD_SIZE) for u in (r, k, v, w, a))
+            kk = k * p("removal_key_scale")
+            kk = kk / np.linalg.norm(kk, axis=-1, keepdims=True)
+            k = k * (1 + (a - 1) * p("icl_key_scale"))
+            o = np.zeros((heads, HEAD_SIZE))
+            for h in range(heads):
+                vk = np.outer(v[h], k[h])
+                ab = np.outer(-kk[h], kk[h] * a[h])
+                state_vk[h] = state_vk[h] * w[h][None, :] + state_vk[h] @ ab + vk
+                o[h] = state_vk[h] @ r[h]
+            out = group_norm(o, p("norm_scale"), p("norm_bias"))
+            out += ((r * k * p("bonus")).sum(-1, keepdims=True) * v).reshape(-1)
+            expected[b, t] = (out * g) @ p("output.kernel")
+            previous = x_t
+        np.testing.assert_allclose(final["wkv"][b], np.swapaxes(state_vk, -1, -2), **FLOAT32)
+    np.testing.assert_allclose(y, expected, **FLOAT32)
+    np.testing.assert_allclose(final["shift"], x[:, -1], **FLOAT32)
+
+
+def test_decays_lie_in_the_open_unit_interval():
+    exponents = jnp.linspace(-20.0, 3.0, 101)
+    rwkv6 = np.exp(np.asarray(rwkv6_log_decay(exponents), np.float64))
+    assert np.all((rwkv6 > 0) & (rwkv6 < 1))
+    # Huge exponents give a decay of 0 but a finite log decay (no inf - inf in the chunks).
+    assert np.all(np.isfinite(rwkv6_log_decay(jnp.array([100.0, 1e30]))))
+    rwkv7 = np.exp(np.asarray(rwkv7_log_decay(jnp.linspace(-10.0, 50.0, 101)), np.float64))
+    assert np.all((rwkv7 >= np.exp(-np.exp(-0.5)) - 1e-7) & (rwkv7 < 1))
