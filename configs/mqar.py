@@ -32,7 +32,13 @@ def get_config() -> ml_collections.ConfigDict:
         mlp_expansion=2,
         norm="rms",
         pooling="last",
-        mixers=mixer_defaults(attention=dict(num_heads=2)),
+        # Options that make these mixers learn this task (measured at 1000 steps): fewer
+        # heads for a bigger per-head state, a forget gate that starts near 1.
+        mixers=mixer_defaults(
+            attention=dict(num_heads=2),
+            gated_deltanet=dict(output_gate=False),
+            fox_attention=dict(num_heads=2, forget_bias=5.0),
+        ),
     )
     config.optimizer = dict(
         learning_rate=3e-3,

@@ -10,7 +10,8 @@ The state holds the last ``cache_length`` keys and values in time order with the
 positions and segment ids (empty slots have position -1), the next position and the current
 segment id, so a sequence fed in pieces, or one token at a time, equals the whole. Without
 a window the cache must hold every token of the context (``cache_length``); with a window it
-only needs the last ``window`` tokens.
+only needs the last ``window`` tokens. ``rotary=False`` leaves positions out of the scores
+(no positional encoding; the forgetting-attention subclass in fox_attention.py uses this).
 """
 
 import jax.numpy as jnp
@@ -35,6 +36,7 @@ class Attention(nnx.Module):
         head_dim: int | None = None,
         window: int | None = None,
         cache_length: int = 2048,
+        rotary: bool = True,
         rotary_base: float = 10_000.0,
         implementation: str | None = None,
     ):
@@ -44,14 +46,14 @@ class Attention(nnx.Module):
             raise ValueError(
                 f"num_heads ({num_heads}) must be a multiple of num_kv_heads ({num_kv_heads})"
             )
-        if head_dim % 2:
+        if rotary and head_dim % 2:
             raise ValueError(f"head_dim must be even for rotary positions, got {head_dim}")
         if window is not None and window < 1:
             raise ValueError(f"window must be a positive number of tokens or None, got {window}")
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.window = window
         self.cache_length = min(cache_length, window) if window else cache_length
-        self.rotary_base = rotary_base
+        self.rotary, self.rotary_base = rotary, rotary_base
         self.implementation = implementation
         self.query = nnx.Linear(d_model, num_heads * head_dim, use_bias=False, rngs=rngs)
         self.key_value = nnx.Linear(d_model, 2 * num_kv_heads * head_dim, use_bias=False, rngs=rngs)
@@ -77,6 +79,23 @@ class Attention(nnx.Module):
         self, x: Array, *, state: PyTree | None = None, segment_starts: Array | None = None
     ) -> tuple[Array, PyTree]:
         batch, length, _ = x.shape
+        attended, new_state = self.attend(x, state=state, segment_starts=segment_starts)
+        return self.output(attended.reshape(batch, length, -1)), new_state
+
+    def attend(
+        self,
+        x: Array,
+        *,
+        state: PyTree | None = None,
+        segment_starts: Array | None = None,
+        log_forget: Array | None = None,
+    ) -> tuple[Array, PyTree]:
+        """Projects x [B, T, D] to heads, attends over the cache and the new tokens, and
+        returns the attended values [B, T, H, K] (before the output projection) and the new
+        state. With ``log_forget`` [B, T, H] (a forget-gate mixer), the cache also keeps each
+        key's log forget value under ``"log_forget"``, and the op adds F_i - F_j to the scores.
+        """
+        batch, length, _ = x.shape
         cache = self.init_state(batch) if state is None else state
         positions = cache["next_position"][:, None] + jnp.arange(length, dtype=jnp.int32)
         starts = (
@@ -92,41 +111,39 @@ class Attention(nnx.Module):
             2,
             axis=2,
         )
-        queries = rotary_embedding(queries, positions, base=self.rotary_base)
-        keys = rotary_embedding(keys, positions, base=self.rotary_base)
+        if self.rotary:
+            queries = rotary_embedding(queries, positions, base=self.rotary_base)
+            keys = rotary_embedding(keys, positions, base=self.rotary_base)
 
-        all_keys = jnp.concatenate([cache["keys"].astype(keys.dtype), keys], axis=1)
-        all_values = jnp.concatenate([cache["values"].astype(values.dtype), values], axis=1)
-        all_positions = jnp.concatenate([cache["positions"], positions], axis=1)
-        all_segment_ids = jnp.concatenate([cache["segment_ids"], segment_ids], axis=1)
+        # Per-key arrays of the new tokens; the cache holds the same arrays for earlier ones.
+        new = {"keys": keys, "values": values, "positions": positions, "segment_ids": segment_ids}
+        if log_forget is not None:
+            new["log_forget"] = log_forget.astype(jnp.float32)
+        appended = {
+            name: jnp.concatenate([cache[name].astype(array.dtype), array], axis=1)
+            for name, array in new.items()
+        }
         uses_segments = state is not None or segment_starts is not None
-        if state is None:
-            # A fresh cache is empty: attend to the new tokens only.
-            attend_keys, attend_values = keys, values
-            attend_positions, attend_segment_ids = positions, segment_ids
-        else:
-            attend_keys, attend_values = all_keys, all_values
-            attend_positions, attend_segment_ids = all_positions, all_segment_ids
+        # A fresh cache is empty: attend to the new tokens only.
+        attend_to = new if state is None else appended
         attended = softmax_attention(
             queries,
-            attend_keys,
-            attend_values,
+            attend_to["keys"],
+            attend_to["values"],
             q_positions=positions,
-            kv_positions=attend_positions,
+            kv_positions=attend_to["positions"],
             q_segment_ids=segment_ids if uses_segments else None,
-            kv_segment_ids=attend_segment_ids if uses_segments else None,
+            kv_segment_ids=attend_to["segment_ids"] if uses_segments else None,
             causal=True,
             window=self.window,
+            log_forget=attend_to.get("log_forget"),
             implementation=self.implementation,
         )
-        output = self.output(attended.reshape(batch, length, self.num_heads * self.head_dim))
 
         new_state = {
-            "keys": all_keys[:, -self.cache_length :].astype(jnp.float32),
-            "values": all_values[:, -self.cache_length :].astype(jnp.float32),
-            "positions": all_positions[:, -self.cache_length :],
-            "segment_ids": all_segment_ids[:, -self.cache_length :],
-            "next_position": positions[:, -1] + 1,
-            "segment_id": segment_ids[:, -1],
+            name: array[:, -self.cache_length :].astype(cache[name].dtype)
+            for name, array in appended.items()
         }
-        return output, new_state
+        new_state["next_position"] = positions[:, -1] + 1
+        new_state["segment_id"] = segment_ids[:, -1]
+        return attended, new_state

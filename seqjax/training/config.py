@@ -146,15 +146,30 @@ def differences(saved: Any, current: Any, prefix: str = "") -> list[str]:
 def resume_conflicts(saved: ml_collections.ConfigDict, current: ml_collections.ConfigDict):
     """The differences in the sections a checkpoint depends on (model and task).
 
-    Options of mixers the pattern does not use are ignored, so registering new mixers
-    does not break old workdirs.
+    Options of mixers the pattern does not use are ignored, and so are options added to a
+    mixer since the run started that keep their default, so new mixers and options do not
+    break old workdirs.
     """
     conflicts = []
     for section in SECTIONS_THAT_MUST_MATCH_ON_RESUME:
         old = _relevant(saved.to_dict().get(section, {}))
         new = _relevant(current.to_dict().get(section, {}))
+        _fill_options_added_since(old, new)
         conflicts += differences(old, new, section)
     return conflicts
+
+
+def _fill_options_added_since(saved: dict, current: dict) -> None:
+    """A mixer option the saved config lacks was added to seqjax after the run started; at
+    its default value it changes nothing, so it counts as saved with that value."""
+    for name, options in current.get("mixers", {}).items():
+        if name not in layers.available() or name not in saved.get("mixers", {}):
+            continue
+        defaults = layers.default_options(name)
+        for option, value in options.items():
+            if option not in saved["mixers"][name] and option in defaults:
+                if defaults[option] == value:
+                    saved["mixers"][name][option] = value
 
 
 def _relevant(section: dict) -> dict:

@@ -18,7 +18,10 @@ from tolerances import FLOAT32
 from seqjax import layers
 
 D_MODEL, BATCH, LENGTH = 16, 2, 9
-SMALL_OPTIONS = {"attention": dict(num_heads=2, cache_length=16)}
+SMALL_OPTIONS = {
+    "attention": dict(num_heads=2, cache_length=16),
+    "fox_attention": dict(num_heads=2, cache_length=16),
+}
 VARIANTS = [
     ("attention", dict(num_heads=4, num_kv_heads=2, cache_length=16)),
     ("attention", dict(num_heads=2, window=3)),
@@ -30,6 +33,8 @@ VARIANTS = [
     ("hgrn", dict(forget_lower_bound=0.5)),
     ("mamba2", dict(num_groups=2, head_dim=8, state_size=4)),
     ("hgrn2", dict(forget_lower_bound=0.5, expand_ratio=8)),
+    ("deltaproduct", dict(num_householder=3, gated=True, negative_eigenvalues=True)),
+    ("fox_attention", dict(num_heads=4, num_kv_heads=2, window=3, output_gate=True)),
 ]
 CASES = [(name, SMALL_OPTIONS.get(name, {})) for name in layers.available()] + VARIANTS
 
@@ -112,7 +117,7 @@ def test_packed_batch_equals_segments_run_separately(mixer_and_inputs):
     assert_trees_close(packed, jnp.concatenate([y for y, _ in pieces], axis=1))
     # The final state is the last segment's state (attention also keeps older keys that
     # are masked by segment id, so compare the recurrent mixers' states only).
-    if not isinstance(mixer, layers.mixer_class("attention")):
+    if not isinstance(mixer, layers.mixer_class("attention")):  # fox_attention subclasses it
         assert_trees_close(packed_state, pieces[-1][1])
 
 

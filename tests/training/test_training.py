@@ -191,6 +191,17 @@ def test_resuming_with_an_incompatible_config_is_refused(tmp_path):
     train(tiny_config("training.log_every=2"), workdir, interactive=False, until_step=3)
 
 
+def test_options_added_since_a_run_started_do_not_block_its_resume(tmp_path):
+    workdir = tmp_path / "run"
+    train(tiny_config(), workdir, interactive=False, until_step=2)
+    saved = json.loads((workdir / "config.json").read_text())
+    del saved["model"]["mixers"]["gru"]["reset_after"]  # as if written before the option
+    (workdir / "config.json").write_text(json.dumps(saved))
+    assert train(tiny_config(), workdir, interactive=False, until_step=3).step == 3
+    with pytest.raises(ConfigError, match=r"model.mixers.gru.reset_after: \(absent\) -> False"):
+        train(tiny_config("model.mixers.gru.reset_after=false"), workdir, interactive=False)
+
+
 def test_bad_config_keys_and_values_are_named(tmp_path):
     with pytest.raises(ConfigError, match=r"key 'model.mixr' \(did you mean 'model.mixer'"):
         tiny_config("model.mixr=gru")
