@@ -91,6 +91,9 @@ def measure(length: int, repeats: int) -> list[dict]:
                 "forward_backward_ms": time_compiled(step, *args, repeats=repeats) * 1e3,
                 "temp_MiB": memory["temp_bytes"] / 2**20,
                 "inputs_MiB": memory["argument_bytes"] / 2**20,
+                # What one [B, H, T, K, V] float32 buffer would take (as much as [B, H, T, T]
+                # at T = 4096): the temporaries of a chunked form must stay well below it.
+                "one_TKV_buffer_MiB": BATCH * HEADS * length * KEY_SIZE * VALUE_SIZE * 4 / 2**20,
             }
         )
     recurrent = {

@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -37,12 +36,14 @@ def forward(implementation):
 
 
 def forward_backward(implementation):
-    def run(a, x):
-        def loss(a, x):
-            h, final = linear_recurrence(a, x, implementation=implementation)
-            return jnp.sum(h) + jnp.sum(final)
+    """The forward pass and the pullback of a dense cotangent on h and the final state."""
 
-        return jax.grad(loss, argnums=(0, 1))(a, x)
+    def run(a, x, h_cotangent, final_cotangent):
+        def recurrence(a, x):
+            return linear_recurrence(a, x, implementation=implementation)
+
+        _, pullback = jax.vjp(recurrence, a, x)
+        return pullback((h_cotangent, final_cotangent))
 
     return run
 
@@ -52,15 +53,21 @@ def elementwise_pass(a, x):
 
 
 def measure(batch: int, length: int, features: int, repeats: int) -> list[dict]:
-    keys = jax.random.split(jax.random.key(0))
+    keys = jax.random.split(jax.random.key(0), 4)
     a = jax.random.uniform(keys[0], (batch, length, features), minval=0.5, maxval=1.0)
     x = jax.random.normal(keys[1], (batch, length, features))
+    cotangents = (
+        jax.random.normal(keys[2], (batch, length, features)),
+        jax.random.normal(keys[3], (batch, features)),
+    )
     floor = time_compiled(elementwise_pass, a, x, repeats=repeats)
     rows = []
     for implementation in IMPLEMENTATIONS:
         forward_time = time_compiled(forward(implementation), a, x, repeats=repeats)
-        backward_time = time_compiled(forward_backward(implementation), a, x, repeats=repeats)
-        memory = compiled_memory(forward_backward(implementation), a, x)
+        backward_time = time_compiled(
+            forward_backward(implementation), a, x, *cotangents, repeats=repeats
+        )
+        memory = compiled_memory(forward_backward(implementation), a, x, *cotangents)
         rows.append(
             {
                 "implementation": implementation,
@@ -102,7 +109,7 @@ def main() -> None:
     parser.add_argument("--lengths", default="1024,4096,16384")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--features", type=int, default=512)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args()
     rows = []
