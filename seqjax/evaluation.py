@@ -26,7 +26,12 @@ def load_run(workdir: str | Path, *, step: int | None = None) -> LoadedRun:
     workdir = Path(workdir)
     config = load_saved_config(workdir)
     task = create_task(**config.task)
-    model = create_model(config.model, vocab_size=task.vocab_size, rngs=nnx.Rngs(config.seed))
+    model = create_model(
+        config.model,
+        vocab_size=task.vocab_size,
+        input_dim=task.input_dim,
+        rngs=nnx.Rngs(config.seed),
+    )
     graphdef, params = nnx.split(model)
     checkpoints = Checkpoints(workdir / CHECKPOINT_DIR, read_only=True)
     step = checkpoints.latest_step() if step is None else step

@@ -1,7 +1,8 @@
 """The task interface, the task registry, and the batching scheme shared by every task.
 
-A batch is a dict of NumPy arrays: ``inputs`` and ``targets`` int32 [B, T] and ``weights``
-float32 [B, T] (1 where the loss and metrics count). Every training batch is a pure function of
+A batch is a dict of NumPy arrays: ``inputs`` int32 token ids [B, T] (or float32 features
+[B, T, F] for a task whose ``input_dim`` is F), ``targets`` int32 [B, T] and ``weights`` float32
+[B, T] (1 where the loss and metrics count). Every training batch is a pure function of
 the task options and the step, so a run resumes exactly; the held-out split is fixed.
 """
 
@@ -37,6 +38,7 @@ class Task(abc.ABC):
     kind: ClassVar[str]  # "lm" (report bits per byte) or "synthetic"
     vocab_size: int  # input vocabulary and number of output classes
     seq_len: int  # T of every batch
+    input_dim: int | None = None  # F of real-valued inputs [B, T, F]; None for token ids
 
     @abc.abstractmethod
     def train_batch(
@@ -151,9 +153,11 @@ def shard_rows(batch_size: int, shard_index: int, num_shards: int) -> slice:
 
 
 def as_batch(inputs: np.ndarray, targets: np.ndarray, weights: np.ndarray) -> Batch:
-    """A batch with the interface dtypes: int32 ids and float32 weights."""
+    """A batch with the interface dtypes: int32 ids (float32 features) and float32 weights."""
     return {
-        "inputs": inputs.astype(np.int32),
+        "inputs": inputs.astype(
+            np.float32 if np.issubdtype(inputs.dtype, np.floating) else np.int32
+        ),
         "targets": targets.astype(np.int32),
         "weights": weights.astype(np.float32),
     }

@@ -27,7 +27,11 @@ def create_model(
     input_dim: int | None = None,
     num_classes: int | None = None,
 ) -> LanguageModel | Classifier:
-    """A language model over ``vocab_size`` tokens, or a classifier into ``num_classes``."""
+    """A language model over ``vocab_size`` tokens, or a classifier into ``num_classes``.
+
+    With ``input_dim`` the inputs are real-valued features [B, T, input_dim], projected instead
+    of embedded, and ``vocab_size`` is the number of output classes at each position.
+    """
     unknown = sorted(set(model_config) - set(MODEL_KEYS))
     if unknown:
         raise ValueError(
@@ -38,7 +42,7 @@ def create_model(
         d_model=model_config["d_model"],
         num_layers=model_config["num_layers"],
         pattern=model_config["mixer"],
-        vocab_size=vocab_size,
+        vocab_size=vocab_size if input_dim is None else None,
         input_dim=input_dim,
         mixer_options={name: dict(options) for name, options in mixers.items()},
         mlp_expansion=model_config.get("mlp_expansion", 4),

@@ -159,7 +159,12 @@ def train(
     check_training_config(config)
     training = config.training
     task = create_task(**config.task)
-    model = create_model(config.model, vocab_size=task.vocab_size, rngs=nnx.Rngs(config.seed))
+    model = create_model(
+        config.model,
+        vocab_size=task.vocab_size,
+        input_dim=task.input_dim,
+        rngs=nnx.Rngs(config.seed),
+    )
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     graphdef, params = nnx.split(model)
