@@ -9,7 +9,8 @@ One public function, several ways to run it:
                    Neural Nets Over Sequence Length")
     "chunked"      the loop inside chunks of ``chunk_size`` steps, all chunks at once, then a
                    loop over the chunk boundaries and one correction pass
-    "pallas"       the kernels of kernels_pallas/linear_scan (not yet available)
+    "pallas"       the kernels of kernels_pallas/linear_scan: a sequential scan in VMEM on
+                   TPU, a scan blocked over features on GPU (on TPU and GPU only)
 
 Every form shares one backward pass (a custom VJP): the adjoint of a linear recurrence is
 the same recurrence run the other way,
@@ -25,6 +26,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+import kernels_pallas.linear_scan as linear_scan_kernels
 from seqjax.typing import Array
 
 IMPLEMENTATIONS = ("sequential", "associative", "chunked", "pallas")
@@ -80,7 +82,11 @@ def linear_recurrence(
         a = jnp.where(_expand(_reset_positions(segment_starts, reverse), a.ndim), 0, a)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
-    implementation = _resolve(implementation)
+    implementation = _resolve(implementation, jnp.result_type(a.dtype, x.dtype))
+    if implementation == "pallas":  # the resets are already in a
+        return linear_scan_kernels.linear_scan(
+            a, x, platform=jax.default_backend(), initial_state=initial_state, reverse=reverse
+        )
     h, final_state = _recurrence(
         implementation,
         reverse,
@@ -104,21 +110,28 @@ def _reset_positions(segment_starts: Array, reverse: bool) -> Array:
     return jnp.concatenate([starts[:, 1:], jnp.zeros_like(starts[:, :1])], axis=1)
 
 
-def _resolve(implementation: str | None) -> str:
+def _resolve(implementation: str | None, dtype=jnp.float32) -> str:
+    platform = jax.default_backend()
     if implementation is None:
         # Measured by bench/scan.py: on CPU the in-place loop runs at about 1.5x one
-        # elementwise pass, the associative scan at about 5x. On accelerators the
-        # associative form uses the parallel hardware that a time loop leaves idle.
-        return "sequential" if jax.default_backend() == "cpu" else "associative"
+        # elementwise pass, the associative scan at about 5x. On TPU and GPU the kernels
+        # read and write each element once; where they cannot run, the associative form
+        # uses the parallel hardware that a time loop leaves idle.
+        if platform == "cpu":
+            return "sequential"
+        return (
+            "pallas"
+            if linear_scan_kernels.unsupported_reason(platform, dtype) is None
+            else "associative"
+        )
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(
             f"unknown implementation {implementation!r}; expected one of {IMPLEMENTATIONS}"
         )
     if implementation == "pallas":
-        raise ValueError(
-            "linear_recurrence: implementation='pallas' is not available yet; use "
-            "'sequential', 'associative' or 'chunked'"
-        )
+        reason = linear_scan_kernels.unsupported_reason(platform, dtype)
+        if reason is not None:
+            raise ValueError(f"linear_recurrence: implementation='pallas' cannot run: {reason}")
     return implementation
 
 

@@ -1,0 +1,37 @@
+"""Helpers shared by the kernels: padding to whole blocks, complex numbers as real planes."""
+
+import jax
+import jax.numpy as jnp
+
+
+def round_up(size: int, multiple: int) -> int:
+    return -(-size // multiple) * multiple
+
+
+def pad_axis(x: jax.Array, axis: int, multiple: int, value: float = 0) -> jax.Array:
+    """Pads ``axis`` of x at its end with ``value`` up to a multiple of ``multiple``."""
+    padding = -x.shape[axis] % multiple
+    if not padding:
+        return x
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (0, padding)
+    return jnp.pad(x, widths, constant_values=value)
+
+
+def to_planes(x: jax.Array) -> tuple[jax.Array, ...]:
+    """A real array as one plane, a complex one as its (real, imaginary) planes: Mosaic and
+    Triton have no complex type, so the kernels multiply complex numbers plane by plane."""
+    if jnp.iscomplexobj(x):
+        return jnp.real(x), jnp.imag(x)
+    return (x,)
+
+
+def from_planes(planes: tuple[jax.Array, ...]) -> jax.Array:
+    return jax.lax.complex(*planes) if len(planes) == 2 else planes[0]
+
+
+def multiply_planes(a: list, b: list) -> list:
+    """a * b for numbers given as one (real) or two (real, imaginary) planes."""
+    if len(a) == 1:
+        return [a[0] * b[0]]
+    return [a[0] * b[0] - a[1] * b[1], a[0] * b[1] + a[1] * b[0]]
