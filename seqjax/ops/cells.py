@@ -48,8 +48,9 @@ def run_cell(
     if gate_inputs.ndim != 3:
         raise ValueError(f"gate_inputs must be [B, T, G], got shape {gate_inputs.shape}")
     batch, length = gate_inputs.shape[:2]
+    inputs = jnp.swapaxes(gate_inputs, 0, 1)  # time major
     if segment_starts is None:
-        resets = jnp.zeros((batch, length), bool)
+        step = cell
     else:
         if segment_starts.shape != (batch, length):
             raise ValueError(
@@ -59,14 +60,14 @@ def run_cell(
         if reverse:
             # Position p receives the state of p + 1, which is dropped when p + 1 starts.
             resets = jnp.concatenate([resets[:, 1:], jnp.zeros((batch, 1), bool)], axis=1)
+        inputs = (inputs, jnp.swapaxes(resets, 0, 1))
 
-    def step(state, inputs):
-        gate_input, reset = inputs
-        state = jax.tree.map(lambda s: jnp.where(reset[:, None], 0, s), state)
-        return cell(state, gate_input)
+        def step(state, inputs):
+            gate_input, reset = inputs
+            state = jax.tree.map(lambda s: jnp.where(reset[:, None], 0, s), state)
+            return cell(state, gate_input)
 
-    time_major = (jnp.swapaxes(gate_inputs, 0, 1), jnp.swapaxes(resets, 0, 1))
-    final_state, outputs = jax.lax.scan(step, initial_state, time_major, reverse=reverse)
+    final_state, outputs = jax.lax.scan(step, initial_state, inputs, reverse=reverse)
     return jnp.swapaxes(outputs, 0, 1), final_state
 
 
