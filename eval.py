@@ -1,10 +1,14 @@
-"""Evaluate a trained seqjax model, or generate text from it.
+"""Evaluate a trained seqjax model, generate text from it, or run an evaluation suite.
 
     python eval.py --workdir runs/mqar [--step N]          # test-split metrics: table + JSON
     python eval.py --workdir runs/text --generate "Once upon a time" [--max_new_tokens 200]
+    python eval.py --suite chomsky_regular [--models lstm,attention] [--workdir DIR]
+                   [--config.<key>=<value> ...]
 
 The model and task are rebuilt from the workdir's saved config.json; the report is written to
-<workdir>/eval/step_<N>.json.
+<workdir>/eval/step_<N>.json. A suite (configs/suites.py) trains each model on each of its
+tasks into DIR/<task>/<model> (default DIR: runs/suites/<suite>), resuming unfinished runs,
+and writes DIR/results.md, DIR/results.json and DIR/plots/*.png.
 """
 
 import argparse
@@ -12,10 +16,12 @@ import json
 import sys
 from pathlib import Path
 
+SUITES_FILE = Path(__file__).resolve().parent / "configs" / "suites.py"
 
-def parse_arguments(argv: list[str]) -> argparse.Namespace:
+
+def parse_arguments(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workdir", required=True, help="a train.py output directory")
+    parser.add_argument("--workdir", default=None, help="a train.py output directory")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default latest)")
     parser.add_argument("--batch_size", type=int, default=250, help="evaluation batch size")
     parser.add_argument("--generate", metavar="PROMPT", default=None, help="text to continue")
@@ -23,7 +29,55 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--temperature", type=float, default=0.0, help="0 is greedy decoding")
     parser.add_argument("--top_k", type=int, default=None, help="sample from the k most likely")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
-    return parser.parse_args(argv)
+    parser.add_argument("--suite", default=None, help="train and compare models on a suite")
+    parser.add_argument("--models", default=None, help="comma-separated models for --suite")
+    parser.add_argument("--suites_file", default=str(SUITES_FILE), help="where suites are")
+    arguments, rest = parser.parse_known_args(argv)
+    overrides, index = [], 0
+    while index < len(rest):
+        item = rest[index]
+        if arguments.suite is None or not item.startswith("--config."):
+            parser.error(f"unrecognized argument {item!r} (--config.* overrides need --suite)")
+        key_value = item.removeprefix("--config.")
+        if "=" not in key_value:
+            if index + 1 == len(rest):
+                parser.error(f"{item} needs a value")
+            key_value, index = f"{key_value}={rest[index + 1]}", index + 1
+        overrides.append(key_value)
+        index += 1
+    if arguments.suite is None and arguments.workdir is None:
+        parser.error("give --workdir (a training run) or --suite NAME")
+    return arguments, overrides
+
+
+def run_suite(arguments: argparse.Namespace, overrides: list[str]) -> int:
+    from absl import logging
+
+    logging.set_verbosity(logging.ERROR)  # orbax warns that a read-only checkpoint is read-only
+    from seqjax import suites
+    from seqjax.training.checkpoint import CheckpointError
+    from seqjax.training.config import ConfigError
+
+    try:
+        available = suites.load_suites(arguments.suites_file)
+        if arguments.suite not in available:
+            raise ValueError(f"unknown suite {arguments.suite!r}; suites: {', '.join(available)}")
+        suite = available[arguments.suite]
+        models = arguments.models.split(",") if arguments.models else None
+        workdir = Path(arguments.workdir or Path("runs") / "suites" / suite.name)
+        results = suites.run_suite(
+            suite,
+            workdir,
+            models=models,
+            overrides=overrides,
+            root=Path(__file__).resolve().parent,
+        )
+    except (ConfigError, ValueError, FileNotFoundError, CheckpointError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print((workdir / suites.RESULTS_MARKDOWN).read_text() if results else "no run finished")
+    print(f"saved {workdir / suites.RESULTS_JSON} and plots in {workdir / suites.PLOTS_DIR}")
+    return 0
 
 
 def markdown_table(metrics: dict[str, float]) -> str:
@@ -32,7 +86,9 @@ def markdown_table(metrics: dict[str, float]) -> str:
 
 
 def main(argv: list[str]) -> int:
-    arguments = parse_arguments(argv)
+    arguments, overrides = parse_arguments(argv)
+    if arguments.suite is not None:
+        return run_suite(arguments, overrides)
     import jax
     from absl import logging
 

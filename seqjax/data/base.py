@@ -101,6 +101,18 @@ def create_task(name: str, **options: Any) -> Task:
     return task_class(**options)
 
 
+def default_options(name: str) -> dict[str, Any]:
+    """The options of the task registered as ``name`` that have defaults, with those defaults."""
+    if name not in _TASKS:
+        raise ValueError(f"unknown task {name!r}; available tasks: {', '.join(available_tasks())}")
+    parameters = inspect.signature(_TASKS[name].__init__).parameters
+    return {
+        option: parameters[option].default
+        for option in _option_names(_TASKS[name])
+        if parameters[option].default is not inspect.Parameter.empty
+    }
+
+
 def _option_names(task_class: type[Task]) -> list[str]:
     parameters = inspect.signature(task_class.__init__).parameters
     return [name for name, param in parameters.items() if param.kind is param.KEYWORD_ONLY]
@@ -163,6 +175,17 @@ def as_batch(inputs: np.ndarray, targets: np.ndarray, weights: np.ndarray) -> Ba
     }
 
 
+def label_at_last_position(inputs: np.ndarray, labels: np.ndarray) -> Batch:
+    """A whole-sequence classification split: ``labels`` [N] as the targets at the last
+    position, the only position with weight 1."""
+    num_examples, length = inputs.shape[:2]
+    targets = np.zeros((num_examples, length), np.int32)
+    targets[:, -1] = labels
+    weights = np.zeros((num_examples, length), bool)
+    weights[:, -1] = True
+    return {"inputs": inputs, "targets": targets, "weights": weights}
+
+
 def padded_batches(
     num_examples: int, batch_size: int, take_examples: Callable[[int, int], Batch]
 ) -> Iterator[Batch]:
@@ -174,7 +197,10 @@ def padded_batches(
         for start in range(0, num_examples, batch_size):
             batch = take_examples(start, min(start + batch_size, num_examples))
             num_padding = batch_size - len(batch["inputs"])
-            yield {key: np.pad(array, ((0, num_padding), (0, 0))) for key, array in batch.items()}
+            yield {
+                key: np.pad(array, [(0, num_padding)] + [(0, 0)] * (array.ndim - 1))
+                for key, array in batch.items()
+            }
 
     return batches()
 
@@ -203,26 +229,72 @@ def sample_without_replacement(
     return pool[:, :subset_size]
 
 
-class SyntheticTask(Task):
-    """A task whose train and test splits are generated once from the seed.
+class ArrayTask(Task):
+    """A task whose train and test splits are arrays held in memory (``_train_split`` and
+    ``_test_split``, dicts of arrays with one row per example).
 
-    The train split comes from ``default_rng((seed, 0))`` and the test split from
-    ``default_rng((seed, 1))``, so the test split does not depend on the train size. Training
-    batches walk epoch-wise permutations: step ``s`` with batch size B takes rows
+    Training batches walk epoch-wise permutations: step ``s`` with batch size B takes rows
     ``[i*B, (i+1)*B)`` of ``default_rng((seed, 2, epoch)).permutation(num_train_examples)``,
     where ``epoch, i = divmod(s, num_train_examples // B)``.
+    """
+
+    seed: int
+    _train_split: Batch
+    _test_split: Batch
+
+    @property
+    def num_train_examples(self) -> int:
+        return len(self._train_split["targets"])
+
+    @property
+    def num_test_examples(self) -> int:
+        return len(self._test_split["targets"])
+
+    def train_batch(
+        self, step: int, batch_size: int, *, shard_index: int = 0, num_shards: int = 1
+    ) -> Batch:
+        step = check_int("step", step, minimum=0)
+        rows = shard_rows(batch_size, shard_index, num_shards)
+        if batch_size > self.num_train_examples:
+            option = "num_train_examples"
+            hint = f" (option {option!r})" if option in _option_names(type(self)) else ""
+            raise ValueError(
+                f"batch_size={batch_size} exceeds the {self.num_train_examples} training examples"
+                f" of this {self.name} task{hint}"
+            )
+        epoch, index_in_epoch = divmod(step, self.num_train_examples // batch_size)
+        order = np.random.default_rng((self.seed, 2, epoch)).permutation(self.num_train_examples)
+        examples = order[index_in_epoch * batch_size : (index_in_epoch + 1) * batch_size][rows]
+        return as_batch(**{key: array[examples] for key, array in self._train_split.items()})
+
+    def test_batches(self, batch_size: int) -> Iterator[Batch]:
+        def take_examples(start: int, stop: int) -> Batch:
+            return as_batch(**{key: array[start:stop] for key, array in self._test_split.items()})
+
+        return padded_batches(self.num_test_examples, batch_size, take_examples)
+
+
+class SyntheticTask(ArrayTask):
+    """An array task whose train and test splits are generated once from the seed.
+
+    The train split comes from ``default_rng((seed, 0))`` and the test split from
+    ``default_rng((seed, 1))``, so the test split does not depend on the train size.
     """
 
     kind = "synthetic"
 
     def __init__(self, *, num_train_examples: int, num_test_examples: int, seed: int):
-        self.num_train_examples = check_int(
+        self._num_train_examples = check_int(
             f"{self.name}: option 'num_train_examples'", num_train_examples, minimum=1
         )
         self._num_test_examples = check_int(
             f"{self.name}: option 'num_test_examples'", num_test_examples, minimum=1
         )
         self.seed = check_int(f"{self.name}: option 'seed'", seed, minimum=0)
+
+    @property
+    def num_train_examples(self) -> int:
+        return self._num_train_examples
 
     @property
     def num_test_examples(self) -> int:
@@ -247,24 +319,3 @@ class SyntheticTask(Task):
     @cached_property
     def _test_split(self) -> Batch:
         return self._generate_split(np.random.default_rng((self.seed, 1)), self.num_test_examples)
-
-    def train_batch(
-        self, step: int, batch_size: int, *, shard_index: int = 0, num_shards: int = 1
-    ) -> Batch:
-        step = check_int("step", step, minimum=0)
-        rows = shard_rows(batch_size, shard_index, num_shards)
-        if batch_size > self.num_train_examples:
-            raise ValueError(
-                f"batch_size={batch_size} exceeds the {self.num_train_examples} training examples"
-                f" of this {self.name} task (option 'num_train_examples')"
-            )
-        epoch, index_in_epoch = divmod(step, self.num_train_examples // batch_size)
-        order = np.random.default_rng((self.seed, 2, epoch)).permutation(self.num_train_examples)
-        examples = order[index_in_epoch * batch_size : (index_in_epoch + 1) * batch_size][rows]
-        return as_batch(**{key: array[examples] for key, array in self._train_split.items()})
-
-    def test_batches(self, batch_size: int) -> Iterator[Batch]:
-        def take_examples(start: int, stop: int) -> Batch:
-            return as_batch(**{key: array[start:stop] for key, array in self._test_split.items()})
-
-        return padded_batches(self.num_test_examples, batch_size, take_examples)

@@ -1,0 +1,142 @@
+"""Evaluation suites for ``python eval.py --suite NAME [--models a,b,c]``: each is a task family,
+the models it compares by default and their budgets (see ``seqjax.suites.Suite``).
+
+A model is a mixer name (``lstm``, ``attention`` with rotary positions, ``mamba``, ...) or a
+mixer with negative eigenvalues (``mamba_neg``, ``deltanet_neg``: transition eigenvalues in
+[-1, 1] instead of [0, 1]). Budgets are for two CPU cores; pass ``--config.training.num_steps=N``
+to change every run's budget.
+"""
+
+from seqjax.suites import Suite
+
+LENGTHS = dict(max_train_length=40, test_lengths=(40, 64, 128, 256))
+
+
+def chomsky_tasks(*names: str) -> dict[str, dict]:
+    return {name: dict(name=name, min_train_length=1, **LENGTHS) for name in names}
+
+
+SUITES = {
+    suite.name: suite
+    for suite in [
+        Suite(
+            name="chomsky_regular",
+            description=(
+                "Regular tasks of Delétang et al. 2023: train on lengths 1-40, per-position "
+                "accuracy at longer lengths. An LSTM should generalize; attention should not."
+            ),
+            base_config="configs/chomsky.py",
+            tasks=chomsky_tasks(
+                "parity_check", "even_pairs", "cycle_navigation", "modular_arithmetic"
+            ),
+            default_models=("lstm", "attention", "mamba", "mamba_neg"),
+            overrides={"training.num_steps": 2000},
+        ),
+        Suite(
+            name="chomsky_context",
+            description=(
+                "Context-free and context-sensitive tasks of Delétang et al. 2023: train on "
+                "lengths 1-40, per-sequence-element accuracy at longer lengths."
+            ),
+            base_config="configs/chomsky.py",
+            tasks=chomsky_tasks(
+                "reverse_string", "stack_manipulation", "duplicate_string", "bucket_sort"
+            ),
+            default_models=("lstm", "attention"),
+            overrides={"training.num_steps": 2000},
+        ),
+        Suite(
+            name="parity",
+            description=(
+                "Parity check trained on lengths 3-40 and tested up to 256 (Grazzi et al. 2025): "
+                "linear RNNs with eigenvalues in [-1, 1] against the [0, 1] versions."
+            ),
+            base_config="configs/chomsky.py",
+            tasks={"parity_check": dict(name="parity_check", min_train_length=3, **LENGTHS)},
+            default_models=("mamba", "mamba_neg", "deltanet", "deltanet_neg"),
+            overrides={"training.num_steps": 2000},
+        ),
+        Suite(
+            name="state_tracking",
+            description=(
+                "Word problems (Merrill et al. 2024; Grazzi et al. 2025): the running product of "
+                "group elements at every position, trained at length 40, tested up to 256."
+            ),
+            base_config="configs/state_tracking.py",
+            tasks={
+                group: dict(name="word_problem", group=group, min_train_length=40, **LENGTHS)
+                for group in ("Z2", "Z5", "A5", "S5")
+            },
+            default_models=("mamba", "mamba_neg", "deltanet", "deltanet_neg", "lstm"),
+            overrides={"training.num_steps": 2000},
+        ),
+        Suite(
+            name="mqar_width",
+            description=(
+                "MQAR (Arora et al. 2023) accuracy against model width, attention and recurrent "
+                "families, at sequence lengths 64 (8 pairs) and 128 (16 pairs)."
+            ),
+            base_config="configs/mqar.py",
+            tasks={
+                f"mqar_T{seq_len}": dict(
+                    name="mqar",
+                    vocab_size=256,
+                    seq_len=seq_len,
+                    num_kv_pairs=seq_len // 8,
+                    power_a=0.01,
+                    num_train_examples=100_000,
+                    num_test_examples=1_000,
+                    seed=0,
+                    random_non_queries=True,
+                )
+                for seq_len in (64, 128)
+            },
+            default_models=(
+                "attention",
+                "mamba",
+                "mamba2",
+                "gla",
+                "deltanet",
+                "gated_deltanet",
+                "hgrn2",
+            ),  # fmt: skip
+            variants={f"d{width}": {"model.d_model": width} for width in (32, 64, 128)},
+            variant_axis="width",
+            overrides={"training.num_steps": 2000},
+        ),
+        Suite(
+            name="mnist1d",
+            description="MNIST-1D (Greydanus & Kobak 2024): 40-step signals, ten classes.",
+            base_config="configs/mnist1d.py",
+            tasks={"mnist1d": dict(name="mnist1d", num_samples=5000, seed=42)},
+            default_models=("gru", "lstm"),
+        ),
+        Suite(
+            name="time_series",
+            description="UCR time-series classification on datasets shipped with sktime.",
+            base_config="configs/time_series.py",
+            tasks={
+                "GunPoint": dict(name="time_series_classification", dataset="GunPoint"),
+                "ItalyPowerDemand": dict(
+                    name="time_series_classification", dataset="ItalyPowerDemand"
+                ),
+            },
+            default_models=("gru", "lstm", "attention", "mamba"),
+        ),
+        Suite(
+            name="induction_heads",
+            description="Induction heads trained at length 64 and tested up to 1024.",
+            base_config="configs/induction_heads.py",
+            tasks={
+                "induction_heads": dict(
+                    name="induction_heads",
+                    vocab_size=16,
+                    min_train_length=64,
+                    max_train_length=64,
+                    test_lengths=(64, 128, 256, 512, 1024),
+                )
+            },
+            default_models=("attention", "mamba", "gru"),
+        ),
+    ]
+}

@@ -1,0 +1,341 @@
+"""Evaluation suites: train a list of models on a family of tasks and compare them.
+
+A ``Suite`` (the suites themselves are defined in ``configs/suites.py``) names a base config
+file, its tasks (label -> task options), per-model overrides (a model's mixer options and its
+budget) and optionally variants (label -> overrides, e.g. one per width). ``run_suite`` trains
+every (task, model, variant) through the normal training loop into
+``DIR/<task>/<model>[@<variant>]`` (running it again resumes unfinished runs and skips
+finished ones), scores it on the task's test split and, for a length-generalization task, on
+the test split of every length in ``test_lengths``, then writes ``DIR/results.json``,
+``DIR/results.md`` and PNG plots under ``DIR/plots/``: accuracy against test length (or
+against the variant), and training loss curves. Every file is written to a temporary name and
+renamed, so none is ever half-written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import os
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+from flax import nnx
+
+from seqjax import layers
+from seqjax.data import LengthGeneralizationTask, default_options
+from seqjax.evaluation import evaluate, load_run
+from seqjax.training import config as config_lib
+from seqjax.training import train
+from seqjax.training.files import write_atomically
+from seqjax.training.metrics import read_metrics
+from seqjax.training.workdir import load_saved_config
+
+RESULTS_JSON, RESULTS_MARKDOWN, PLOTS_DIR = "results.json", "results.md", "plots"
+RUN_EVALUATION_FILE = "suite_eval.json"  # per run: its scores at its latest step
+
+
+@dataclasses.dataclass(frozen=True)
+class Suite:
+    """A task family, the models it compares by default, and their training budgets.
+
+    ``overrides`` apply to every run, then ``models[label]`` (if the suite has an entry for
+    the model), then the variant's; all map dotted config keys to values
+    (``{"training.num_steps": 2000}``). A model label is a registered mixer name, or a
+    mixer with a ``negative_eigenvalues`` option followed by ``_neg`` (eigenvalues in
+    [-1, 1] instead of [0, 1]), or a key of ``models``.
+    """
+
+    name: str
+    description: str
+    base_config: str  # a config file; a relative path is relative to the repository root
+    tasks: Mapping[str, Mapping[str, Any]]
+    default_models: tuple[str, ...]
+    models: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    variants: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=lambda: {"": {}})
+    variant_axis: str = "variant"  # the x-axis label of the accuracy-by-variant plot
+
+
+@dataclasses.dataclass
+class RunResult:
+    task: str
+    model: str
+    variant: str
+    workdir: str  # relative to the suite's directory
+    step: int
+    test: dict[str, float]  # metrics on the task's test split
+    by_length: dict[str, dict[str, float]]  # test length -> metrics (length tasks only)
+    max_train_length: int | None
+    train_loss: list[tuple[int, float]]
+
+    @property
+    def label(self) -> str:
+        return f"{self.model}@{self.variant}" if self.variant else self.model
+
+
+def load_suites(path: str | os.PathLike) -> dict[str, Suite]:
+    """The ``SUITES`` dict of a suites file such as ``configs/suites.py``."""
+    file = Path(path)
+    if not file.is_file():
+        raise ValueError(f"suites file {str(path)!r} does not exist")
+    spec = importlib.util.spec_from_file_location(f"seqjax_suites_{file.stem}", file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    suites = getattr(module, "SUITES", None)
+    if not isinstance(suites, dict):
+        raise ValueError(f"suites file {str(path)!r} defines no SUITES dict")
+    return suites
+
+
+def model_overrides(suite: Suite, model: str) -> dict[str, Any]:
+    """The config overrides that select ``model`` and give it the suite's budget for it."""
+    mixer, negative = model, False
+    if mixer not in layers.available() and mixer.endswith("_neg"):
+        mixer, negative = mixer.removesuffix("_neg"), True
+    if mixer in layers.available():
+        overrides = {"model.mixer": mixer}
+        if negative:
+            if "negative_eigenvalues" not in layers.default_options(mixer):
+                raise ValueError(f"model {model!r}: mixer {mixer!r} has no negative_eigenvalues")
+            overrides[f"model.mixers.{mixer}.negative_eigenvalues"] = True
+    elif model in suite.models:
+        overrides = {}
+    else:
+        raise ValueError(
+            f"unknown model {model!r} for suite {suite.name!r}: expected a mixer name "
+            f"({', '.join(layers.available())}), a mixer with negative eigenvalues "
+            f"('mamba_neg', 'deltanet_neg', ...) or one of {', '.join(suite.models) or '(none)'}"
+        )
+    return {**overrides, **suite.models.get(model, {})}
+
+
+def run_config(
+    suite: Suite,
+    task_options: Mapping[str, Any],
+    model: str,
+    variant: str,
+    overrides: Sequence[str] = (),
+    *,
+    root: Path,
+) -> ml_collections.ConfigDict:
+    """The training config of one run: the base config with the task's options (defaults
+    filled in), then the suite's, the model's and the variant's overrides, then the command
+    line's ``key=value`` overrides."""
+    base = Path(suite.base_config)
+    config = config_lib.load_config(str(base if base.is_absolute() else root / base))
+    if "name" not in task_options:
+        raise ValueError(f"suite {suite.name!r}: task options {dict(task_options)} have no 'name'")
+    task_name = task_options["name"]
+    config.task = {"name": task_name, **default_options(task_name), **task_options}
+    for key, value in {
+        **suite.overrides,
+        **model_overrides(suite, model),
+        **suite.variants[variant],
+    }.items():
+        config_lib.set_value(config, key, value if isinstance(value, str) else repr(value))
+    for override in overrides:
+        key, separator, value = override.partition("=")
+        if not separator:
+            raise config_lib.ConfigError(f"config override {override!r} must look like key=value")
+        config_lib.set_value(config, key, value)
+    return config
+
+
+def run_suite(
+    suite: Suite,
+    workdir: str | os.PathLike,
+    *,
+    models: Sequence[str] | None = None,
+    overrides: Sequence[str] = (),
+    root: str | os.PathLike = ".",
+    log: Callable[[str], None] = print,
+) -> list[RunResult]:
+    """Trains and scores every (task, model, variant) of ``suite`` and writes the report.
+
+    Returns the results of the runs that finished; a run stopped by SIGTERM or Ctrl-C stops
+    the suite after writing the report of the runs done so far.
+    """
+    models = tuple(models or suite.default_models)
+    for model in models:
+        model_overrides(suite, model)  # an unknown model fails before anything trains
+    workdir, root = Path(workdir), Path(root)
+    results = []
+    for task_label, task_options in suite.tasks.items():
+        for model in models:
+            for variant in suite.variants:
+                label = f"{model}@{variant}" if variant else model
+                config = run_config(suite, task_options, model, variant, overrides, root=root)
+                run_dir = workdir / task_label / label
+                if not is_finished(run_dir, config):
+                    log(f"[{suite.name}] {task_label} / {label}: training into {run_dir}")
+                    if train(config, run_dir, interactive=False).stopped_by:
+                        write_report(suite, results, workdir)
+                        return results
+                result = score_run(run_dir, task_label, model, variant, workdir=workdir)
+                log(f"[{suite.name}] {task_label} / {label}: {summary(result)}")
+                results.append(result)
+                write_report(suite, results, workdir)
+    return results
+
+
+def is_finished(run_dir: Path, config: ml_collections.ConfigDict) -> bool:
+    """Whether ``run_dir`` holds a run of ``config`` trained to the end and already scored."""
+    cache_path = run_dir / RUN_EVALUATION_FILE
+    if not cache_path.exists():
+        return False
+    saved = load_saved_config(run_dir)
+    step = json.loads(cache_path.read_text())["step"]
+    conflicts = config_lib.resume_conflicts(saved, config)
+    return step == config.training.num_steps == saved.training.num_steps and not conflicts
+
+
+def score_run(run_dir: Path, task: str, model: str, variant: str, *, workdir: Path) -> RunResult:
+    """The test metrics of a finished run, from its cache if its step has not changed."""
+    cache_path = run_dir / RUN_EVALUATION_FILE
+    run = load_run(run_dir)
+    batch_size = run.config.training.eval_batch_size
+    lengths = list(run.task.test_lengths) if isinstance(run.task, LengthGeneralizationTask) else []
+    cached = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+    if cached.get("step") == run.step and cached.get("lengths") == lengths:
+        test, by_length = cached["test"], cached["by_length"]
+    else:
+        graphdef, params = nnx.split(run.model)
+        test = evaluate(graphdef, params, run.task, batch_size=batch_size)
+        by_length = {
+            str(length): evaluate(
+                graphdef, params, run.task.at_length(length), batch_size=batch_size
+            )
+            for length in lengths
+        }
+        cache = {"step": run.step, "lengths": lengths, "test": test, "by_length": by_length}
+        write_atomically(cache_path, json.dumps(cache, indent=2) + "\n")
+    train_loss = [
+        (record["step"], record["loss"])
+        for record in read_metrics(run_dir)
+        if record["split"] == "train"
+    ]
+    return RunResult(
+        task=task,
+        model=model,
+        variant=variant,
+        workdir=str(run_dir.relative_to(workdir)),
+        step=run.step,
+        test=test,
+        by_length=by_length,
+        max_train_length=getattr(run.task, "max_train_length", None),
+        train_loss=train_loss,
+    )
+
+
+def summary(result: RunResult) -> str:
+    parts = [f"step {result.step}", f"test accuracy {result.test['accuracy']:.4f}"]
+    parts += [f"L={length}: {m['accuracy']:.4f}" for length, m in result.by_length.items()]
+    return ", ".join(parts)
+
+
+def write_report(suite: Suite, results: Sequence[RunResult], workdir: Path) -> None:
+    """results.json, results.md and the plots of ``results``."""
+    report = {
+        "suite": suite.name,
+        "description": suite.description,
+        "runs": [dataclasses.asdict(result) for result in results],
+    }
+    write_atomically(workdir / RESULTS_JSON, json.dumps(report, indent=2) + "\n")
+    write_atomically(workdir / RESULTS_MARKDOWN, markdown_report(suite, results))
+    write_plots(suite, results, workdir / PLOTS_DIR)
+
+
+def _by_task(results: Sequence[RunResult]) -> dict[str, list[RunResult]]:
+    tasks: dict[str, list[RunResult]] = {}
+    for result in results:
+        tasks.setdefault(result.task, []).append(result)
+    return tasks
+
+
+def markdown_report(suite: Suite, results: Sequence[RunResult]) -> str:
+    """One table per task: a row per run, test accuracy, then accuracy at each test length."""
+    lines = [f"# Suite `{suite.name}`", "", suite.description, ""]
+    has_variants = any(result.variant for result in results)
+    for task, runs in _by_task(results).items():
+        lengths = list(runs[0].by_length)
+        header = ["model", *([suite.variant_axis] if has_variants else []), "steps"]
+        header += ["test accuracy", *(f"L={length}" for length in lengths)]
+        lines += [f"## {task}", "", "| " + " | ".join(header) + " |"]
+        lines.append("|" + " --- |" * len(header))
+        for run in runs:
+            cells = [run.model, *([run.variant] if has_variants else []), str(run.step)]
+            cells.append(f"{run.test['accuracy']:.4f}")
+            cells += [f"{run.by_length[length]['accuracy']:.4f}" for length in lengths]
+            lines.append("| " + " | ".join(cells) + " |")
+        if runs[0].max_train_length is not None and lengths:
+            lines += ["", f"Trained on lengths up to {runs[0].max_train_length}."]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_plots(suite: Suite, results: Sequence[RunResult], plots_dir: Path) -> None:
+    """Per task: accuracy against test length or variant, and training loss curves."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for task, runs in _by_task(results).items():
+        if runs[0].by_length:
+            figure, axes = plt.subplots(figsize=(6, 4))
+            for run in runs:
+                lengths = [int(length) for length in run.by_length]
+                accuracies = [m["accuracy"] for m in run.by_length.values()]
+                axes.plot(lengths, accuracies, marker="o", label=run.label)
+            if runs[0].max_train_length is not None:
+                axes.axvline(runs[0].max_train_length, color="gray", linestyle="--", lw=1)
+            axes.set(xscale="log", xlabel="test length", ylabel="accuracy", ylim=(0, 1.02))
+            tick_lengths = sorted({int(length) for run in runs for length in run.by_length})
+            axes.set_xticks(tick_lengths, [str(length) for length in tick_lengths])
+            axes.minorticks_off()
+            axes.set_title(f"{suite.name}: {task}")
+            _save(figure, axes, plots_dir / f"{task}_accuracy_by_length.png")
+        if any(run.variant for run in runs):
+            figure, axes = plt.subplots(figsize=(6, 4))
+            variants = list(suite.variants)
+            for model in dict.fromkeys(run.model for run in runs):
+                points = [(variants.index(r.variant), r.test["accuracy"]) for r in runs
+                          if r.model == model]  # fmt: skip
+                axes.plot(*zip(*points, strict=True), marker="o", label=model)
+            axes.set_xticks(range(len(variants)), variants)
+            axes.set(xlabel=suite.variant_axis, ylabel="test accuracy", ylim=(0, 1.02))
+            axes.set_title(f"{suite.name}: {task}")
+            _save(figure, axes, plots_dir / f"{task}_accuracy_by_{suite.variant_axis}.png")
+        figure, axes = plt.subplots(figsize=(6, 4))
+        for run in runs:
+            if run.train_loss:
+                axes.plot(*zip(*run.train_loss, strict=True), label=run.label)
+        axes.set(xlabel="step", ylabel="training loss", yscale="log")
+        axes.set_title(f"{suite.name}: {task}")
+        _save(figure, axes, plots_dir / f"{task}_loss.png")
+
+
+def _save(figure, axes, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(
+        dir=path.parent, prefix=f".{path.name}.", suffix=".png"
+    )
+    os.close(descriptor)
+    try:
+        figure.savefig(temporary, dpi=100)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(figure)
