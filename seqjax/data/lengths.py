@@ -52,7 +52,9 @@ class LengthGeneralizationTask(SyntheticTask):
             f"{label} 'min_train_length'", min_train_length, minimum=self.shortest_input
         )
         self.max_train_length = check_int(
-            f"{label} 'max_train_length'", max_train_length, minimum=self.min_train_length
+            f"{label} 'max_train_length' (at least min_train_length)",
+            max_train_length,
+            minimum=self.min_train_length,
         )
         if isinstance(test_lengths, str) or not isinstance(test_lengths, Sequence):
             raise ValueError(

@@ -1,0 +1,165 @@
+"""Evaluation suites: a tiny suite end to end through eval.py (table, JSON, plots, resume),
+the suites of configs/suites.py, model names, and a real-valued task through the loop."""
+
+import importlib.util
+import json
+import textwrap
+from pathlib import Path
+
+import matplotlib.image
+import pytest
+
+from seqjax.suites import Suite, load_suites, model_overrides, run_config
+from seqjax.training import load_config, train
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_TRAINING = [
+    "model.d_model=16",
+    "model.num_layers=1",
+    "model.mlp_expansion=1",
+    "training.batch_size=8",
+    "training.num_steps=4",
+    "training.log_every=2",
+    "training.eval_every=0",
+    "training.checkpoint_every=0",
+    "training.eval_batch_size=20",
+]
+
+
+def load_eval_script():
+    spec = importlib.util.spec_from_file_location("eval_script", ROOT / "eval.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_tiny_suites_file(path: Path) -> Path:
+    path.write_text(
+        textwrap.dedent(
+            f"""
+            from seqjax.suites import Suite
+
+            SUITES = {{
+                "tiny": Suite(
+                    name="tiny",
+                    description="Parity on short strings.",
+                    base_config={str(ROOT / "configs" / "chomsky.py")!r},
+                    tasks={{
+                        "parity_check": dict(
+                            name="parity_check",
+                            min_train_length=2,
+                            max_train_length=6,
+                            test_lengths=(6, 12),
+                            num_train_examples=64,
+                            num_test_examples=20,
+                        )
+                    }},
+                    default_models=("lstm",),
+                )
+            }}
+            """
+        )
+    )
+    return path
+
+
+def test_tiny_suite_writes_table_json_and_plots_then_resumes(tmp_path, capsys):
+    suites_file = write_tiny_suites_file(tmp_path / "suites.py")
+    workdir = tmp_path / "suite"
+    eval_script = load_eval_script()
+    arguments = ["--suite", "tiny", "--suites_file", str(suites_file), "--workdir", str(workdir)]
+    arguments += ["--models", "lstm,attention", *(f"--config.{o}" for o in TINY_TRAINING)]
+    assert eval_script.main(arguments) == 0
+
+    report = json.loads((workdir / "results.json").read_text())
+    assert report["suite"] == "tiny"
+    runs = report["runs"]
+    assert [(run["task"], run["model"]) for run in runs] == [
+        ("parity_check", "lstm"),
+        ("parity_check", "attention"),
+    ]
+    for run in runs:
+        assert run["step"] == 4 and run["max_train_length"] == 6
+        assert list(run["by_length"]) == ["6", "12"]
+        for metrics in [run["test"], *run["by_length"].values()]:
+            assert 0 <= metrics["accuracy"] <= 1 and metrics["num_scored_tokens"] == 20
+        assert [step for step, _ in run["train_loss"]] == [2, 4]
+        assert (workdir / run["workdir"] / "checkpoints").is_dir()
+
+    table = (workdir / "results.md").read_text()
+    assert "| model | steps | test accuracy | L=6 | L=12 |" in table
+    for run in runs:
+        accuracy = run["by_length"]["12"]["accuracy"]
+        assert f"| {run['model']} | 4 | {run['test']['accuracy']:.4f} |" in table
+        assert f"{accuracy:.4f} |" in table
+    assert table in capsys.readouterr().out
+    for plot in ["parity_check_accuracy_by_length.png", "parity_check_loss.png"]:
+        image = matplotlib.image.imread(workdir / "plots" / plot)
+        assert image.shape[0] > 100 and image.shape[1] > 100
+    assert not list(workdir.rglob(".*.tmp")) and not list(workdir.rglob(".*.png"))
+
+    metrics_file = workdir / "parity_check" / "lstm" / "metrics.jsonl"
+    before = metrics_file.read_text()
+    assert eval_script.main(arguments) == 0  # finished runs are not trained again
+    assert metrics_file.read_text() == before
+    assert json.loads((workdir / "results.json").read_text()) == report
+
+
+def test_eval_rejects_unknown_suites_models_and_keys(tmp_path, capsys):
+    suites_file = write_tiny_suites_file(tmp_path / "suites.py")
+    eval_script = load_eval_script()
+    base = ["--suites_file", str(suites_file), "--workdir", str(tmp_path / "w")]
+    assert eval_script.main(["--suite", "huge", *base]) == 2
+    assert "unknown suite 'huge'; suites: tiny" in capsys.readouterr().err
+    assert eval_script.main(["--suite", "tiny", "--models", "lstm,transformer", *base]) == 2
+    assert "unknown model 'transformer'" in capsys.readouterr().err
+    assert eval_script.main(["--suite", "tiny", "--config.training.num_stepz=3", *base]) == 2
+    assert "did you mean 'training.num_steps'" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
+
+
+def test_model_names_select_mixers_and_negative_eigenvalues():
+    suite = Suite(
+        name="s",
+        description="",
+        base_config="configs/chomsky.py",
+        tasks={},
+        default_models=(),
+        models={"gru": {"optimizer.learning_rate": 0.01}},
+    )
+    assert model_overrides(suite, "mamba_neg") == {
+        "model.mixer": "mamba",
+        "model.mixers.mamba.negative_eigenvalues": True,
+    }
+    assert model_overrides(suite, "gru") == {"model.mixer": "gru", "optimizer.learning_rate": 0.01}
+    with pytest.raises(ValueError, match="mixer 'lstm' has no negative_eigenvalues"):
+        model_overrides(suite, "lstm_neg")
+
+
+def test_every_configured_suite_builds_its_run_configs():
+    suites = load_suites(ROOT / "configs" / "suites.py")
+    assert {"chomsky_regular", "state_tracking", "mqar_width", "mnist1d", "parity"} <= set(suites)
+    for suite in suites.values():
+        for task_options in suite.tasks.values():
+            for model in suite.default_models:
+                for variant in suite.variants:
+                    config = run_config(suite, task_options, model, variant, root=ROOT)
+                    assert config.task.name == task_options["name"]
+    mqar = suites["mqar_width"]
+    assert len(set(mqar.default_models) - {"attention"}) >= 5
+    config = run_config(mqar, mqar.tasks["mqar_T128"], "gla", "d128", root=ROOT)
+    assert (config.model.mixer, config.model.d_model, config.task.seq_len) == ("gla", 128, 128)
+    parity = suites["parity"]
+    config = run_config(parity, parity.tasks["parity_check"], "deltanet_neg", "", root=ROOT)
+    assert config.model.mixers.deltanet.negative_eigenvalues is True
+
+
+def test_real_valued_task_trains_through_the_loop(tmp_path):
+    config = load_config(
+        str(ROOT / "configs" / "mnist1d.py"),
+        ["task.num_samples=100", *TINY_TRAINING, "training.eval_batch_size=10"],
+    )
+    result = train(config, tmp_path / "mnist1d", interactive=False)
+    assert result.step == 4
+    assert 0 <= result.eval_metrics["accuracy"] <= 1
+    assert result.eval_metrics["num_scored_tokens"] == 20  # one answer per test signal
