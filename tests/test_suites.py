@@ -3,12 +3,14 @@ the suites of configs/suites.py, model names, and a real-valued task through the
 
 import importlib.util
 import json
+import re
 import textwrap
 from pathlib import Path
 
 import matplotlib.image
 import pytest
 
+from seqjax.data import available_tasks
 from seqjax.suites import Suite, load_suites, model_overrides, run_config
 from seqjax.training import load_config, train
 
@@ -163,3 +165,13 @@ def test_real_valued_task_trains_through_the_loop(tmp_path):
     assert result.step == 4
     assert 0 <= result.eval_metrics["accuracy"] <= 1
     assert result.eval_metrics["num_scored_tokens"] == 20  # one answer per test signal
+
+
+def test_readme_tasks_table_lists_exactly_the_registered_tasks():
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("<!-- tasks table")[1].split("\n\n")[0]
+    names = re.findall(r"^\| `([a-z0-9_]+)` \|", table, flags=re.MULTILINE)
+    assert names == available_tasks()
+    suites = re.search(r"^Suites: (.*?)\. Tasks:", readme, flags=re.MULTILINE | re.DOTALL)
+    listed = re.findall(r"`([a-z0-9_]+)`", suites.group(1))
+    assert listed == list(load_suites(ROOT / "configs" / "suites.py"))
