@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 import kernels_pallas.linear_scan as linear_scan_kernels
+from seqjax.ops import sequence_parallel
 from seqjax.typing import Array
 
 IMPLEMENTATIONS = ("sequential", "associative", "chunked", "pallas")
@@ -83,6 +84,16 @@ def linear_recurrence(
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
     implementation = _resolve(implementation, jnp.result_type(a.dtype, x.dtype))
+    if (split := sequence_parallel.current_split()) is not None:
+        local = functools.partial(
+            linear_recurrence, reverse=reverse, implementation=implementation,
+            chunk_size=chunk_size,
+        )  # fmt: skip
+        h, final_state = sequence_parallel.split_linear_recurrence(
+            local, split, a.astype(state_dtype), x.astype(state_dtype),
+            initial_state.astype(state_dtype), reverse=reverse,
+        )  # fmt: skip
+        return h.astype(jnp.result_type(a.dtype, x.dtype)), final_state
     if implementation == "pallas":  # the resets are already in a
         return linear_scan_kernels.linear_scan(
             a, x, platform=jax.default_backend(), initial_state=initial_state, reverse=reverse
