@@ -3,6 +3,18 @@
 import jax
 import jax.numpy as jnp
 
+PLATFORMS = ("tpu", "gpu")
+
+
+def platform_unsupported(platform: str, kernels: str) -> str | None:
+    """Why kernels_pallas.<kernels> cannot run on ``platform``, or None if it can."""
+    if platform in PLATFORMS:
+        return None
+    return (
+        f"the Pallas kernels run on TPU or GPU, not on {platform} (on CPU, call "
+        f"kernels_pallas.{kernels}.tpu or .gpu with interpret=True)"
+    )
+
 
 def round_up(size: int, multiple: int) -> int:
     return -(-size // multiple) * multiple
@@ -16,6 +28,11 @@ def pad_axis(x: jax.Array, axis: int, multiple: int, value: float = 0) -> jax.Ar
     widths = [(0, 0)] * x.ndim
     widths[axis] = (0, padding)
     return jnp.pad(x, widths, constant_values=value)
+
+
+def pad_to(x: jax.Array, axis: int, size: int) -> jax.Array:
+    """Zero-pads ``axis`` of x at its end to ``size``."""
+    return pad_axis(x, axis, size) if x.shape[axis] != size else x
 
 
 def to_planes(x: jax.Array) -> tuple[jax.Array, ...]:

@@ -8,6 +8,7 @@ whose backward pass is the same kernel run in the other direction.
 import jax
 import jax.numpy as jnp
 
+from kernels_pallas.common import platform_unsupported
 from kernels_pallas.linear_scan import gpu, tpu
 
 PLATFORMS = {"tpu": tpu.linear_scan, "gpu": gpu.linear_scan}
@@ -15,11 +16,8 @@ PLATFORMS = {"tpu": tpu.linear_scan, "gpu": gpu.linear_scan}
 
 def unsupported_reason(platform: str, dtype) -> str | None:
     """Why the kernels cannot run on ``platform`` for inputs of ``dtype``, or None."""
-    if platform not in PLATFORMS:
-        return (
-            f"the Pallas kernels run on TPU or GPU, not on {platform} (on CPU, call "
-            "kernels_pallas.linear_scan.tpu.linear_scan or .gpu.linear_scan with interpret=True)"
-        )
+    if (reason := platform_unsupported(platform, "linear_scan")) is not None:
+        return reason
     state_dtype = jnp.result_type(dtype, jnp.float32)
     if state_dtype not in (jnp.float32, jnp.complex64):
         return (

@@ -46,16 +46,22 @@ def scan_over_chunks(
     return outputs[:, :length], final_state
 
 
-def check_implementation(op: str, implementation: str | None, names: Sequence[str]) -> str:
-    """The implementation to run: ``names[1]`` (the chunked form) for None, else the name
-    if it is known and available; 'pallas' is not available yet."""
+def check_implementation(
+    op: str,
+    implementation: str | None,
+    names: Sequence[str],
+    pallas_unavailable: str | None = "is not available yet",
+) -> str:
+    """The implementation to run. None picks 'pallas' where its kernels can run
+    (``pallas_unavailable`` is None) and else ``names[1]``, the chunked form; a name must be
+    known, and 'pallas' by name raises with ``pallas_unavailable`` when it cannot run."""
     if implementation is None:
-        return names[1]
+        return "pallas" if pallas_unavailable is None else names[1]
     if implementation not in names:
         raise ValueError(f"unknown implementation {implementation!r}; expected one of {names}")
-    if implementation == "pallas":
+    if implementation == "pallas" and pallas_unavailable is not None:
         raise ValueError(
-            f"{op}: implementation='pallas' is not available yet; use "
+            f"{op}: implementation='pallas' {pallas_unavailable}; use "
             + " or ".join(repr(n) for n in names if n != "pallas")
         )
     return implementation

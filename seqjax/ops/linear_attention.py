@@ -11,7 +11,7 @@ HGRN-2 and RWKV-6.
     "recurrent"  the recurrence above, one step at a time (the reference)
     "chunked"    chunks of C steps: inside a chunk, attention-like matmuls with the decays
                  as a causal mask; across chunks, the state recurrence. Cost O(T·C·K + T·K·V).
-    "pallas"     the kernels of kernels_pallas/chunked_gla (not yet available)
+    "pallas"     the kernels of kernels_pallas/chunked_gla (TPU and GPU; no segment_starts)
 
 Decays stay in log space: inside a chunk every factor is exp(b_i - b_j) with j ≤ i for the
 cumulative log decay b, so no exponent is positive and nothing overflows however small the
@@ -24,7 +24,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from seqjax.ops import sequence_parallel
+import kernels_pallas.chunked_gla as chunked_gla_kernels
 from seqjax.ops.chunking import check_implementation, scan_over_chunks
 from seqjax.typing import Array
 
@@ -68,7 +68,13 @@ def gated_linear_attention(
         )
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
-    implementation = check_implementation("gated_linear_attention", implementation, IMPLEMENTATIONS)
+    pallas_unavailable = chunked_gla_kernels.unsupported_reason(
+        jax.default_backend(), segment_starts=segment_starts, chunk_size=chunk_size
+    )
+    implementation = check_implementation(
+        "gated_linear_attention", implementation, IMPLEMENTATIONS,
+        None if pallas_unavailable is None else f"cannot run: {pallas_unavailable}",
+    )  # fmt: skip
     f32 = functools.partial(jnp.asarray, dtype=jnp.float32)
     # Decays become [B, T, H, K] (a scalar decay broadcasts over K) in float32.
     if log_decay is None:
@@ -79,23 +85,16 @@ def gated_linear_attention(
         jnp.zeros((batch, length), bool) if segment_starts is None else segment_starts.astype(bool)
     )
     run = _recurrent if implementation == "recurrent" else _chunked
-    scale = 1.0 if scale is None else scale
-    if (split := sequence_parallel.current_split()) is not None:
-
-        def local(q, k, v, log_decay, starts):
-            state = jnp.zeros((q.shape[0], heads, key_size, value_size), jnp.float32)
-            output, final_state = run(q, k, v, log_decay, state, starts, chunk_size)
-            return output * scale, final_state
-
-        output, final_state = sequence_parallel.split_gated_linear_attention(
-            local, split, f32(q), f32(k), f32(v), f32(log_decay), starts, f32(initial_state),
-            scale=scale,
+    if implementation == "pallas":
+        return chunked_gla_kernels.chunked_gla(
+            q, k, v, platform=jax.default_backend(), log_decay=log_decay,
+            initial_state=initial_state, scale=scale, chunk_size=chunk_size,
         )  # fmt: skip
-        return output.astype(v.dtype), final_state
     output, final_state = run(
         f32(q), f32(k), f32(v), f32(log_decay), f32(initial_state), starts, chunk_size
     )
-    return (output * scale).astype(v.dtype), final_state
+    output = output * (1.0 if scale is None else scale)
+    return output.astype(v.dtype), final_state
 
 
 def _check_shapes(q, k, v, log_decay, initial_state):

@@ -1,0 +1,185 @@
+"""gated_linear_attention on TPU: chunked kernels with the state in VMEM.
+
+Forward and state-gradient kernels run over the grid (B, H, chunks) with the chunk axis
+sequential and the [V, K] float32 state in a VMEM scratch buffer; the input-gradient kernel
+treats every chunk independently, from the states the forward pass saved at chunk starts.
+Inside a chunk, scores and state updates are matmuls on the MXU (see chunk.py).
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
+
+from kernels_pallas.chunked_gla import chunk as chunk_math
+from kernels_pallas.chunked_gla import vjp
+
+DEFAULT_CHUNK_SIZE = 64
+DEFAULT_SUB_CHUNK = 16
+
+
+def chunked_gla(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    log_decay: jax.Array | None = None,
+    initial_state: jax.Array | None = None,
+    segment_starts: jax.Array | None = None,
+    scale: float | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    sub_chunk: int = DEFAULT_SUB_CHUNK,
+    interpret: bool = False,
+) -> tuple[jax.Array, jax.Array]:
+    """S_t = diag(exp(log_decay_t)) S_{t-1} + k_t v_tᵀ, o_t = scale · S_tᵀ q_t with TPU kernels;
+    arguments and results as in seqjax.ops.linear_attention.gated_linear_attention, except
+    that segment_starts must be None.
+
+    Args:
+      chunk_size: C, a power of two >= 16.
+      sub_chunk: rows per sub-chunk of the stable per-key scores; divides C.
+      interpret: run the kernels in the Pallas interpreter (on any platform).
+    """
+    if chunk_size % sub_chunk:
+        raise ValueError(f"chunked_gla: sub_chunk {sub_chunk} must divide chunk {chunk_size}")
+    options = dict(sub=sub_chunk, interpret=interpret)
+    kernels = vjp.Kernels(
+        forward=functools.partial(_forward, **options),
+        state_gradients=functools.partial(_state_gradients, interpret=interpret),
+        input_gradients=functools.partial(_input_gradients, **options),
+        padded_size=lambda size: size,
+    )
+    return vjp.gated_linear_attention(
+        kernels, q, k, v, log_decay=log_decay, initial_state=initial_state,
+        segment_starts=segment_starts, scale=scale, chunk_size=chunk_size,
+    )  # fmt: skip
+
+
+def _sequential(*semantics):
+    return pltpu.CompilerParams(dimension_semantics=semantics)
+
+
+def _chunk_spec(chunk, size, reverse_chunks=None):
+    def index(b, h, n):
+        return (b, h, n if reverse_chunks is None else reverse_chunks - 1 - n, 0)
+
+    return pl.BlockSpec((None, None, chunk, size), index)
+
+
+def _state_spec(value_size, key_size):
+    return pl.BlockSpec((None, None, value_size, key_size), lambda b, h, n: (b, h, 0, 0))
+
+
+def _per_chunk_state_spec(value_size, key_size, reverse_chunks=None):
+    def index(b, h, n):
+        return (b, h, n if reverse_chunks is None else reverse_chunks - 1 - n, 0, 0)
+
+    return pl.BlockSpec((None, None, None, value_size, key_size), index)
+
+
+def _forward(q, k, v, b, initial, *, chunk, sub, interpret):
+    batch, heads, length, key_size = q.shape
+    value_size = v.shape[-1]
+    num_chunks = length // chunk
+
+    def kernel(q_ref, k_ref, v_ref, b_ref, initial_ref, o_ref, final_ref, entering_ref, state):
+        @pl.when(pl.program_id(2) == 0)
+        def _():
+            state[...] = initial_ref[...]
+
+        entering_ref[...] = state[...]
+        state[...] = chunk_math.forward(
+            q_ref, k_ref, v_ref, b_ref, o_ref, 0, state[...], chunk=chunk, sub=sub
+        )
+
+        @pl.when(pl.program_id(2) == num_chunks - 1)
+        def _():
+            final_ref[...] = state[...]
+
+    key_spec, value_spec = _chunk_spec(chunk, key_size), _chunk_spec(chunk, value_size)
+    state_spec = _state_spec(value_size, key_size)
+    return pl.pallas_call(
+        kernel,
+        grid=(batch, heads, num_chunks),
+        in_specs=[key_spec, key_spec, value_spec, key_spec, state_spec],
+        out_specs=[value_spec, state_spec, _per_chunk_state_spec(value_size, key_size)],
+        out_shape=[
+            jax.ShapeDtypeStruct(v.shape, v.dtype),
+            jax.ShapeDtypeStruct(initial.shape, jnp.float32),
+            jax.ShapeDtypeStruct((batch, heads, num_chunks, value_size, key_size), jnp.float32),
+        ],
+        scratch_shapes=[pltpu.VMEM((value_size, key_size), jnp.float32)],
+        compiler_params=_sequential("parallel", "parallel", "arbitrary"),
+        interpret=interpret,
+        name="chunked_gla_forward",
+    )(q, k, v, b, initial)
+
+
+def _state_gradients(q, b, do, final_grad, *, chunk, interpret):
+    """Runs the chunks last to first; writes each chunk's leaving-state gradient."""
+    batch, heads, length, key_size = q.shape
+    value_size = do.shape[-1]
+    num_chunks = length // chunk
+
+    def kernel(q_ref, b_ref, do_ref, final_ref, leaving_ref, initial_ref, state_grad):
+        @pl.when(pl.program_id(2) == 0)
+        def _():
+            state_grad[...] = final_ref[...]
+
+        leaving_ref[...] = state_grad[...]
+        state_grad[...] = chunk_math.state_gradient(
+            q_ref, do_ref, b_ref, 0, state_grad[...], chunk=chunk
+        )
+
+        @pl.when(pl.program_id(2) == num_chunks - 1)
+        def _():
+            initial_ref[...] = state_grad[...]
+
+    key_spec = _chunk_spec(chunk, key_size, reverse_chunks=num_chunks)
+    value_spec = _chunk_spec(chunk, value_size, reverse_chunks=num_chunks)
+    state_spec = _state_spec(value_size, key_size)
+    return pl.pallas_call(
+        kernel,
+        grid=(batch, heads, num_chunks),
+        in_specs=[key_spec, key_spec, value_spec, state_spec],
+        out_specs=[
+            _per_chunk_state_spec(value_size, key_size, reverse_chunks=num_chunks),
+            state_spec,
+        ],
+        out_shape=[
+            jax.ShapeDtypeStruct((batch, heads, num_chunks, value_size, key_size), jnp.float32),
+            jax.ShapeDtypeStruct(final_grad.shape, jnp.float32),
+        ],
+        scratch_shapes=[pltpu.VMEM((value_size, key_size), jnp.float32)],
+        compiler_params=_sequential("parallel", "parallel", "arbitrary"),
+        interpret=interpret,
+        name="chunked_gla_state_gradients",
+    )(q, b, do, final_grad)
+
+
+def _input_gradients(q, k, v, b, do, entering, leaving_grads, *, chunk, sub, interpret):
+    batch, heads, length, key_size = q.shape
+    value_size = v.shape[-1]
+
+    def kernel(q_ref, k_ref, v_ref, b_ref, do_ref, state_ref, state_grad_ref, *out_refs):
+        refs = (q_ref, k_ref, v_ref, b_ref, do_ref, *out_refs)
+        chunk_math.input_gradients(refs, state_ref[...], state_grad_ref[...], chunk=chunk, sub=sub)
+
+    key_spec, value_spec = _chunk_spec(chunk, key_size), _chunk_spec(chunk, value_size)
+    state_spec = _per_chunk_state_spec(value_size, key_size)
+    return pl.pallas_call(
+        kernel,
+        grid=(batch, heads, length // chunk),
+        in_specs=[key_spec, key_spec, value_spec, key_spec, value_spec, state_spec, state_spec],
+        out_specs=[key_spec, key_spec, value_spec],
+        out_shape=[
+            jax.ShapeDtypeStruct(q.shape, jnp.float32),
+            jax.ShapeDtypeStruct(k.shape, jnp.float32),
+            jax.ShapeDtypeStruct(v.shape, jnp.float32),
+        ],
+        compiler_params=_sequential("parallel", "parallel", "parallel"),
+        interpret=interpret,
+        name="chunked_gla_input_gradients",
+    )(q, k, v, b, do, entering, leaving_grads)

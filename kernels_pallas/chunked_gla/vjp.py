@@ -1,0 +1,127 @@
+"""The layout and custom VJP shared by the TPU and GPU gated-linear-attention kernels.
+
+A backend supplies three kernels over head-major arrays ([B, H, T, ·], T a multiple of the
+chunk size C, states transposed [V, K]):
+
+    forward(q, k, v, b, initial, chunk=C)  -> o, final, entering   (entering [B, H, N, V, K])
+    state_gradients(q, b, do, final_grad, chunk=C)  -> leaving_grads, initial_grad
+    input_gradients(q, k, v, b, do, entering, leaving_grads, chunk=C)  -> dq, dk, dv (float32)
+
+with b the log decay summed inside each chunk. The gradient of the log decay needs no
+kernel: with B the cumulative log decay over the whole sequence, L depends on B_t through
+q_t (every term of S_t carries e^{B_t}) and k_t (e^{-B_t}), so
+∂L/∂B_t = q_t ⊙ dq_t - k_t ⊙ dk_t, plus the final state's Σ_v dS_final ⊙ S_final at the last
+step, and ∂L/∂log_decay_t = Σ_{s ≥ t} ∂L/∂B_s.
+"""
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from kernels_pallas.common import pad_axis, pad_to
+
+
+class Kernels(NamedTuple):
+    forward: callable
+    state_gradients: callable
+    input_gradients: callable
+    padded_size: callable  # K and V are zero-padded to padded_size(K), padded_size(V)
+
+
+def gated_linear_attention(
+    kernels: Kernels,
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    log_decay: jax.Array | None,
+    initial_state: jax.Array | None,
+    segment_starts: jax.Array | None,
+    scale: float | None,
+    chunk_size: int,
+) -> tuple[jax.Array, jax.Array]:
+    """seqjax.ops.linear_attention.gated_linear_attention with ``kernels``."""
+    if segment_starts is not None:
+        raise ValueError(
+            "chunked_gla: the kernels do not take segment_starts; use the op's 'chunked' form "
+            "for packed sequences"
+        )
+    if q.ndim != 4 or k.shape != q.shape or v.shape[:3] != q.shape[:3]:
+        raise ValueError(f"chunked_gla: q, k [B, T, H, K], v [B, T, H, V]; got {q.shape}, "
+                         f"{k.shape}, {v.shape}")  # fmt: skip
+    batch, length, heads, key_size = q.shape
+    value_size = v.shape[-1]
+    if chunk_size < 16 or chunk_size & (chunk_size - 1):
+        raise ValueError(f"chunked_gla: chunk_size must be a power of two >= 16, got {chunk_size}")
+    if initial_state is None:
+        initial_state = jnp.zeros((batch, heads, key_size, value_size), jnp.float32)
+    if log_decay is None:
+        log_decay = jnp.zeros((batch, length, heads, key_size), jnp.float32)
+    elif log_decay.ndim == 3:  # one decay per head, applied to every key dimension
+        log_decay = log_decay[..., None]
+    log_decay = jnp.broadcast_to(log_decay, q.shape)
+    if scale is not None:
+        q = q.astype(jnp.float32) * scale
+
+    padded_key, padded_value = kernels.padded_size(key_size), kernels.padded_size(value_size)
+
+    def head_major(t, size):  # [B, T, H, X] -> [B, H, T', X'] in whole chunks and tiles
+        return pad_axis(pad_to(jnp.swapaxes(t, 1, 2), 3, size), 2, chunk_size)
+
+    state = jnp.swapaxes(initial_state.astype(jnp.float32), 2, 3)  # [B, H, V, K]
+    state = pad_to(pad_to(state, 2, padded_value), 3, padded_key)
+    output, final_state = _attention(
+        kernels,
+        chunk_size,
+        head_major(q, padded_key),
+        head_major(k, padded_key),
+        head_major(v, padded_value),
+        head_major(log_decay.astype(jnp.float32), padded_key),
+        state,
+    )
+    output = jnp.swapaxes(output[:, :, :length, :value_size], 1, 2).astype(v.dtype)
+    final_state = jnp.swapaxes(final_state[:, :, :value_size, :key_size], 2, 3)
+    return output, final_state
+
+
+def _within_chunks(log_decay, chunk_size):
+    """b: the log decay summed from the start of each chunk, [B, H, T, K]."""
+    batch, heads, length, key_size = log_decay.shape
+    chunks = log_decay.reshape(batch, heads, length // chunk_size, chunk_size, key_size)
+    return jnp.cumsum(chunks, axis=3).reshape(log_decay.shape)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _attention(kernels, chunk_size, q, k, v, log_decay, initial):
+    output, final, _ = kernels.forward(
+        q, k, v, _within_chunks(log_decay, chunk_size), initial, chunk=chunk_size
+    )
+    return output, final
+
+
+def _attention_forward(kernels, chunk_size, q, k, v, log_decay, initial):
+    b = _within_chunks(log_decay, chunk_size)
+    output, final, entering = kernels.forward(q, k, v, b, initial, chunk=chunk_size)
+    return (output, final), (q, k, v, b, entering, final)
+
+
+def _attention_backward(kernels, chunk_size, residuals, cotangents):
+    q, k, v, b, entering, final = residuals
+    output_grad, final_grad = cotangents
+    output_grad = output_grad.astype(v.dtype)
+    leaving_grads, initial_grad = kernels.state_gradients(
+        q, b, output_grad, final_grad, chunk=chunk_size
+    )
+    dq, dk, dv = kernels.input_gradients(
+        q, k, v, b, output_grad, entering, leaving_grads, chunk=chunk_size
+    )
+    f32 = functools.partial(jnp.asarray, dtype=jnp.float32)
+    cumulative_grad = f32(q) * dq - f32(k) * dk  # ∂L/∂B_t
+    cumulative_grad = cumulative_grad.at[:, :, -1].add(jnp.sum(final_grad * final, axis=2))
+    log_decay_grad = jnp.flip(jnp.cumsum(jnp.flip(cumulative_grad, 2), axis=2), 2)
+    return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), log_decay_grad, initial_grad
+
+
+_attention.defvjp(_attention_forward, _attention_backward)
