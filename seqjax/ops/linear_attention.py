@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 import kernels_pallas.chunked_gla as chunked_gla_kernels
+from seqjax.ops import sequence_parallel
 from seqjax.ops.chunking import check_implementation, scan_over_chunks
 from seqjax.typing import Array
 
@@ -85,6 +86,19 @@ def gated_linear_attention(
         jnp.zeros((batch, length), bool) if segment_starts is None else segment_starts.astype(bool)
     )
     run = _recurrent if implementation == "recurrent" else _chunked
+    scale = 1.0 if scale is None else scale
+    if (split := sequence_parallel.current_split()) is not None:
+
+        def local(q, k, v, log_decay, starts):
+            state = jnp.zeros((q.shape[0], heads, key_size, value_size), jnp.float32)
+            output, final_state = run(q, k, v, log_decay, state, starts, chunk_size)
+            return output * scale, final_state
+
+        output, final_state = sequence_parallel.split_gated_linear_attention(
+            local, split, f32(q), f32(k), f32(v), f32(log_decay), starts, f32(initial_state),
+            scale=scale,
+        )  # fmt: skip
+        return output.astype(v.dtype), final_state
     if implementation == "pallas":
         return chunked_gla_kernels.chunked_gla(
             q, k, v, platform=jax.default_backend(), log_decay=log_decay,
@@ -93,8 +107,7 @@ def gated_linear_attention(
     output, final_state = run(
         f32(q), f32(k), f32(v), f32(log_decay), f32(initial_state), starts, chunk_size
     )
-    output = output * (1.0 if scale is None else scale)
-    return output.astype(v.dtype), final_state
+    return (output * scale).astype(v.dtype), final_state
 
 
 def _check_shapes(q, k, v, log_decay, initial_state):
