@@ -1,9 +1,13 @@
 """Multi-query associative recall (Zoology, Arora et al. 2023) on a small model.
 
-    python train.py                                   # this config, attention, ~2 min on 2 cores
+    python train.py                                   # this config: DeltaNet, 1000 steps
     python train.py --config configs/mqar.py --config.model.mixer=gru --workdir runs/mqar_gru
 
-Reaches at least 90% answer accuracy on the held-out split with the default mixer.
+Held-out answer accuracy after 1000 training steps (measured): rwkv7 99.9%, rwkv6 99.8%,
+deltanet 99.7%, mlstm 99.5%, deltaproduct 98.9%, fox_attention 97.9%, gated_deltanet 96.9%;
+models with a vector state of this width (mamba, rg_lru, hgrn, lru, s4d, s5) stay below 15%;
+the attention baseline reaches 99.8%. DeltaNet is the default: within 0.2 points of the best
+and about five times faster per step than RWKV-7 on CPU (17k against 3.3k tokens/s).
 """
 
 import ml_collections
@@ -26,7 +30,7 @@ def get_config() -> ml_collections.ConfigDict:
         random_non_queries=True,
     )
     config.model = dict(
-        mixer="attention",
+        mixer="deltanet",
         num_layers=2,
         d_model=64,
         mlp_expansion=2,
@@ -52,7 +56,7 @@ def get_config() -> ml_collections.ConfigDict:
     )
     config.training = dict(
         batch_size=64,
-        num_steps=2000,
+        num_steps=1000,
         log_every=100,
         eval_every=500,
         checkpoint_every=500,
