@@ -19,7 +19,11 @@ Implementations:
   "chunked"    FlashAttention (Dao et al. 2022) / FlashAttention-2 (Dao 2023) in plain XLA:
                an online softmax over key blocks and a custom VJP that recomputes the blocks,
                so neither pass holds more than a [block, block] tile of scores per head.
-  "pallas"     not available yet.
+  "pallas"     the kernels of kernels_pallas/flash_attention (TPU and GPU): the same
+               FlashAttention-2 passes with every block pair in on-chip memory.
+
+With implementation=None, "pallas" runs on TPU and GPU; elsewhere "reference" for small
+Tq * Tk and "chunked" otherwise.
 """
 
 import functools
@@ -29,12 +33,14 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+import kernels_pallas.flash_attention as flash_attention_kernels
 from seqjax.typing import Array
 
 IMPLEMENTATIONS = ("reference", "chunked", "pallas")
 
 REFERENCE_MAX_SCORES = 512 * 512
-"""With implementation=None, "reference" runs when Tq * Tk is at most this, else "chunked"."""
+"""With implementation=None off TPU and GPU, "reference" runs when Tq * Tk is at most this,
+else "chunked"."""
 
 
 def rotary_embedding(x: Array, positions: Array, *, base: float = 10000.0) -> Array:
@@ -100,8 +106,8 @@ def softmax_attention(
         cache). Adds F_i - F_j to the scores, F the cumulative sum over the key axis.
       scale: score scale, default K ** -0.5.
       block_size: query and key block length of the chunked form.
-      implementation: None (reference for small Tq * Tk, chunked otherwise), "reference",
-        "chunked" or "pallas".
+      implementation: None (pallas on TPU and GPU; elsewhere reference for small Tq * Tk,
+        chunked otherwise), "reference", "chunked" or "pallas".
 
     Returns:
       o: [B, Tq, H, V] in q's dtype, accumulated in float32. A query with no allowed key
@@ -119,19 +125,29 @@ def softmax_attention(
         raise ValueError(f"softmax_attention: block_size must be >= 1, got {block_size}")
     batch, query_length, _, head_dim = q.shape
     key_length = k.shape[1]
-    if implementation is None:
+    platform = jax.default_backend()
+    pallas_unavailable = flash_attention_kernels.unsupported_reason(platform)
+    if implementation is None and pallas_unavailable is None:
+        implementation = "pallas"
+    elif implementation is None:
         too_large = query_length * key_length > REFERENCE_MAX_SCORES
         implementation = "chunked" if too_large else "reference"
-    if implementation == "pallas":
-        raise ValueError(
-            "softmax_attention: implementation='pallas' is not available yet; "
-            "use 'reference' or 'chunked'"
-        )
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(
             f"softmax_attention: unknown implementation {implementation!r}; "
             f"expected None or one of {IMPLEMENTATIONS}"
         )
+    if implementation == "pallas":
+        if pallas_unavailable is not None:
+            raise ValueError(
+                f"softmax_attention: implementation='pallas' cannot run: {pallas_unavailable}; "
+                "use 'reference' or 'chunked'"
+            )
+        return flash_attention_kernels.flash_attention(
+            q, k, v, platform=platform, q_positions=q_positions, kv_positions=kv_positions,
+            q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids, causal=causal,
+            window=window, log_forget=log_forget, scale=scale,
+        )  # fmt: skip
 
     positions_are_default = q_positions is None and kv_positions is None
     if q_positions is None:
