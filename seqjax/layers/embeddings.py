@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from seqjax.layers.partitioning import EMBED, VOCAB, name_axes
 from seqjax.typing import Array
 
 
@@ -31,6 +32,7 @@ class TokenEmbedding(nnx.Module):
         self.embedding = nnx.Param(
             nnx.initializers.normal(stddev=1.0)(rngs.params(), (vocab_size, d_model))
         )
+        name_axes(self.embedding, VOCAB, EMBED)
 
     def __call__(self, tokens: Array) -> Array:
         """tokens: int [B, T] -> [B, T, D]."""
@@ -48,6 +50,8 @@ class InputProjection(nnx.Module):
     def __init__(self, input_dim: int, d_model: int, *, rngs: nnx.Rngs):
         self.input_dim = input_dim
         self.projection = nnx.Linear(input_dim, d_model, rngs=rngs)
+        name_axes(self.projection.kernel, None, EMBED)
+        name_axes(self.projection.bias, EMBED)
 
     def __call__(self, features: Array) -> Array:
         if features.shape[-1] != self.input_dim:

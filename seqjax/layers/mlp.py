@@ -3,6 +3,7 @@
 import jax
 from flax import nnx
 
+from seqjax.layers.partitioning import EMBED, MLP, name_axes
 from seqjax.typing import Array
 
 ACTIVATIONS = {"silu": jax.nn.silu, "gelu": jax.nn.gelu, "relu": jax.nn.relu}
@@ -19,6 +20,8 @@ class GatedMLP(nnx.Module):
         self.activation = activation
         self.gate_and_up = nnx.Linear(d_model, 2 * hidden_size, use_bias=False, rngs=rngs)
         self.down = nnx.Linear(hidden_size, d_model, use_bias=False, rngs=rngs)
+        name_axes(self.gate_and_up.kernel, EMBED, MLP)
+        name_axes(self.down.kernel, MLP, EMBED)
 
     def __call__(self, x: Array) -> Array:
         gate, up = jax.numpy.split(self.gate_and_up(x), 2, axis=-1)

@@ -8,11 +8,17 @@ The mixer of block i is ``pattern[i % len(pattern)]``, so hybrids such as Griffi
 (rg_lru, rg_lru, local_attention) are configuration. Models take and return the stacked
 state (a tuple with one mixer state per block), so decoding is the same ``__call__`` with
 T = 1 after a parallel prefill.
+
+Parameters carry logical axis names (layers/partitioning.py) and the residual stream is
+constrained to (batch, sequence), which training maps to mesh axes. ``remat`` recomputes
+each block's activations in the backward pass: "none", "full" (keep only the block inputs)
+or "dots" (also keep the results of matmuls without batch dimensions).
 """
 
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -20,7 +26,22 @@ from seqjax import layers
 from seqjax.layers.embeddings import InputProjection, TokenEmbedding
 from seqjax.layers.mlp import GatedMLP
 from seqjax.layers.norms import create_norm
+from seqjax.layers.partitioning import (
+    BATCH,
+    EMBED,
+    SEQUENCE,
+    VOCAB,
+    constrain,
+    name_axes,
+    name_projection_axes,
+)
 from seqjax.typing import Array, PyTree
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
 
 
 def parse_pattern(pattern: str | Sequence[str]) -> tuple[str, ...]:
@@ -58,6 +79,7 @@ class Block(nnx.Module):
             num_layers=num_layers,
             **mixer_options,
         )
+        name_projection_axes(self.mixer, d_model)
         if mlp_expansion:
             self.mlp_norm = create_norm(norm, d_model)
             self.mlp = GatedMLP(d_model, mlp_expansion * d_model, rngs=rngs)
@@ -97,12 +119,16 @@ class Backbone(nnx.Module):
         mixer_options: Mapping[str, Mapping[str, Any]] | None = None,
         mlp_expansion: int = 4,
         norm: str = "rms",
+        remat: str = "none",
     ):
         if (vocab_size is None) == (input_dim is None):
             raise ValueError("give exactly one of vocab_size (token inputs) or input_dim")
         if num_layers < 1:
             raise ValueError(f"num_layers must be at least 1, got {num_layers}")
+        if remat not in REMAT_POLICIES:
+            raise ValueError(f"remat must be one of {', '.join(REMAT_POLICIES)}, got {remat!r}")
         self.d_model = d_model
+        self.remat = remat
         self.pattern = parse_pattern(pattern)
         mixer_options = dict(mixer_options or {})
         unknown = sorted(set(mixer_options) - set(layers.available()))
@@ -139,12 +165,22 @@ class Backbone(nnx.Module):
         states = (None,) * len(self.blocks) if state is None else state
         if len(states) != len(self.blocks):
             raise ValueError(f"state must hold {len(self.blocks)} block states, got {len(states)}")
-        x = self.embed(inputs)
+        x = constrain(self.embed(inputs), BATCH, SEQUENCE, None)
         new_states = []
         for block, block_state in zip(self.blocks, states, strict=True):
-            x, new_state = block(x, state=block_state, segment_starts=segment_starts)
+            x, new_state = self._run_block(block, x, block_state, segment_starts)
             new_states.append(new_state)
+            x = constrain(x, BATCH, SEQUENCE, None)
         return self.final_norm(x), tuple(new_states)
+
+    def _run_block(self, block, x, state, segment_starts):
+        if self.remat == "none":
+            return block(x, state=state, segment_starts=segment_starts)
+
+        def run(block, x, state, segment_starts):
+            return block(x, state=state, segment_starts=segment_starts)
+
+        return nnx.remat(run, policy=REMAT_POLICIES[self.remat])(block, x, state, segment_starts)
 
     def init_state(self, batch_size: int) -> tuple[PyTree, ...]:
         return tuple(block.init_state(batch_size) for block in self.blocks)
@@ -164,6 +200,8 @@ class LanguageModel(nnx.Module):
         self.backbone = backbone
         self.vocab_size = vocab_size
         self.head = nnx.Linear(backbone.d_model, vocab_size, rngs=rngs)
+        name_axes(self.head.kernel, EMBED, VOCAB)
+        name_axes(self.head.bias, VOCAB)
 
     def __call__(
         self, tokens: Array, *, state: PyTree | None = None, segment_starts: Array | None = None
@@ -190,6 +228,7 @@ class Classifier(nnx.Module):
         self.backbone = backbone
         self.pooling = pooling
         self.head = nnx.Linear(backbone.d_model, num_classes, rngs=rngs)
+        name_axes(self.head.kernel, EMBED, None)
 
     def __call__(
         self, inputs: Array, *, state: PyTree | None = None, segment_starts: Array | None = None

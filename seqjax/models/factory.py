@@ -7,6 +7,9 @@ model.mlp_expansion  gated MLP width as a multiple of D (0: no MLP)
 model.norm           "rms" or "layer"
 model.mixers.<name>  options for mixer <name>, passed to its constructor
 model.pooling        "last" or "mean", for classifiers
+
+``remat`` (a training option, "none", "full" or "dots") recomputes block activations in the
+backward pass; it changes no parameter.
 """
 
 from collections.abc import Mapping
@@ -26,6 +29,7 @@ def create_model(
     vocab_size: int | None = None,
     input_dim: int | None = None,
     num_classes: int | None = None,
+    remat: str = "none",
 ) -> LanguageModel | Classifier:
     """A language model over ``vocab_size`` tokens, or a classifier into ``num_classes``.
 
@@ -47,6 +51,7 @@ def create_model(
         mixer_options={name: dict(options) for name, options in mixers.items()},
         mlp_expansion=model_config.get("mlp_expansion", 4),
         norm=model_config.get("norm", "rms"),
+        remat=remat,
         rngs=rngs,
     )
     if num_classes is not None:

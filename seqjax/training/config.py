@@ -16,8 +16,11 @@ from typing import Any
 import ml_collections
 
 from seqjax import layers
+from seqjax.training.sharding import mesh_defaults
 
 SECTIONS_THAT_MUST_MATCH_ON_RESUME = ("model", "task")
+# Training options every config has, with these values unless it sets them.
+TRAINING_DEFAULTS = dict(grad_accumulation_steps=1, compute_dtype="float32", remat="none")
 
 
 class ConfigError(ValueError):
@@ -52,11 +55,25 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
     config = module.get_config(arg) if arg else module.get_config()
     if not isinstance(config, ml_collections.ConfigDict):
         raise ConfigError(f"{path}: get_config() must return an ml_collections.ConfigDict")
+    config = with_defaults(config)
     for override in overrides:
         key, separator, value = override.partition("=")
         if not separator:
             raise ConfigError(f"config override {override!r} must look like key=value")
         set_value(config, key, value)
+    return config
+
+
+def with_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A copy of ``config`` with the sections and keys it leaves out at their defaults:
+    ``mesh`` (every device on the data axis) and the training options of TRAINING_DEFAULTS."""
+    config = ml_collections.ConfigDict(config.to_dict())
+    if "mesh" not in config:
+        config.mesh = mesh_defaults()
+    if "training" in config:
+        for key, value in TRAINING_DEFAULTS.items():
+            if key not in config.training:
+                config.training[key] = value
     return config
 
 

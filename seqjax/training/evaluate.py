@@ -5,23 +5,41 @@ import functools
 import jax
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from seqjax.data import Task
 from seqjax.training.step import eval_step, summarize
 from seqjax.typing import PyTree
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _eval_step(graphdef, params, batch):
-    return eval_step(graphdef, params, batch)
+@functools.cache
+def _eval_step(mesh: Mesh | None):
+    """The jitted eval step; on a mesh, its sums are replicated so every process reads them."""
+    replicated = None if mesh is None else NamedSharding(mesh, PartitionSpec())
+    return jax.jit(eval_step, static_argnums=0, out_shardings=replicated)
 
 
 def evaluate(
-    graphdef: nnx.GraphDef, params: PyTree, task: Task, *, batch_size: int
+    graphdef: nnx.GraphDef,
+    params: PyTree,
+    task: Task,
+    *,
+    batch_size: int,
+    mesh: Mesh | None = None,
 ) -> dict[str, float]:
-    """Loss and accuracy (and bits per byte for text) over the whole test split."""
+    """Loss and accuracy (and bits per byte for text) over the whole test split.
+
+    With ``mesh`` (parameters placed on it), every process feeds every test batch whole to
+    all devices: the held-out split is small, and any batch size then works.
+    """
     totals = None
     for batch in task.test_batches(batch_size):
-        sums = _eval_step(graphdef, params, batch)
+        if mesh is not None:
+            replicated = NamedSharding(mesh, PartitionSpec())
+            batch = {
+                name: jax.make_array_from_process_local_data(replicated, rows, rows.shape)
+                for name, rows in batch.items()
+            }
+        sums = _eval_step(mesh)(graphdef, params, batch)
         totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
     return summarize(jax.device_get(totals), kind=task.kind)

@@ -1,6 +1,7 @@
 """The training loop: build, restore, step, log, evaluate, checkpoint, stop cleanly.
 
-    task, model <- config;  restore the latest checkpoint in workdir if there is one
+    task, mesh <- config;  model and optimizer state created sharded on the mesh, or
+    restored onto it from the latest checkpoint in workdir (saved on any mesh)
     for step in [start, num_steps):  state = train_step(state, task.train_batch(step))
         every log_every: metrics line;  every eval_every: test-split metrics
         every checkpoint_every, at the end, and on SIGTERM / Ctrl-C: checkpoint
@@ -10,7 +11,6 @@ same parameters and losses as running straight through.
 """
 
 import dataclasses
-import functools
 import signal
 import sys
 import threading
@@ -20,16 +20,20 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import ml_collections
-from flax import nnx
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
 
 from seqjax.data import create_task
-from seqjax.models import create_model
+from seqjax.layers.partitioning import BATCH, SEQUENCE
+from seqjax.models.backbone import REMAT_POLICIES
 from seqjax.training import config as config_lib
+from seqjax.training import sharding
 from seqjax.training.checkpoint import Checkpoints
 from seqjax.training.evaluate import evaluate
 from seqjax.training.metrics import MetricsWriter
-from seqjax.training.optimizer import create_optimizer, learning_rate_schedule
-from seqjax.training.step import TrainState, train_step
+from seqjax.training.step import TrainState
+from seqjax.training.trainer import COMPUTE_DTYPES, Trainer
 from seqjax.training.workdir import CHECKPOINT_DIR, prepare_workdir
 
 TRAINING_KEYS = (
@@ -71,6 +75,14 @@ class StopSignals:
                 self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
+    def agreed(self) -> bool:
+        """Whether to stop now: with several processes, whether any of them was signalled,
+        so that all stop at the same step (one that stopped alone would hang the others)."""
+        if jax.process_count() == 1:
+            return self.received is not None
+        flags = multihost_utils.process_allgather(np.int32(self.received is not None))
+        return bool(np.any(flags))
+
     def __exit__(self, *exc_info):
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
@@ -84,13 +96,48 @@ def check_training_config(config: ml_collections.ConfigDict) -> None:
     missing = [key for key in TRAINING_KEYS if key not in config.training]
     if missing:
         raise config_lib.ConfigError(f"config.training is missing {', '.join(missing)}")
-    for key in ("batch_size", "num_steps", "log_every", "eval_batch_size", "keep_checkpoints"):
+    for key in (
+        "batch_size", "num_steps", "log_every", "eval_batch_size", "keep_checkpoints",
+        "grad_accumulation_steps",
+    ):  # fmt: skip
         if config.training[key] < 1:
             raise config_lib.ConfigError(
                 f"config.training.{key} must be at least 1, got {config.training[key]}"
             )
+    if config.training.compute_dtype not in COMPUTE_DTYPES:
+        raise config_lib.ConfigError(
+            f"config.training.compute_dtype must be one of {', '.join(COMPUTE_DTYPES)}, "
+            f"got {config.training.compute_dtype!r}"
+        )
+    if config.training.remat not in REMAT_POLICIES:
+        raise config_lib.ConfigError(
+            f"config.training.remat must be one of {', '.join(REMAT_POLICIES)}, "
+            f"got {config.training.remat!r}"
+        )
     if "name" not in config.task:
         raise config_lib.ConfigError("config.task.name is missing (the task to train on)")
+
+
+def check_fits_mesh(config: ml_collections.ConfigDict, mesh: Mesh, task) -> None:
+    """The batch must split evenly over the batch axes and micro-batches, and the sequence
+    over the sequence axis."""
+    rules = sharding.rules_of(config.mesh)
+    training = config.training
+    rows = training.batch_size // training.grad_accumulation_steps
+    batch_devices = sharding.axis_product(mesh, dict(rules).get(BATCH))
+    if training.batch_size % training.grad_accumulation_steps or rows % batch_devices:
+        raise config_lib.ConfigError(
+            f"config.training.batch_size ({training.batch_size}) must be a multiple of "
+            f"grad_accumulation_steps ({training.grad_accumulation_steps}) times the "
+            f"{batch_devices} devices of the batch axes {dict(rules).get(BATCH)} of mesh "
+            f"{dict(mesh.shape)}"
+        )
+    sequence_devices = sharding.axis_product(mesh, dict(rules).get(SEQUENCE))
+    if task.seq_len % sequence_devices:
+        raise config_lib.ConfigError(
+            f"the task's sequence length ({task.seq_len}) must be a multiple of the "
+            f"{sequence_devices} devices of the sequence axis of mesh {dict(mesh.shape)}"
+        )
 
 
 def _format_duration(seconds: float) -> str:
@@ -149,69 +196,79 @@ def train(
     *,
     interactive: bool | None = None,
     until_step: int | None = None,
+    mesh: Mesh | None = None,
 ) -> TrainResult:
     """Trains as ``config`` says, with everything written under ``workdir``.
 
     ``until_step`` checkpoints and returns after that step, as a preempted job would; the
     learning-rate schedule still follows ``config.training.num_steps``, so running again
-    continues the same run.
+    continues the same run. ``mesh`` replaces the one ``config.mesh`` describes.
+
+    With several processes (``jax.distributed``), every process runs this with the same
+    config and workdir: each loads its own rows of every batch, all write the checkpoints
+    together, and only process 0 writes the config and metrics and prints progress.
     """
+    config = config_lib.with_defaults(config)
     check_training_config(config)
     training = config.training
     task = create_task(**config.task)
-    model = create_model(
-        config.model,
-        vocab_size=task.vocab_size,
-        input_dim=task.input_dim,
-        rngs=nnx.Rngs(config.seed),
-    )
+    mesh = sharding.create_mesh(config.mesh) if mesh is None else mesh
+    check_fits_mesh(config, mesh, task)
+    is_main = jax.process_index() == 0
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    graphdef, params = nnx.split(model)
-    schedule = learning_rate_schedule(config.optimizer, training.num_steps)
-    optimizer = create_optimizer(config.optimizer, training.num_steps)
-    opt_state = optimizer.init(params)
+    trainer = Trainer(config, task, mesh)
 
     checkpoints = Checkpoints(workdir / CHECKPOINT_DIR, keep=training.keep_checkpoints)
     start = checkpoints.latest_step() or 0
-    prepare_workdir(workdir, config, has_checkpoint=bool(start))
+    prepare_workdir(workdir, config, has_checkpoint=bool(start), write=is_main)
     if start:
-        params, opt_state = checkpoints.restore(start, params, opt_state)
-    state = TrainState(step=jnp.asarray(start, jnp.int32), params=params, opt_state=opt_state)
-    step_fn = jax.jit(
-        functools.partial(train_step, graphdef, optimizer, schedule), donate_argnums=0
-    )
+        like = trainer.abstract_state
+        params, opt_state = checkpoints.restore(start, like.params, like.opt_state)
+        state = TrainState(
+            step=jax.device_put(jnp.asarray(start, jnp.int32), like.step.sharding),
+            params=params,
+            opt_state=opt_state,
+        )
+    else:
+        state = trainer.initial_state()
 
     interactive = sys.stderr.isatty() if interactive is None else interactive
-    writer = MetricsWriter(workdir, start_step=start)
-    progress = Progress(total=training.num_steps, initial=start, interactive=interactive)
+    writer = MetricsWriter(workdir, start_step=start) if is_main else None
+    progress = Progress(
+        total=training.num_steps, initial=start, interactive=interactive and is_main
+    )
     if start:
         progress.message(f"resumed from the checkpoint at step {start} in {workdir}")
     tokens_per_step = training.batch_size * task.seq_len
     eval_metrics, last_saved, last_eval = {}, start, None
 
     def run_eval(step: int) -> dict[str, float]:
-        metrics = evaluate(graphdef, state.params, task, batch_size=training.eval_batch_size)
-        writer.write(step, "eval", metrics)
-        progress.message(f"eval at step {step}: {_format_metrics(metrics)}")
+        metrics = evaluate(
+            trainer.graphdef, state.params, task, batch_size=training.eval_batch_size, mesh=mesh
+        )
+        if writer:
+            writer.write(step, "eval", metrics)
+            progress.message(f"eval at step {step}: {_format_metrics(metrics)}")
         return metrics
 
     step, last_step = start, min(training.num_steps, until_step or training.num_steps)
     with StopSignals() as stop:
         interval_start, interval_steps = time.perf_counter(), 0
-        while step < last_step and not stop.received:
-            state, metrics = step_fn(state, task.train_batch(step, training.batch_size))
+        while step < last_step and not stop.agreed():
+            state, metrics = trainer.step(state, trainer.batch(step))
             step += 1
             interval_steps += 1
             if step % training.log_every == 0 or step == training.num_steps:
                 metrics = {name: float(value) for name, value in metrics.items()}
                 elapsed = time.perf_counter() - interval_start
-                writer.write(step, "train", metrics)
                 rate = interval_steps / elapsed
-                progress.update(
-                    step, interval_steps, {**metrics, "tokens_per_second": rate * tokens_per_step},
-                    rate,
-                )  # fmt: skip
+                if writer:
+                    writer.write(step, "train", metrics)
+                    progress.update(
+                        step, interval_steps,
+                        {**metrics, "tokens_per_second": rate * tokens_per_step}, rate,
+                    )  # fmt: skip
                 interval_start, interval_steps = time.perf_counter(), 0
             if training.eval_every and step % training.eval_every == 0:
                 eval_metrics, last_eval = run_eval(step), step
@@ -224,8 +281,9 @@ def train(
     if step == training.num_steps and last_eval != step:
         eval_metrics = run_eval(step)
     progress.close()
-    writer.close()
-    if stop.received:
+    if writer:
+        writer.close()
+    if stop.received and is_main:
         print(
             f"stopped by {stop.received} at step {step}; checkpoint saved in "
             f"{workdir / CHECKPOINT_DIR}. Run the same command to resume.",

@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx, struct
 
-from seqjax.typing import Array, PyTree
+from seqjax.layers.partitioning import BATCH, SEQUENCE, constrain
+from seqjax.typing import Array, DType, PyTree
 
 
 class TrainState(struct.PyTreeNode):
@@ -41,25 +42,72 @@ def _forward(graphdef: nnx.GraphDef, params: PyTree, batch: dict[str, Array]) ->
     return logits
 
 
+def cast_floats(tree: PyTree, dtype: DType) -> PyTree:
+    """Every floating-point array of ``tree`` in ``dtype``; integers and complex untouched."""
+    return jax.tree.map(
+        lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree
+    )
+
+
+def micro_batches(batch: dict[str, Array], count: int) -> dict[str, Array]:
+    """[B, ...] -> [count, B / count, ...]; micro-batch i holds rows i, i + count, ...
+
+    Taking every count-th row keeps each micro-batch spread over the devices that hold the
+    batch, so no rows move between devices.
+    """
+
+    def split(x):
+        rows = x.reshape(x.shape[0] // count, count, *x.shape[1:])
+        return constrain(jnp.swapaxes(rows, 0, 1), None, BATCH, SEQUENCE, *(None,) * (x.ndim - 2))
+
+    return {name: split(x) for name, x in batch.items()}
+
+
 def train_step(
     graphdef: nnx.GraphDef,
     optimizer: optax.GradientTransformation,
     schedule: Callable[[Array], Array],
     state: TrainState,
     batch: dict[str, Array],
+    *,
+    accumulation_steps: int = 1,
+    compute_dtype: DType = jnp.float32,
 ) -> tuple[TrainState, dict[str, Array]]:
-    """One optimizer step on ``batch``; returns the new state and the step's metrics."""
+    """One optimizer step on ``batch``; returns the new state and the step's metrics.
 
-    def loss_fn(params):
-        sums = weighted_token_sums(_forward(graphdef, params, batch), batch)
-        return sums["loss_sum"] / jnp.maximum(sums["weight_sum"], 1.0), sums
+    The gradient is that of the summed loss over ``accumulation_steps`` micro-batches run one
+    after another, divided by the batch's total weight, so it equals the gradient of the
+    whole batch's mean loss. The forward and backward run with the parameters cast to
+    ``compute_dtype``; parameters, gradients and optimizer state stay float32.
+    """
 
-    (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    def sums_and_grads(micro_batch):
+        def loss_sum(params):
+            logits = _forward(graphdef, cast_floats(params, compute_dtype), micro_batch)
+            sums = weighted_token_sums(logits, micro_batch)
+            return sums["loss_sum"], sums
+
+        (_, sums), grads = jax.value_and_grad(loss_sum, has_aux=True)(state.params)
+        return sums, grads
+
+    if accumulation_steps == 1:
+        sums, grad_sums = sums_and_grads(batch)
+    else:
+
+        def accumulate(totals, micro_batch):
+            return jax.tree.map(jnp.add, totals, sums_and_grads(micro_batch)), None
+
+        stacked = micro_batches(batch, accumulation_steps)
+        shapes = jax.eval_shape(sums_and_grads, jax.tree.map(lambda x: x[0], stacked))
+        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+        (sums, grad_sums), _ = jax.lax.scan(accumulate, zeros, stacked)
+    total_weight = jnp.maximum(sums["weight_sum"], 1.0)
+    grads = jax.tree.map(lambda g: g / total_weight, grad_sums)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {
-        "loss": loss,
-        "accuracy": sums["correct_sum"] / jnp.maximum(sums["weight_sum"], 1.0),
+        "loss": sums["loss_sum"] / total_weight,
+        "accuracy": sums["correct_sum"] / total_weight,
         "grad_norm": optax.tree.norm(grads),
         "learning_rate": schedule(state.step),
     }

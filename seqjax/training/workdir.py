@@ -27,8 +27,10 @@ def load_saved_config(workdir: Path) -> ml_collections.ConfigDict:
     return config_lib.from_json(path.read_text())
 
 
-def prepare_workdir(workdir: Path, config: ml_collections.ConfigDict, has_checkpoint: bool):
-    """Saves the config in a new workdir; in one with checkpoints, checks they fit it."""
+def prepare_workdir(
+    workdir: Path, config: ml_collections.ConfigDict, has_checkpoint: bool, *, write: bool = True
+):
+    """Checks that the checkpoints of a workdir fit ``config`` and (if ``write``) saves it."""
     saved_path = workdir / CONFIG_FILE
     if saved_path.exists():
         saved = load_saved_config(workdir)
@@ -43,4 +45,5 @@ def prepare_workdir(workdir: Path, config: ml_collections.ConfigDict, has_checkp
         raise config_lib.ConfigError(
             f"workdir {workdir} has checkpoints but no {CONFIG_FILE}; cannot check they fit"
         )
-    write_atomically(saved_path, config_lib.to_json(config))
+    if write:
+        write_atomically(saved_path, config_lib.to_json(config))

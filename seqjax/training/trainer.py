@@ -1,0 +1,123 @@
+"""A run on a mesh: the train state created sharded, this process's batches, the jitted step.
+
+    trainer = Trainer(config, task, mesh)
+    state = trainer.initial_state()           # each device creates only its shards
+    state, metrics = trainer.step(state, trainer.batch(step))
+
+The state is created by a jitted function whose outputs carry the shardings of the
+parameters' logical axes, so no parameter is ever whole on one device. The step is jitted
+with the state's shardings in and out (the state donated) and the batch split over the batch
+and sequence axes; inside it, activations follow the same rules and the recurrences run
+sequence-parallel when the sequence axis is split.
+"""
+
+import contextlib
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from seqjax.data import Task
+from seqjax.layers.partitioning import BATCH, SEQUENCE, axis_rules
+from seqjax.models import create_model
+from seqjax.ops.sequence_parallel import split_sequence
+from seqjax.training import sharding
+from seqjax.training.optimizer import create_optimizer, learning_rate_schedule
+from seqjax.training.step import TrainState, train_step
+from seqjax.typing import PyTree
+
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+class Trainer:
+    """Everything a run needs on ``mesh``; see the module docstring."""
+
+    def __init__(self, config: ml_collections.ConfigDict, task: Task, mesh: Mesh):
+        training = config.training
+        self.mesh, self.task = mesh, task
+        self.rules = sharding.rules_of(config.mesh)
+        self.batch_size = training.batch_size
+        self.accumulation_steps = training.grad_accumulation_steps
+        self.compute_dtype = COMPUTE_DTYPES[training.compute_dtype]
+        self.schedule = learning_rate_schedule(config.optimizer, training.num_steps)
+        self.optimizer = create_optimizer(config.optimizer, training.num_steps)
+
+        def create_model_now():
+            return create_model(
+                config.model,
+                vocab_size=task.vocab_size,
+                rngs=nnx.Rngs(config.seed),
+                remat=training.remat,
+            )
+
+        def create_state():
+            _, params = nnx.split(create_model_now())
+            step = jnp.zeros((), jnp.int32)
+            return TrainState(step=step, params=params, opt_state=self.optimizer.init(params))
+
+        self.graphdef = nnx.graphdef(nnx.eval_shape(create_model_now))
+        shapes = jax.eval_shape(create_state)
+        self.state_shardings = sharding.tree_shardings(shapes, mesh, self.rules)
+        self.abstract_state = jax.tree.map(
+            lambda shape, where: jax.ShapeDtypeStruct(shape.shape, shape.dtype, sharding=where),
+            shapes,
+            self.state_shardings,
+        )
+        self._create_state = jax.jit(create_state, out_shardings=self.state_shardings)
+        self._replicated = NamedSharding(mesh, PartitionSpec())
+        self._steps = {}
+
+    def initial_state(self) -> TrainState:
+        with jax.set_mesh(self.mesh):
+            return self._create_state()
+
+    def batch(self, step: int) -> dict[str, jax.Array]:
+        """The global batch of ``step``, of which this process loads only its own rows."""
+        shape = (self.batch_size, self.task.seq_len)
+        where = sharding.batch_sharding(self.mesh, self.rules, shape)
+        shard_index, num_shards = sharding.process_rows(where, shape)
+        rows = self.task.train_batch(
+            step, self.batch_size, shard_index=shard_index, num_shards=num_shards
+        )
+        return sharding.global_batch(rows, self.mesh, self.rules, self.batch_size)
+
+    def step(self, state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, PyTree]:
+        """One optimizer step; ``state`` is donated (its buffers are reused)."""
+        key = tuple(sorted(batch))
+        if key not in self._steps:
+            self._steps[key] = jax.jit(
+                self._traced_step,
+                in_shardings=(self.state_shardings, {k: v.sharding for k, v in batch.items()}),
+                out_shardings=(self.state_shardings, self._replicated),
+                donate_argnums=0,
+            )
+        with jax.set_mesh(self.mesh):
+            return self._steps[key](state, batch)
+
+    def _traced_step(self, state, batch):
+        with self.sharding_context():
+            return train_step(
+                self.graphdef,
+                self.optimizer,
+                self.schedule,
+                state,
+                batch,
+                accumulation_steps=self.accumulation_steps,
+                compute_dtype=self.compute_dtype,
+            )
+
+    @contextlib.contextmanager
+    def sharding_context(self):
+        """While tracing: activations follow the rules; recurrences split the sequence axis."""
+        mapping = dict(self.rules)
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(axis_rules(self.rules, dict(self.mesh.shape)))
+            sequence_axis = mapping.get(SEQUENCE)
+            if isinstance(sequence_axis, str) and self.mesh.shape[sequence_axis] > 1:
+                batch_axes = mapping.get(BATCH) or ()
+                batch_axes = (batch_axes,) if isinstance(batch_axes, str) else tuple(batch_axes)
+                batch_axes = tuple(a for a in batch_axes if self.mesh.shape[a] > 1)
+                stack.enter_context(split_sequence(sequence_axis, batch_axes))
+            yield

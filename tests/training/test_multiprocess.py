@@ -1,0 +1,90 @@
+"""Two processes joined by jax.distributed on 127.0.0.1 (CPU collectives), two devices each,
+train on a (data=2, fsdp=2) mesh the same run as one process on one device with the same
+global batch: the same losses, one metrics file written by process 0, and checkpoints written
+by both that restore in a single process."""
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+from flax import nnx
+from tolerances import SHARDED_FLOAT32
+
+from seqjax.evaluation import load_run
+from seqjax.training import load_config, train
+from seqjax.training.metrics import read_metrics
+from seqjax.training.sharding import create_mesh
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = [
+    "model.mixer=gla",
+    "model.d_model=32",
+    "model.num_layers=1",
+    "model.mlp_expansion=2",
+    "model.mixers.gla.num_heads=2",
+    "model.mixers.gla.implementation=recurrent",
+    "task.vocab_size=32",
+    "task.seq_len=16",
+    "task.num_kv_pairs=2",
+    "task.num_train_examples=256",
+    "task.num_test_examples=16",
+    "training.batch_size=16",
+    "training.num_steps=6",
+    "training.log_every=1",
+    "training.eval_every=0",
+    "training.checkpoint_every=3",
+    "training.eval_batch_size=16",
+    "optimizer.warmup_steps=2",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        return listener.getsockname()[1]
+
+
+def train_losses(workdir):
+    return [record["loss"] for record in read_metrics(workdir) if record["split"] == "train"]
+
+
+def test_two_processes_train_the_same_run_as_one(tmp_path):
+    workdir = tmp_path / "two_processes"
+    command = [sys.executable, "train.py", *(f"--config.{o}" for o in TINY)]
+    command += ["--config.mesh.data=2", "--config.mesh.fsdp=2", "--workdir", str(workdir)]
+    environment = {
+        **os.environ,
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+        "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{free_port()}",
+        "JAX_NUM_PROCESSES": "2",
+    }
+    processes = [
+        subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env={**environment, "JAX_PROCESS_ID": str(index)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+        for index in range(2)
+    ]
+    config = load_config(str(ROOT / "configs" / "mqar.py"), [*TINY, "mesh.data=1"])
+    single = tmp_path / "one_process"
+    train(config, single, interactive=False, mesh=create_mesh(config.mesh, jax.devices()[:1]))
+    outputs = [process.communicate(timeout=300)[0] for process in processes]
+    assert [process.returncode for process in processes] == [0, 0], outputs
+    assert "done: step 6" in outputs[0] and "done: step" not in outputs[1]
+
+    np.testing.assert_allclose(train_losses(workdir), train_losses(single), **SHARDED_FLOAT32)
+    assert len(train_losses(workdir)) == 6  # one line per step: only process 0 wrote
+    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()) == [3, 6]
+    restored = jax.tree.leaves(nnx.state(load_run(workdir).model))
+    expected = jax.tree.leaves(nnx.state(load_run(single).model))
+    assert len(restored) == 17
+    for actual, wanted in zip(restored, expected, strict=True):
+        np.testing.assert_allclose(np.asarray(actual), np.asarray(wanted), **SHARDED_FLOAT32)
