@@ -48,6 +48,7 @@ class Trainer:
             return create_model(
                 config.model,
                 vocab_size=task.vocab_size,
+                input_dim=task.input_dim,
                 rngs=nnx.Rngs(config.seed),
                 remat=training.remat,
             )
