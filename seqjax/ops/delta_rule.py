@@ -11,7 +11,8 @@ Linear RNNs Through Negative Eigenvalues", Grazzi et al. 2025).
 
     "recurrent"  the recurrence above, one step at a time (the reference)
     "chunked"    chunks of C steps in the WY / UT-transform form below
-    "pallas"     the kernels of kernels_pallas/chunked_delta_rule (not yet available)
+    "pallas"     the kernels of kernels_pallas/chunked_delta_rule (TPU and GPU; no
+                 segment_starts); not available for generalized_delta_rule
 
 The chunked form rewrites each step as a gated linear-attention step with a corrected value
 u_t = β_t (v_t - exp(log_decay_t) S_{t-1}ᵀ k_t), so S_t = exp(log_decay_t) S_{t-1} + k_t u_tᵀ.
@@ -33,6 +34,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+import kernels_pallas.chunked_delta_rule as chunked_delta_rule_kernels
 from seqjax.ops.chunking import check_implementation, scan_over_chunks
 from seqjax.typing import Array
 
@@ -77,7 +79,18 @@ def delta_rule(
         )
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
-    implementation = check_implementation("delta_rule", implementation, IMPLEMENTATIONS)
+    pallas_unavailable = chunked_delta_rule_kernels.unsupported_reason(
+        jax.default_backend(), segment_starts=segment_starts, chunk_size=chunk_size
+    )
+    implementation = check_implementation(
+        "delta_rule", implementation, IMPLEMENTATIONS,
+        None if pallas_unavailable is None else f"cannot run: {pallas_unavailable}",
+    )  # fmt: skip
+    if implementation == "pallas":
+        return chunked_delta_rule_kernels.chunked_delta_rule(
+            q, k, v, beta, platform=jax.default_backend(), log_decay=log_decay,
+            initial_state=initial_state, scale=scale, chunk_size=chunk_size,
+        )  # fmt: skip
     if log_decay is None:
         log_decay = jnp.zeros((batch, length, heads), jnp.float32)
     starts = (

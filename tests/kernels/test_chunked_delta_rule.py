@@ -1,0 +1,106 @@
+"""kernels_pallas.chunked_delta_rule: the TPU and GPU kernels, run in the Pallas interpreter,
+equal delta_rule's recurrent reference on outputs, final state and the gradients of q, k,
+v, beta (in [0, 2]), the decay and the initial state, with and without a decay, float32
+and bfloat16, with T not a multiple of the chunk and K, V not powers of two; the kernels
+lower for TPU (Mosaic) and CUDA (Triton), forward and backward; the op dispatches to them."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from parity import assert_relative, outputs_and_grads
+from tolerances import CHUNKED_BFLOAT16_RELATIVE, CHUNKED_FLOAT32_RELATIVE
+
+import kernels_pallas.chunked_delta_rule as chunked_delta_rule_kernels
+from kernels_pallas.chunked_delta_rule import gpu, tpu
+from seqjax.ops.delta_rule import delta_rule
+
+INTERPRETED = {
+    "tpu": functools.partial(tpu.chunked_delta_rule, interpret=True),
+    "gpu": functools.partial(gpu.chunked_delta_rule, interpret=True),
+}
+
+
+def inputs(seed, decay, dtype, batch=2, length=37, heads=2, key_size=12, value_size=20):
+    rng = np.random.default_rng(seed)
+    q, k = (rng.normal(size=(batch, length, heads, key_size)) for _ in "qk")
+    v = rng.normal(size=(batch, length, heads, value_size))
+    arrays = dict(q=q, k=k / np.linalg.norm(k, axis=-1, keepdims=True), v=v)
+    arrays = {name: jnp.asarray(value, dtype) for name, value in arrays.items()}
+    # beta up to 2: transitions with a negative eigenvalue.
+    arrays["beta"] = jnp.asarray(rng.uniform(0.0, 2.0, (batch, length, heads)), dtype)
+    if decay:
+        log_decay = np.log(rng.uniform(0.3, 1.0, (batch, length, heads)))
+        arrays["log_decay"] = jnp.asarray(log_decay, jnp.float32)
+    state = rng.normal(size=(batch, heads, key_size, value_size)).astype(np.float32)
+    return dict(**arrays, initial_state=state)
+
+
+@pytest.mark.parametrize(
+    "decay, dtype", [(True, jnp.float32), (False, jnp.bfloat16)], ids=["decay-f32", "plain-bf16"]
+)
+def test_kernels_equal_recurrent(decay, dtype):
+    arrays = inputs(0, decay, dtype)
+    expected = outputs_and_grads(delta_rule, arrays, scale=0.5, implementation="recurrent")
+    bound = CHUNKED_FLOAT32_RELATIVE if dtype == jnp.float32 else CHUNKED_BFLOAT16_RELATIVE
+    for kernel in INTERPRETED.values():
+        assert_relative(
+            outputs_and_grads(kernel, arrays, scale=0.5, chunk_size=16), expected, bound
+        )
+
+
+@pytest.mark.parametrize("target", ["tpu", "cuda"])
+def test_kernels_lower_forward_and_backward(target):
+    """Lowering runs the Mosaic or Triton lowering of the forward and backward kernels,
+    which rejects tiles and operations the target lacks."""
+    kernel = tpu.chunked_delta_rule if target == "tpu" else gpu.chunked_delta_rule
+    call = "tpu_custom_call" if target == "tpu" else "triton"
+    batch, length, heads, key_size, value_size = 2, 1000, 4, 128, 128
+
+    def forward(q, k, v, beta, log_decay):
+        return kernel(q, k, v, beta, log_decay=log_decay, scale=0.1)
+
+    def backward(*args):
+        def loss(*args):
+            output, final = forward(*args)
+            return jnp.sum(output.astype(jnp.float32)) + jnp.sum(final)
+
+        return jax.grad(loss, argnums=(0, 1, 2, 3, 4))(*args)
+
+    for dtype in (jnp.float32, jnp.bfloat16):
+        q = k = jax.ShapeDtypeStruct((batch, length, heads, key_size), dtype)
+        v = jax.ShapeDtypeStruct((batch, length, heads, value_size), dtype)
+        beta = jax.ShapeDtypeStruct((batch, length, heads), dtype)
+        log_decay = jax.ShapeDtypeStruct((batch, length, heads), jnp.float32)
+        for function, kernels in ((forward, 1), (backward, 2)):
+            lowered = jax.jit(function).trace(q, k, v, beta, log_decay)
+            text = lowered.lower(lowering_platforms=(target,)).as_text()
+            assert text.count(call) >= kernels, (dtype, function.__name__)
+
+
+def test_op_dispatches_to_the_kernel_on_accelerators(monkeypatch):
+    """With implementation None on a GPU backend, delta_rule runs the GPU kernel (here in the
+    interpreter), unless segment_starts asks for packing; on CPU, asking for 'pallas' is an
+    error."""
+    arrays = inputs(1, True, jnp.float32, length=20)
+    expected = delta_rule(**arrays, implementation="recurrent")
+    with pytest.raises(ValueError, match="'pallas' cannot run: .* not on cpu"):
+        delta_rule(**arrays, implementation="pallas")
+    calls = []
+
+    def interpreted_gpu_kernel(*args, **options):
+        calls.append(options)
+        return INTERPRETED["gpu"](*args, **options)
+
+    monkeypatch.setitem(chunked_delta_rule_kernels.PLATFORMS, "gpu", interpreted_gpu_kernel)
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    actual = jax.jit(functools.partial(delta_rule, chunk_size=16))(**arrays)
+    assert len(calls) == 1
+    assert_relative(actual, expected, CHUNKED_FLOAT32_RELATIVE)
+    starts = np.zeros(arrays["q"].shape[:2], bool)
+    jax.eval_shape(functools.partial(delta_rule, segment_starts=starts), **arrays)
+    assert len(calls) == 1
+    with pytest.raises(ValueError, match="'pallas' cannot run: the kernels take no segment"):
+        delta_rule(**arrays, segment_starts=starts, implementation="pallas")
