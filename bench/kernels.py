@@ -2,12 +2,12 @@
 
     python bench/kernels.py [--batch 4] [--length 4096] [--out DIR]
 
-For linear_recurrence (kernel vs "associative") and gated_linear_attention (kernel vs
-"chunked"), forward and forward+backward: median time, and the achieved memory bandwidth
-(linear_recurrence, memory-bound) or matmul FLOP/s (gated_linear_attention) as a fraction
-of the device's peak where the device is known. The kernels run on TPU and GPU only; on
-CPU the script says so and times the XLA forms alone. Writes kernels.json to --out
-(default bench/results).
+For linear_recurrence (kernel vs "associative"), gated_linear_attention, delta_rule and
+causal softmax_attention (kernel vs "chunked"), forward and forward+backward: median time,
+and the achieved memory bandwidth (linear_recurrence, memory-bound) or matmul FLOP/s (the
+others) as a fraction of the device's peak where the device is known. The kernels run on
+TPU and GPU only; on CPU the script says so and times the XLA forms alone. Writes
+kernels.json to --out (default bench/results).
 """
 
 import argparse
@@ -20,6 +20,8 @@ import jax.numpy as jnp
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import machine, markdown_table, save_json, time_compiled  # noqa: E402
+from seqjax.ops.attention import softmax_attention  # noqa: E402
+from seqjax.ops.delta_rule import delta_rule  # noqa: E402
 from seqjax.ops.linear_attention import gated_linear_attention  # noqa: E402
 from seqjax.ops.scan import linear_recurrence  # noqa: E402
 
@@ -100,6 +102,67 @@ def gla_case(batch, length, heads, key_size, value_size, dtype, chunk_size=64):
     return "gated_linear_attention", "chunked", arrays, run, {False: flops, True: 3 * flops}
 
 
+def delta_rule_case(batch, length, heads, key_size, value_size, dtype, chunk_size=64):
+    keys = jax.random.split(jax.random.key(2), 5)
+    q = jax.random.normal(keys[0], (batch, length, heads, key_size)) * key_size**-0.5
+    k = jax.random.normal(keys[1], (batch, length, heads, key_size))
+    k = k / jnp.linalg.norm(k, axis=-1, keepdims=True)
+    v = jax.random.normal(keys[2], (batch, length, heads, value_size))
+    beta = jax.random.uniform(keys[3], (batch, length, heads), maxval=2.0)
+    log_decay = jnp.log(jax.random.uniform(keys[4], (batch, length, heads), minval=0.9))
+    arrays = (q.astype(dtype), k.astype(dtype), v.astype(dtype), beta.astype(dtype), log_decay)
+
+    def run(implementation, backward):
+        def forward(q, k, v, beta, log_decay):
+            return delta_rule(
+                q, k, v, beta, log_decay=log_decay, chunk_size=chunk_size,
+                implementation=implementation,
+            )  # fmt: skip
+
+        if not backward:
+            return forward
+
+        def loss(*args):
+            output, final = forward(*args)
+            return jnp.sum(output.astype(jnp.float32)) + jnp.sum(final)
+
+        return jax.grad(loss, argnums=(0, 1, 2, 3, 4))
+
+    # Matmul FLOPs per chunk and head: K Kᵀ and Q Kᵀ (C·C·K each), the triangular inverse
+    # (2 log2(C) products of C·C·C), U and the outputs (C·C·V each), the state read by keys
+    # and queries and written (C·K·V each).
+    inverse = 2 * (chunk_size.bit_length() - 1) * chunk_size**3
+    per_chunk = 2 * chunk_size**2 * key_size + inverse + 2 * chunk_size**2 * value_size
+    per_chunk += 3 * chunk_size * key_size * value_size
+    flops = 2 * batch * heads * (length // chunk_size) * per_chunk
+    return "delta_rule", "chunked", arrays, run, {False: flops, True: 3 * flops}
+
+
+def attention_case(batch, length, heads, groups, head_size, dtype):
+    keys = jax.random.split(jax.random.key(3), 3)
+    q = jax.random.normal(keys[0], (batch, length, heads, head_size))
+    k = jax.random.normal(keys[1], (batch, length, groups, head_size))
+    v = jax.random.normal(keys[2], (batch, length, groups, head_size))
+    arrays = (q.astype(dtype), k.astype(dtype), v.astype(dtype))
+
+    def run(implementation, backward):
+        def forward(q, k, v):
+            return softmax_attention(q, k, v, causal=True, implementation=implementation)
+
+        if not backward:
+            return forward
+
+        def loss(*args):
+            return jnp.sum(forward(*args).astype(jnp.float32))
+
+        return jax.grad(loss, argnums=(0, 1, 2))
+
+    # Causal: half of Q Kᵀ and P V (2·T·T·K each, multiply-adds); the backward pass adds
+    # the recomputed Q Kᵀ, dO Vᵀ, dV, dQ and dK (2.5 times the forward's matmuls).
+    flops = 2 * batch * heads * length * length * head_size
+    return "softmax_attention", "chunked", arrays, run, {False: flops, True: 3.5 * flops}
+
+
 def measure(case, kernels_available, repeats):
     op, xla_form, arrays, run, work = case
     rows = []
@@ -137,6 +200,8 @@ def main() -> None:
     cases = [
         (scan_case(args.batch, args.length, 1024, dtype), bandwidth, "bytes"),
         (gla_case(args.batch, args.length, 8, 128, 128, dtype), matmul, "FLOP"),
+        (delta_rule_case(args.batch, args.length, 8, 128, 128, dtype), matmul, "FLOP"),
+        (attention_case(args.batch, args.length, 8, 2, 128, dtype), matmul, "FLOP"),
     ]
     for case, peak, unit in cases:
         for row in measure(case, kernels_available, args.repeats):
