@@ -14,18 +14,14 @@ from pathlib import Path
 
 import ml_collections
 
-from seqjax.training import load_config, mixer_defaults
+from seqjax.training import load_config, mixer_defaults, model_defaults
 
 
 def get_config() -> ml_collections.ConfigDict:
     config = load_config(str(Path(__file__).with_name("mqar.py")))
-    config.model = dict(
-        mixer="rg_lru,rg_lru,attention",
+    config.model = model_defaults(
+        "rg_lru,rg_lru,attention",
         num_layers=3,
-        d_model=64,
-        mlp_expansion=2,
-        norm="rms",
-        pooling="last",
         mixers=mixer_defaults(attention=dict(num_heads=2, window=16)),
     )
     return config

@@ -8,7 +8,7 @@ token after a trigger at the trigger's second occurrence; trained at length 64, 
 
 import ml_collections
 
-from seqjax.training import mixer_defaults
+from seqjax.training import model_defaults, optimizer_defaults, training_defaults
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -24,32 +24,7 @@ def get_config() -> ml_collections.ConfigDict:
         num_test_examples=500,
         seed=0,
     )
-    config.model = dict(
-        mixer="mamba",
-        num_layers=2,
-        d_model=64,
-        mlp_expansion=2,
-        norm="rms",
-        pooling="last",
-        mixers=mixer_defaults(attention=dict(num_heads=2)),
-    )
-    config.optimizer = dict(
-        learning_rate=1e-3,
-        warmup_steps=100,
-        end_learning_rate_ratio=0.0,
-        b1=0.9,
-        b2=0.98,
-        eps=1e-8,
-        weight_decay=0.1,
-        grad_clip_norm=1.0,
-    )
-    config.training = dict(
-        batch_size=64,
-        num_steps=2000,
-        log_every=100,
-        eval_every=500,
-        checkpoint_every=500,
-        keep_checkpoints=2,
-        eval_batch_size=250,
-    )
+    config.model = model_defaults("mamba")
+    config.optimizer = optimizer_defaults()
+    config.training = training_defaults()
     return config

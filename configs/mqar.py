@@ -12,7 +12,7 @@ and about five times faster per step than RWKV-7 on CPU (17k against 3.3k tokens
 
 import ml_collections
 
-from seqjax.training import mixer_defaults
+from seqjax.training import mixer_defaults, model_defaults, optimizer_defaults, training_defaults
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -29,13 +29,8 @@ def get_config() -> ml_collections.ConfigDict:
         seed=0,
         random_non_queries=True,
     )
-    config.model = dict(
-        mixer="deltanet",
-        num_layers=2,
-        d_model=64,
-        mlp_expansion=2,
-        norm="rms",
-        pooling="last",
+    config.model = model_defaults(
+        "deltanet",
         # Options that make these mixers learn this task (measured at 1000 steps): fewer
         # heads for a bigger per-head state, a forget gate that starts near 1.
         mixers=mixer_defaults(
@@ -44,23 +39,6 @@ def get_config() -> ml_collections.ConfigDict:
             fox_attention=dict(num_heads=2, forget_bias=5.0),
         ),
     )
-    config.optimizer = dict(
-        learning_rate=3e-3,
-        warmup_steps=100,
-        end_learning_rate_ratio=0.0,
-        b1=0.9,
-        b2=0.98,
-        eps=1e-8,
-        weight_decay=0.1,
-        grad_clip_norm=1.0,
-    )
-    config.training = dict(
-        batch_size=64,
-        num_steps=1000,
-        log_every=100,
-        eval_every=500,
-        checkpoint_every=500,
-        keep_checkpoints=3,
-        eval_batch_size=250,
-    )
+    config.optimizer = optimizer_defaults(learning_rate=3e-3)
+    config.training = training_defaults(num_steps=1000, keep_checkpoints=3)
     return config

@@ -12,7 +12,7 @@ gru 60%, lmu 59%, s5 38%, s4d 37%.
 
 import ml_collections
 
-from seqjax.training import mixer_defaults
+from seqjax.training import model_defaults, optimizer_defaults, training_defaults
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -27,32 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
         num_test_examples=1_000,
         seed=0,
     )
-    config.model = dict(
-        mixer="attention",
-        num_layers=2,
-        d_model=64,
-        mlp_expansion=2,
-        norm="rms",
-        pooling="last",
-        mixers=mixer_defaults(attention=dict(num_heads=2)),
-    )
-    config.optimizer = dict(
-        learning_rate=3e-3,
-        warmup_steps=100,
-        end_learning_rate_ratio=0.0,
-        b1=0.9,
-        b2=0.98,
-        eps=1e-8,
-        weight_decay=0.1,
-        grad_clip_norm=1.0,
-    )
-    config.training = dict(
-        batch_size=64,
-        num_steps=2000,
-        log_every=100,
-        eval_every=500,
-        checkpoint_every=500,
-        keep_checkpoints=3,
-        eval_batch_size=250,
-    )
+    config.model = model_defaults("attention")
+    config.optimizer = optimizer_defaults(learning_rate=3e-3)
+    config.training = training_defaults(keep_checkpoints=3)
     return config

@@ -17,18 +17,10 @@ from pathlib import Path
 
 import ml_collections
 
-from seqjax.training import load_config, mixer_defaults
+from seqjax.training import load_config, mixer_defaults, model_defaults
 
 
 def get_config() -> ml_collections.ConfigDict:
     config = load_config(str(Path(__file__).with_name("mqar.py")))
-    config.model = dict(
-        mixer="mlstm,mlstm,mlstm,slstm",
-        num_layers=4,
-        d_model=64,
-        mlp_expansion=2,
-        norm="rms",
-        pooling="last",
-        mixers=mixer_defaults(),
-    )
+    config.model = model_defaults("mlstm,mlstm,mlstm,slstm", num_layers=4, mixers=mixer_defaults())
     return config

@@ -1,6 +1,22 @@
 """Training: configs, the train state and step, the loop, checkpoints and metrics."""
 
-from seqjax.training.config import ConfigError, load_config, mixer_defaults
+from seqjax.training.config import (
+    ConfigError,
+    load_config,
+    mixer_defaults,
+    model_defaults,
+    optimizer_defaults,
+    training_defaults,
+)
 from seqjax.training.loop import TrainResult, train
 
-__all__ = ["ConfigError", "TrainResult", "load_config", "mixer_defaults", "train"]
+__all__ = [
+    "ConfigError",
+    "TrainResult",
+    "load_config",
+    "mixer_defaults",
+    "model_defaults",
+    "optimizer_defaults",
+    "train",
+    "training_defaults",
+]

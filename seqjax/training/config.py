@@ -41,6 +41,62 @@ def mixer_defaults(**overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(sections)
 
 
+def model_defaults(mixer: str, **overrides: Any) -> dict[str, Any]:
+    """The ``model`` section most configs share, for ``mixer`` (a name, or comma-separated
+    names one per layer), updated by ``overrides``: 2 layers of width 64 with RMS norm, the
+    output read at the last position, and every mixer's options (attention with 2 heads)."""
+    model = dict(
+        mixer=mixer,
+        num_layers=2,
+        d_model=64,
+        mlp_expansion=2,
+        norm="rms",
+        pooling="last",
+        mixers=mixer_defaults(attention=dict(num_heads=2)),
+    )
+    return _updated("model", model, overrides)
+
+
+def optimizer_defaults(**overrides: Any) -> dict[str, Any]:
+    """The ``optimizer`` section most configs share (AdamW, linear warmup then cosine decay),
+    updated by ``overrides``."""
+    optimizer = dict(
+        learning_rate=1e-3,
+        warmup_steps=100,
+        end_learning_rate_ratio=0.0,
+        b1=0.9,
+        b2=0.98,
+        eps=1e-8,
+        weight_decay=0.1,
+        grad_clip_norm=1.0,
+    )
+    return _updated("optimizer", optimizer, overrides)
+
+
+def training_defaults(**overrides: Any) -> dict[str, Any]:
+    """The ``training`` section most configs share, updated by ``overrides``; loading a config
+    adds the keys of TRAINING_DEFAULTS it leaves out."""
+    training = dict(
+        batch_size=64,
+        num_steps=2000,
+        log_every=100,
+        eval_every=500,
+        checkpoint_every=500,
+        keep_checkpoints=2,
+        eval_batch_size=250,
+    )
+    return _updated("training", training, overrides)
+
+
+def _updated(section: str, defaults: dict[str, Any], overrides: Mapping[str, Any]) -> dict:
+    unknown = sorted(set(overrides) - set(defaults))
+    if unknown:
+        raise ConfigError(
+            f"unknown {section} option(s) {', '.join(unknown)}; options: {', '.join(defaults)}"
+        )
+    return {**defaults, **overrides}
+
+
 def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
     """Loads ``path[:arg]`` and applies ``key=value`` overrides (``model.mixer=gru``)."""
     path, _, arg = spec.partition(":")

@@ -14,7 +14,7 @@ import pytest
 from flax import nnx
 
 from seqjax.evaluation import load_run
-from seqjax.training import ConfigError, load_config, train
+from seqjax.training import ConfigError, load_config, train, training_defaults
 from seqjax.training.checkpoint import Checkpoints
 from seqjax.training.metrics import read_metrics
 
@@ -211,6 +211,8 @@ def test_bad_config_keys_and_values_are_named(tmp_path):
         load_config("nope.py")
     with pytest.raises(ValueError, match=r"unknown mixer 'lstn'; available mixers: .*lstm"):
         train(tiny_config("model.mixer=lstn"), tmp_path / "run", interactive=False)
+    with pytest.raises(ConfigError, match=r"unknown training option\(s\) batchsize; options"):
+        training_defaults(batchsize=8)
 
 
 @pytest.mark.parametrize(
