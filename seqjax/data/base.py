@@ -90,7 +90,7 @@ def create_task(name: str, **options: Any) -> Task:
             f"{name}: unknown option(s) {', '.join(map(repr, unknown))}; "
             f"valid options: {', '.join(valid_options)}"
         )
-    parameters = inspect.signature(task_class.__init__).parameters
+    parameters = _keyword_parameters(task_class)
     missing = [
         option
         for option in valid_options
@@ -105,7 +105,7 @@ def default_options(name: str) -> dict[str, Any]:
     """The options of the task registered as ``name`` that have defaults, with those defaults."""
     if name not in _TASKS:
         raise ValueError(f"unknown task {name!r}; available tasks: {', '.join(available_tasks())}")
-    parameters = inspect.signature(_TASKS[name].__init__).parameters
+    parameters = _keyword_parameters(_TASKS[name])
     return {
         option: parameters[option].default
         for option in _option_names(_TASKS[name])
@@ -114,8 +114,24 @@ def default_options(name: str) -> dict[str, Any]:
 
 
 def _option_names(task_class: type[Task]) -> list[str]:
-    parameters = inspect.signature(task_class.__init__).parameters
-    return [name for name, param in parameters.items() if param.kind is param.KEYWORD_ONLY]
+    return list(_keyword_parameters(task_class))
+
+
+def _keyword_parameters(task_class: type) -> dict[str, inspect.Parameter]:
+    """The keyword-only parameters of ``task_class.__init__``; an ``__init__`` that also takes
+    ``**options`` passes them to its parent class's, whose options follow its own."""
+    index, owner = next(
+        (index, owner)
+        for index, owner in enumerate(task_class.__mro__)
+        if "__init__" in vars(owner)
+    )
+    parameters = inspect.signature(owner.__init__).parameters
+    options = {
+        name: param for name, param in parameters.items() if param.kind is param.KEYWORD_ONLY
+    }
+    if any(param.kind is param.VAR_KEYWORD for param in parameters.values()):
+        return {**options, **_keyword_parameters(task_class.__mro__[index + 1])}
+    return options
 
 
 def check_int(label: str, value: Any, *, minimum: int) -> int:

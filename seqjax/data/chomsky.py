@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -29,7 +29,11 @@ DEFAULT_TEST_LENGTHS = (40, 64, 128, 256)
 
 
 class ChomskyTask(LengthGeneralizationTask):
-    """A transduction from a string of ``num_symbols`` symbols to ``num_classes`` outputs."""
+    """A transduction from a string of ``num_symbols`` symbols to ``num_classes`` outputs.
+
+    A task with options of its own takes these length options as ``**length_options`` and
+    passes them on, so they and their defaults are stated once, here.
+    """
 
     level: ClassVar[str]  # the task's level in the hierarchy: "regular", "dcf" or "cs"
     num_symbols: int
@@ -135,25 +139,13 @@ class CycleNavigation(ChomskyTask):
         self,
         *,
         cycle_length: int = 5,
-        min_train_length: int = 1,
-        max_train_length: int = 40,
-        test_lengths: Sequence[int] = DEFAULT_TEST_LENGTHS,
-        num_train_examples: int = 100_000,
-        num_test_examples: int = 500,
-        seed: int = 0,
+        **length_options: Any,
     ):
         self.cycle_length = check_int(
             "cycle_navigation: option 'cycle_length'", cycle_length, minimum=2
         )
         self.num_classes = self.cycle_length
-        super().__init__(
-            min_train_length=min_train_length,
-            max_train_length=max_train_length,
-            test_lengths=test_lengths,
-            num_train_examples=num_train_examples,
-            num_test_examples=num_test_examples,
-            seed=seed,
-        )
+        super().__init__(**length_options)
 
     def solve(self, symbols):
         return (symbols - 1).sum(axis=1, keepdims=True) % self.cycle_length, None
@@ -180,12 +172,7 @@ class ModularArithmetic(ChomskyTask):
         *,
         modulus: int = 5,
         operators: str = MODULAR_OPERATORS,
-        min_train_length: int = 1,
-        max_train_length: int = 40,
-        test_lengths: Sequence[int] = DEFAULT_TEST_LENGTHS,
-        num_train_examples: int = 100_000,
-        num_test_examples: int = 500,
-        seed: int = 0,
+        **length_options: Any,
     ):
         self.modulus = check_int("modular_arithmetic: option 'modulus'", modulus, minimum=2)
         if (
@@ -201,14 +188,7 @@ class ModularArithmetic(ChomskyTask):
         self.operators = operators
         self.num_symbols = self.modulus + len(MODULAR_OPERATORS)
         self.num_classes = self.modulus
-        super().__init__(
-            min_train_length=min_train_length,
-            max_train_length=max_train_length,
-            test_lengths=test_lengths,
-            num_train_examples=num_train_examples,
-            num_test_examples=num_test_examples,
-            seed=seed,
-        )
+        super().__init__(**length_options)
 
     def input_length(self, length: int) -> int:
         return length if length % 2 else length - 1
@@ -329,23 +309,11 @@ class BucketSort(ChomskyTask):
         self,
         *,
         num_symbols: int = 5,
-        min_train_length: int = 1,
-        max_train_length: int = 40,
-        test_lengths: Sequence[int] = DEFAULT_TEST_LENGTHS,
-        num_train_examples: int = 100_000,
-        num_test_examples: int = 500,
-        seed: int = 0,
+        **length_options: Any,
     ):
         self.num_symbols = check_int("bucket_sort: option 'num_symbols'", num_symbols, minimum=2)
         self.num_classes = self.num_symbols
-        super().__init__(
-            min_train_length=min_train_length,
-            max_train_length=max_train_length,
-            test_lengths=test_lengths,
-            num_train_examples=num_train_examples,
-            num_test_examples=num_test_examples,
-            seed=seed,
-        )
+        super().__init__(**length_options)
 
     def output_length(self, length):
         return length

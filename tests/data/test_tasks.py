@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from seqjax.data import Task, available_tasks, create_task
+from seqjax.data import Task, available_tasks, create_task, default_options
 
 SMALL_SPLITS = {"num_train_examples": 64, "num_test_examples": 10}
 TEXT_LEN = 2000
@@ -178,6 +178,18 @@ def test_options_rebuild_an_identical_task(name, small_task):
     assert rebuilt.options() == task.options()
     assert_batches_equal(rebuilt.train_batch(2, 4), task.train_batch(2, 4))
     assert_batches_equal(next(rebuilt.test_batches(4)), next(task.test_batches(4)))
+
+
+def test_options_passed_on_to_the_parent_class_are_listed_with_their_defaults():
+    parity_options = default_options("parity_check")
+    length_options = ["min_train_length", "max_train_length", "test_lengths"]
+    assert list(parity_options) == [
+        *length_options,
+        "num_train_examples",
+        "num_test_examples",
+        "seed",
+    ]
+    assert default_options("cycle_navigation") == {"cycle_length": 5, **parity_options}
 
 
 @pytest.mark.parametrize("name", SYNTHETIC_TASKS)
