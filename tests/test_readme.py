@@ -27,5 +27,5 @@ def test_python_example_runs():
 
 def test_ci_runs_the_readme_test_command():
     command = README.split("<!-- ci: the test command")[1].split("```bash\n")[1].split("\n")[0]
-    assert command == "python -m pip install -r requirements-dev.txt && python -m pytest -q"
+    assert command == "python -m pip install -r requirements-dev.txt && python -m pytest -q -n 2"
     assert "<!-- ci: the test command" in (ROOT / ".ci" / "run").read_text()
