@@ -199,32 +199,24 @@ def _sequential(a, x, initial_state, reverse, chunk_size):
 
 
 def _sequential_backward(a, h, initial_state, h_cotangent, final_cotangent, reverse):
-    """The adjoint recurrence as one loop that also writes ∂L/∂a, with no shifted copies.
-
-    The loop carries a_t δ_t, the part of δ_{t-1} that flows back through step t, so each
-    step reads a, the cotangent and h at one position and the one before it."""
+    """The adjoint recurrence as one loop carrying a_t δ_t (the part of δ_{t-1} that flows
+    back through step t) and writing δ, then ∂L/∂a = δ ⊙ h_{t-1} in one elementwise pass."""
     length = h.shape[1]
     h_cotangent = h_cotangent.astype(a.dtype)
 
     def step(i, carry):
-        carried, x_grad, a_grad = carry
+        carried, delta = carry
         t = i if reverse else length - 1 - i
-        delta = jax.lax.dynamic_index_in_dim(h_cotangent, t, 1, keepdims=False) + carried
-        earlier = t + 1 if reverse else t - 1  # the state h_t was computed from
-        previous_h = jnp.where(
-            (earlier >= 0) & (earlier < length),
-            jax.lax.dynamic_index_in_dim(h, jnp.clip(earlier, 0, length - 1), 1, keepdims=False),
-            initial_state,
-        )
-        carried = jax.lax.dynamic_index_in_dim(a, t, 1, keepdims=False) * delta
-        x_grad = jax.lax.dynamic_update_index_in_dim(x_grad, delta, t, axis=1)
-        a_grad = jax.lax.dynamic_update_index_in_dim(a_grad, delta * previous_h, t, axis=1)
-        return carried, x_grad, a_grad
+        delta_t = jax.lax.dynamic_index_in_dim(h_cotangent, t, 1, keepdims=False) + carried
+        carried = jax.lax.dynamic_index_in_dim(a, t, 1, keepdims=False) * delta_t
+        return carried, jax.lax.dynamic_update_index_in_dim(delta, delta_t, t, axis=1)
 
-    initial_grad, x_grad, a_grad = jax.lax.fori_loop(
-        0, length, step, (final_cotangent, jnp.zeros_like(h), jnp.zeros_like(a))
-    )
-    return a_grad, x_grad, initial_grad
+    initial_grad, delta = jax.lax.fori_loop(0, length, step, (final_cotangent, jnp.zeros_like(h)))
+    if reverse:
+        previous_h = jnp.concatenate([h[:, 1:], initial_state[:, None]], axis=1)
+    else:
+        previous_h = jnp.concatenate([initial_state[:, None], h[:, :-1]], axis=1)
+    return delta * previous_h, delta, initial_grad
 
 
 def _combine(earlier, later):
