@@ -2,8 +2,8 @@
 
     python eval.py --workdir runs/mqar [--step N]          # test-split metrics: table + JSON
     python eval.py --workdir runs/text --generate "Once upon a time" [--max_new_tokens 200]
-    python eval.py --suite chomsky_regular [--models lstm,attention] [--workdir DIR]
-                   [--config.<key>=<value> ...]
+    python eval.py --suite chomsky_regular [--models lstm,attention] [--tasks parity_check]
+                   [--workdir DIR] [--config.<key>=<value> ...]
 
 The model and task are rebuilt from the workdir's saved config.json; the report is written to
 <workdir>/eval/step_<N>.json. A suite (configs/suites.py) trains each model on each of its
@@ -31,6 +31,7 @@ def parse_arguments(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
     parser.add_argument("--suite", default=None, help="train and compare models on a suite")
     parser.add_argument("--models", default=None, help="comma-separated models for --suite")
+    parser.add_argument("--tasks", default=None, help="comma-separated tasks of the suite")
     parser.add_argument("--suites_file", default=str(SUITES_FILE), help="where suites are")
     arguments, rest = parser.parse_known_args(argv)
     overrides, index = [], 0
@@ -64,11 +65,13 @@ def run_suite(arguments: argparse.Namespace, overrides: list[str]) -> int:
             raise ValueError(f"unknown suite {arguments.suite!r}; suites: {', '.join(available)}")
         suite = available[arguments.suite]
         models = arguments.models.split(",") if arguments.models else None
+        tasks = arguments.tasks.split(",") if arguments.tasks else None
         workdir = Path(arguments.workdir or Path("runs") / "suites" / suite.name)
         results = suites.run_suite(
             suite,
             workdir,
             models=models,
+            tasks=tasks,
             overrides=overrides,
             root=Path(__file__).resolve().parent,
         )

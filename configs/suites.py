@@ -48,13 +48,14 @@ SUITES = {
         Suite(
             name="parity",
             description=(
-                "Parity check trained on lengths 3-40 and tested up to 256 (Grazzi et al. 2025): "
+                "Running parity (the Z2 word problem: the parity of the prefix at every "
+                "position) trained on lengths 3-40 and tested up to 256 (Grazzi et al. 2025): "
                 "linear RNNs with eigenvalues in [-1, 1] against the [0, 1] versions."
             ),
-            base_config="configs/chomsky.py",
-            tasks={"parity_check": dict(name="parity_check", min_train_length=3, **LENGTHS)},
+            base_config="configs/state_tracking.py",
+            tasks={"parity": dict(name="word_problem", group="Z2", min_train_length=3, **LENGTHS)},
             default_models=("mamba", "mamba_neg", "deltanet", "deltanet_neg"),
-            overrides={"training.num_steps": 2000},
+            overrides={"training.num_steps": 800},
         ),
         Suite(
             name="state_tracking",

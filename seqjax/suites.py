@@ -151,11 +151,13 @@ def run_suite(
     workdir: str | os.PathLike,
     *,
     models: Sequence[str] | None = None,
+    tasks: Sequence[str] | None = None,
     overrides: Sequence[str] = (),
     root: str | os.PathLike = ".",
     log: Callable[[str], None] = print,
 ) -> list[RunResult]:
-    """Trains and scores every (task, model, variant) of ``suite`` and writes the report.
+    """Trains and scores every (task, model, variant) of ``suite`` (or only ``tasks`` of its
+    tasks) and writes the report.
 
     Returns the results of the runs that finished; a run stopped by SIGTERM or Ctrl-C stops
     the suite after writing the report of the runs done so far.
@@ -163,9 +165,17 @@ def run_suite(
     models = tuple(models or suite.default_models)
     for model in models:
         model_overrides(suite, model)  # an unknown model fails before anything trains
+    unknown_tasks = sorted(set(tasks or ()) - set(suite.tasks))
+    if unknown_tasks:
+        raise ValueError(
+            f"tasks: suite {suite.name!r} has no task {', '.join(map(repr, unknown_tasks))}; "
+            f"its tasks: {', '.join(suite.tasks)}"
+        )
     workdir, root = Path(workdir), Path(root)
     results = []
     for task_label, task_options in suite.tasks.items():
+        if tasks and task_label not in tasks:
+            continue
         for model in models:
             for variant in suite.variants:
                 label = f"{model}@{variant}" if variant else model

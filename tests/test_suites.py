@@ -70,7 +70,8 @@ def test_tiny_suite_writes_table_json_and_plots_then_resumes(tmp_path, capsys):
     workdir = tmp_path / "suite"
     eval_script = load_eval_script()
     arguments = ["--suite", "tiny", "--suites_file", str(suites_file), "--workdir", str(workdir)]
-    arguments += ["--models", "lstm,attention", *(f"--config.{o}" for o in TINY_TRAINING)]
+    arguments += ["--models", "lstm,attention", "--tasks", "parity_check"]
+    arguments += [f"--config.{o}" for o in TINY_TRAINING]
     assert eval_script.main(arguments) == 0
 
     report = json.loads((workdir / "results.json").read_text())
@@ -117,6 +118,10 @@ def test_eval_rejects_unknown_suites_models_and_keys(tmp_path, capsys):
     assert "unknown model 'transformer'" in capsys.readouterr().err
     assert eval_script.main(["--suite", "tiny", "--config.training.num_stepz=3", *base]) == 2
     assert "did you mean 'training.num_steps'" in capsys.readouterr().err
+    assert eval_script.main(["--suite", "tiny", "--tasks", "parity_check,even_pairs", *base]) == 2
+    assert "suite 'tiny' has no task 'even_pairs'; its tasks: parity_check" in (
+        capsys.readouterr().err
+    )
     assert not (tmp_path / "w").exists()
 
 
@@ -152,7 +157,7 @@ def test_every_configured_suite_builds_its_run_configs():
     config = run_config(mqar, mqar.tasks["mqar_T128"], "gla", "d128", root=ROOT)
     assert (config.model.mixer, config.model.d_model, config.task.seq_len) == ("gla", 128, 128)
     parity = suites["parity"]
-    config = run_config(parity, parity.tasks["parity_check"], "deltanet_neg", "", root=ROOT)
+    config = run_config(parity, parity.tasks["parity"], "deltanet_neg", "", root=ROOT)
     assert config.model.mixers.deltanet.negative_eigenvalues is True
 
 
