@@ -7,7 +7,8 @@ enters through a linear input projection; the class is read at the last step.
 
 4000 training and 1000 test signals, generated offline by the mnist1d package (seed 42). The
 paper reports 91% test accuracy for a GRU. Measured with these defaults (1500 steps, about 8
-minutes per model on two shared CPU cores): GRU 97.6%, LSTM 96.7% test accuracy.
+minutes per model on two shared CPU cores): GRU 97.6%, LSTM 96.7% test accuracy; RG-LRU
+95.8%, minGRU 87.3%, GLA 69.2%, LRU 67.5%.
 """
 
 import ml_collections
