@@ -10,6 +10,7 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 
+from seqjax import suites as suites_module
 from seqjax.data import available_tasks
 from seqjax.suites import Suite, load_suites, model_overrides, run_config
 from seqjax.training import load_config, train
@@ -123,6 +124,26 @@ def test_eval_rejects_unknown_suites_models_and_keys(tmp_path, capsys):
         capsys.readouterr().err
     )
     assert not (tmp_path / "w").exists()
+
+
+def test_tasks_option_trains_only_the_named_tasks(tmp_path, monkeypatch):
+    suite = Suite(
+        name="two",
+        description="Two Chomsky tasks.",
+        base_config=str(ROOT / "configs" / "chomsky.py"),
+        tasks={name: dict(name=name) for name in ("parity_check", "even_pairs")},
+        default_models=("lstm",),
+    )
+    trained = []
+
+    def fake_train(config, run_dir, interactive):
+        trained.append(config.task.name)
+        raise RuntimeError("stop after recording the task")
+
+    monkeypatch.setattr(suites_module, "train", fake_train)
+    with pytest.raises(RuntimeError, match="stop after recording"):
+        suites_module.run_suite(suite, tmp_path, tasks=["even_pairs"], log=lambda _: None)
+    assert trained == ["even_pairs"]
 
 
 def test_model_names_select_mixers_and_negative_eigenvalues():
