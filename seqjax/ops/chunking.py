@@ -46,6 +46,15 @@ def scan_over_chunks(
     return outputs[:, :length], final_state
 
 
+def cumulative_sum(x: Array) -> Array:
+    """Σ_{s <= i} x_s along axis 1 (a chunk's steps), as a matmul with a lower-triangular
+    matrix of ones: XLA on CPU lowers ``jnp.cumsum`` to a reduce-window, which took about a
+    tenth of all op time in a profile of chunked gated linear attention's forward+backward."""
+    size = x.shape[1]
+    lower = jnp.tril(jnp.ones((size, size), x.dtype))
+    return jnp.einsum("ij,bj...->bi...", lower, x, precision=jax.lax.Precision.HIGHEST)
+
+
 def check_implementation(
     op: str,
     implementation: str | None,

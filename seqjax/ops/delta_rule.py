@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 
 import kernels_pallas.chunked_delta_rule as chunked_delta_rule_kernels
-from seqjax.ops.chunking import check_implementation, scan_over_chunks
+from seqjax.ops.chunking import check_implementation, cumulative_sum, scan_over_chunks
 from seqjax.typing import Array
 
 IMPLEMENTATIONS = ("recurrent", "chunked", "pallas")
@@ -147,7 +147,7 @@ def _recurrent(q, k, v, beta, log_decay, initial_state, starts):
 def _chunk(state, q, k, v, beta, log_decay, starts):
     """One chunk of the UT-transform form; arrays [B, C, H, ·], state [B, H, K, V]."""
     chunk_size = q.shape[1]
-    cumulative = jnp.cumsum(log_decay, axis=1)  # b_i [B, C, H]
+    cumulative = cumulative_sum(log_decay)  # b_i [B, C, H]
     segment = jnp.cumsum(starts, axis=1)  # 0 = the segment carried into the chunk
     positions = jnp.arange(chunk_size)
     same_segment = segment[:, :, None] == segment[:, None, :]  # [B, Ci, Cj]
@@ -316,7 +316,7 @@ def _generalized_recurrent(q, k, v, removal_key, removal_direction, log_decay, s
 def _generalized_chunk(state, q, k, v, removal_key, removal_direction, log_decay, starts):
     """One chunk of the generalized UT-transform form; arrays [B, C, H, ·], state [B, H, K, V]."""
     chunk_size = q.shape[1]
-    inclusive = jnp.cumsum(log_decay, axis=1)  # b_i [B, C, H, K|1]
+    inclusive = cumulative_sum(log_decay)  # b_i [B, C, H, K|1]
     exclusive = inclusive - log_decay  # b_{i-1}
     segment = jnp.cumsum(starts, axis=1)  # 0 = the segment carried into the chunk
     positions = jnp.arange(chunk_size)

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 
 import kernels_pallas.chunked_gla as chunked_gla_kernels
 from seqjax.ops import sequence_parallel
-from seqjax.ops.chunking import check_implementation, scan_over_chunks
+from seqjax.ops.chunking import check_implementation, cumulative_sum, scan_over_chunks
 from seqjax.typing import Array
 
 IMPLEMENTATIONS = ("recurrent", "chunked", "pallas")
@@ -154,7 +154,7 @@ def _chunked(q, k, v, log_decay, initial_state, starts, chunk_size):
 def _chunk(state, q, k, v, log_decay, starts):
     """One chunk, as [B, C, H, ·] arrays, with the state [B, H, K, V] entering it.
     Returns the chunk's outputs [B, C, H, V] and the state leaving it."""
-    cumulative = jnp.cumsum(log_decay, axis=1)  # b_i = Σ_{s ≤ i in the chunk} log_decay_s
+    cumulative = cumulative_sum(log_decay)  # b_i = Σ_{s ≤ i in the chunk} log_decay_s
     segment = jnp.cumsum(starts, axis=1)  # segment index within the chunk; 0 = carried in
     output = _intra_chunk(q, k, v, cumulative, segment)
 
@@ -223,6 +223,7 @@ def _per_key_scores(q, k, cumulative, sub_chunk: int = 8):
     inside = b_sub[:, :, :, None] - b_sub[:, :, None, :]  # [B, S, ci, cj, H, K]
     lower = jnp.arange(sub_chunk)[:, None] >= jnp.arange(sub_chunk)[None, :]
     inside = jnp.exp(jnp.where(lower[:, :, None, None], inside, -jnp.inf))
-    within = jnp.einsum("bSihk,bSjhk,bSijhk->bSijh", q_sub, k_sub, inside)
+    # A product and a sum over k in one pass: as an einsum XLA transposes the 6-d factor.
+    within = jnp.sum(q_sub[:, :, :, None] * k_sub[:, :, None, :] * inside, axis=-1)
     diagonal_blocks = jnp.einsum("IJ,bIijh->bIiJjh", jnp.eye(num_sub), within)
     return (across + diagonal_blocks).reshape(batch, chunk_size, chunk_size, heads)

@@ -45,7 +45,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from seqjax.ops.chunking import check_implementation, scan_over_chunks
+from seqjax.ops.chunking import check_implementation, cumulative_sum, scan_over_chunks
 from seqjax.typing import Array
 
 IMPLEMENTATIONS = ("recurrent", "chunked", "parallel", "pallas")
@@ -210,7 +210,7 @@ def _chunk(state, q, k, v, input_gate, log_forget, starts, valid):
     ``state``; ``valid`` [B, L] is false on padding. Returns h [B, L, H, V] and the state
     after the chunk's last step."""
     positions = jnp.arange(q.shape[1])
-    cumulative = jnp.cumsum(log_forget, axis=1)  # F_i = Σ_{s <= i in the chunk} log f_s
+    cumulative = cumulative_sum(log_forget)  # F_i = Σ_{s <= i in the chunk} log f_s
     segment = jnp.cumsum(starts, axis=1)  # segment index within the chunk; 0 = carried in
     carried = segment == 0
     same_segment = (positions[:, None] >= positions[None, :]) & (
