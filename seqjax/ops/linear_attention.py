@@ -203,47 +203,48 @@ def _per_key_scores(q, k, cumulative):
     than i, the factor splits at the first step r of i's sub-chunk as
     exp(b_i - b_r) · exp(b_r - b_j), both exponents <= 0, so the sum is a matmul. Inside a
     sub-chunk the product is formed directly. q, k, cumulative: [B, C, H, K]; returns
-    A [B, Ci, Cj, H].
+    A [B, Ci, Cj, H]. Heads go first inside, so the matmuls need no transposes.
     """
-    q_sub, k_sub, b_sub = _sub_chunks(q, k, cumulative)
-    batch, num_sub, sub_chunk, heads, _ = q_sub.shape
+    q_sub, k_sub, b_sub = _sub_chunks(q, k, cumulative)  # [B, H, S, c, K]
+    batch, heads, num_sub, sub_chunk, _ = q_sub.shape
     earlier, lower = _sub_chunk_masks(num_sub, sub_chunk)
-    first = b_sub[:, :, :1]  # b at the first step r(I) of each sub-chunk
+    first = b_sub[:, :, :, :1]  # b at the first step r(I) of each sub-chunk
     query = q_sub * jnp.exp(b_sub - first)
-    keys = k_sub[:, None] * jnp.exp(
-        jnp.where(earlier, first[:, :, None] - b_sub[:, None], -jnp.inf)
-    )  # k_j exp(b_r(I) - b_j) for J < I: [B, S(I), S(J), c, H, K]
-    across = jnp.einsum("bIihk,bIJjhk->bIiJjh", query, keys)
-    # A product and a sum over k in one pass: as an einsum XLA transposes the 6-d factor.
+    keys = k_sub[:, :, None] * jnp.exp(
+        jnp.where(earlier, first[:, :, :, None] - b_sub[:, :, None], -jnp.inf)
+    )  # k_j exp(b_r(I) - b_j) for J < I: [B, H, S(I), S(J), c, K]
+    across = jnp.einsum("bhIik,bhIJjk->bhIiJj", query, keys)
+    # A product and a sum over k in one pass (as an einsum XLA would transpose the factor).
     within = jnp.sum(
-        q_sub[:, :, :, None] * k_sub[:, :, None, :] * _inside_factor(b_sub, lower), axis=-1
+        q_sub[:, :, :, :, None] * k_sub[:, :, :, None] * _inside_factor(b_sub, lower), axis=-1
     )
-    diagonal_blocks = jnp.einsum("IJ,bIijh->bIiJjh", jnp.eye(num_sub), within)
+    diagonal_blocks = jnp.einsum("IJ,bhIij->bhIiJj", jnp.eye(num_sub), within)
     chunk_size = num_sub * sub_chunk
-    return (across + diagonal_blocks).reshape(batch, chunk_size, chunk_size, heads)
+    scores = (across + diagonal_blocks).reshape(batch, heads, chunk_size, chunk_size)
+    return jnp.moveaxis(scores, 1, -1)
 
 
 def _sub_chunks(*arrays):
-    """[B, C, H, K] -> [B, S, c, H, K] with c = SUB_CHUNK (or 1 if it does not divide C)."""
-    chunk_size = arrays[0].shape[1]
+    """[B, C, H, K] -> [B, H, S, c, K] with c = SUB_CHUNK (or 1 if it does not divide C)."""
+    batch, chunk_size, heads, key_size = arrays[0].shape
     sub_chunk = min(SUB_CHUNK, chunk_size)
     if chunk_size % sub_chunk:
         sub_chunk = 1
-    batch, _, heads, key_size = arrays[0].shape
-    shape = (batch, chunk_size // sub_chunk, sub_chunk, heads, key_size)
-    return tuple(t.reshape(shape) for t in arrays)
+    shape = (batch, heads, chunk_size // sub_chunk, sub_chunk, key_size)
+    return tuple(jnp.swapaxes(t, 1, 2).reshape(shape) for t in arrays)
 
 
 def _sub_chunk_masks(num_sub, sub_chunk):
-    """J < I as [S(I), S(J), 1, 1, 1], and j <= i as [c(i), c(j), 1, 1]."""
+    """J < I as [S(I), S(J), 1, 1], and j <= i as [c(i), c(j), 1]."""
     earlier = jnp.arange(num_sub)[None, :] < jnp.arange(num_sub)[:, None]
     lower = jnp.arange(sub_chunk)[:, None] >= jnp.arange(sub_chunk)[None, :]
-    return earlier[:, :, None, None, None], lower[:, :, None, None]
+    return earlier[:, :, None, None], lower[:, :, None]
 
 
 def _inside_factor(b_sub, lower):
-    """exp(b_i - b_j) for j <= i in one sub-chunk, else 0: [B, S, c(i), c(j), H, K]."""
-    return jnp.exp(jnp.where(lower, b_sub[:, :, :, None] - b_sub[:, :, None, :], -jnp.inf))
+    """exp(b_i - b_j) for j <= i in one sub-chunk, else 0: [B, H, S, c(i), c(j), K]."""
+    inside = b_sub[:, :, :, :, None] - b_sub[:, :, :, None]
+    return jnp.exp(jnp.where(lower, inside, -jnp.inf))
 
 
 def _per_key_scores_forward(q, k, cumulative):
@@ -258,23 +259,25 @@ def _per_key_scores_backward(residuals, scores_cotangent):
     exponentials is formed."""
     q, k, cumulative = residuals
     q_sub, k_sub, b_sub = _sub_chunks(q, k, cumulative)
-    batch, num_sub, sub_chunk, heads, _ = q_sub.shape
+    batch, heads, num_sub, sub_chunk, _ = q_sub.shape
     earlier, lower = _sub_chunk_masks(num_sub, sub_chunk)
-    d_scores = scores_cotangent.reshape(batch, num_sub, sub_chunk, num_sub, sub_chunk, heads)
-    first, last = b_sub[:, :, :1], b_sub[:, :, -1:]
-    keys = k_sub[:, None] * jnp.exp(
-        jnp.where(earlier, first[:, :, None] - b_sub[:, None], -jnp.inf)
-    )  # k_j exp(b_r(I) - b_j) for J < I: [B, S(I), S(J), c, H, K]
-    dq = jnp.exp(b_sub - first) * jnp.einsum("bIiJjh,bIJjhk->bIihk", d_scores, keys)
-    queries = q_sub[:, None] * jnp.exp(
-        jnp.where(jnp.swapaxes(earlier, 0, 1), b_sub[:, None] - last[:, :, None], -jnp.inf)
-    )  # q_i exp(b_i - b_e(J)) for I > J: [B, S(J), S(I), c, H, K]
-    dk = jnp.exp(last - b_sub) * jnp.einsum("bIiJjh,bJIihk->bJjhk", d_scores, queries)
-    d_within = jnp.einsum("IJ,bIiJjh->bIijh", jnp.eye(num_sub), d_scores)
-    d_within = d_within[..., None] * _inside_factor(b_sub, lower)  # [B, S, c(i), c(j), H, K]
-    dq += jnp.sum(d_within * k_sub[:, :, None], axis=3)
-    dk += jnp.sum(d_within * q_sub[:, :, :, None], axis=2)
-    dq, dk = dq.reshape(q.shape), dk.reshape(k.shape)
+    d_scores = jnp.moveaxis(scores_cotangent, -1, 1).reshape(
+        batch, heads, num_sub, sub_chunk, num_sub, sub_chunk
+    )  # [B, H, I, i, J, j]
+    first, last = b_sub[:, :, :, :1], b_sub[:, :, :, -1:]
+    keys = k_sub[:, :, None] * jnp.exp(
+        jnp.where(earlier, first[:, :, :, None] - b_sub[:, :, None], -jnp.inf)
+    )  # k_j exp(b_r(I) - b_j) for J < I: [B, H, S(I), S(J), c, K]
+    dq = jnp.exp(b_sub - first) * jnp.einsum("bhIiJj,bhIJjk->bhIik", d_scores, keys)
+    queries = q_sub[:, :, None] * jnp.exp(
+        jnp.where(jnp.swapaxes(earlier, 0, 1), b_sub[:, :, None] - last[:, :, :, None], -jnp.inf)
+    )  # q_i exp(b_i - b_e(J)) for I > J: [B, H, S(J), S(I), c, K]
+    dk = jnp.exp(last - b_sub) * jnp.einsum("bhIiJj,bhJIik->bhJjk", d_scores, queries)
+    d_within = jnp.einsum("IJ,bhIiJj->bhIij", jnp.eye(num_sub), d_scores)
+    d_within = d_within[..., None] * _inside_factor(b_sub, lower)  # [B, H, S, c(i), c(j), K]
+    dq += jnp.sum(d_within * k_sub[:, :, :, None], axis=4)
+    dk += jnp.sum(d_within * q_sub[:, :, :, :, None], axis=3)
+    dq, dk = (jnp.swapaxes(t.reshape(batch, heads, -1, t.shape[-1]), 1, 2) for t in (dq, dk))
     return dq, dk, q * dq - k * dk
 
 
