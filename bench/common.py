@@ -21,23 +21,6 @@ def time_compiled(function: Callable, *args, repeats: int = 5) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def time_interleaved(calls: dict, repeats: int = 5) -> dict:
-    """Median wall time in seconds of each jitted ``function(*args)`` in ``calls``
-    (name -> (function, args)), timed in rounds of one call each, so that a machine that
-    speeds up or slows down during the run affects every function alike."""
-    compiled = {}
-    for name, (function, args) in calls.items():
-        compiled[name] = (jax.jit(function).lower(*args).compile(), args)
-        jax.block_until_ready(compiled[name][0](*args))
-    times = {name: [] for name in calls}
-    for _ in range(repeats):
-        for name, (function, args) in compiled.items():
-            start = time.perf_counter()
-            jax.block_until_ready(function(*args))
-            times[name].append(time.perf_counter() - start)
-    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
-
-
 def compiled_memory(function: Callable, *args) -> dict[str, int]:
     """Bytes XLA plans for arguments, outputs and temporaries of ``jit(function)(*args)``."""
     analysis = jax.jit(function).lower(*args).compile().memory_analysis()

@@ -5,9 +5,8 @@
 Forward+backward time and compiled memory (arguments, outputs, temporaries) of
 gated_linear_attention (chunked and recurrent, with a decay per head and per key),
 delta_rule (chunked and recurrent) and causal softmax attention (chunked flash form), at
-B=2, H=4, K=V=64, float32, all in the same run and timed in interleaved rounds. Prints the
-chunked/recurrent speed-up and writes linear_attention.json and linear_attention.png to
---out (default bench/results).
+B=2, H=4, K=V=64, float32, all in the same run. Prints the chunked/recurrent speed-up and
+writes linear_attention.json and linear_attention.png to --out (default bench/results).
 """
 
 import argparse
@@ -24,7 +23,7 @@ from bench.common import (  # noqa: E402
     machine,
     markdown_table,
     save_json,
-    time_interleaved,
+    time_compiled,
 )
 from seqjax.ops.attention import softmax_attention  # noqa: E402
 from seqjax.ops.delta_rule import delta_rule  # noqa: E402
@@ -80,21 +79,16 @@ def forward_backward(function, num_args):
 
 
 def measure(length: int, repeats: int) -> list[dict]:
-    """Every case at one length; the cases are timed in interleaved rounds."""
-    steps = {
-        key: (forward_backward(function, len(args)), args)
-        for key, (args, function) in cases(inputs(length)).items()
-    }
-    times = time_interleaved(steps, repeats=repeats)
     rows = []
-    for (op, implementation), (step, args) in steps.items():
+    for (op, implementation), (args, function) in cases(inputs(length)).items():
+        step = forward_backward(function, len(args))
         memory = compiled_memory(step, *args)
         rows.append(
             {
                 "op": op,
                 "implementation": implementation,
                 "T": length,
-                "forward_backward_ms": times[op, implementation] * 1e3,
+                "forward_backward_ms": time_compiled(step, *args, repeats=repeats) * 1e3,
                 "temp_MiB": memory["temp_bytes"] / 2**20,
                 "inputs_MiB": memory["argument_bytes"] / 2**20,
                 # What one [B, H, T, K, V] float32 buffer would take (as much as [B, H, T, T]
