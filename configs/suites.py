@@ -99,18 +99,13 @@ SUITES = {
                 )
                 for seq_len in (64, 128)
             },
-            default_models=(
-                "attention",
-                "mamba",
-                "mamba2",
-                "gla",
-                "deltanet",
-                "gated_deltanet",
-                "hgrn2",
-            ),  # fmt: skip
+            # Measured at 1000 steps on 2 CPU cores, T=64, accuracy at width 32/64/128:
+            # attention 0.19/0.99/1.00, deltanet 0.03/1.00/1.00, gated_deltanet 0.02/0.97/1.00,
+            # gla 0.09/0.13/0.13, hgrn2 0.08/0.10/0.12, mamba2 0.04/0.10/(not run).
+            default_models=("attention", "deltanet", "gated_deltanet", "gla", "hgrn2", "mamba2"),
             variants={f"d{width}": {"model.d_model": width} for width in (32, 64, 128)},
             variant_axis="width",
-            overrides={"training.num_steps": 2000},
+            overrides={"training.num_steps": 1000},
         ),
         Suite(
             name="mnist1d",

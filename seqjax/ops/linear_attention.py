@@ -192,93 +192,38 @@ def _intra_chunk(q, k, v, cumulative, segment):
     return jnp.einsum("bijh,bjhv->bihv", scores, v)
 
 
-SUB_CHUNK = 8  # steps per sub-chunk of the per-key scores (GLA's secondary chunking)
+def _per_key_scores(q, k, cumulative, sub_chunk: int = 8):
+    """Σ_k q_ik k_jk exp(b_ik - b_jk) for j <= i, with no positive exponent anywhere.
 
-
-@jax.custom_vjp
-def _per_key_scores(q, k, cumulative):
-    """A_ij = Σ_k q_ik k_jk exp(b_ik - b_jk) for j <= i, with no positive exponent anywhere.
-
-    The chunk is split into sub-chunks of SUB_CHUNK steps. For j in an earlier sub-chunk
-    than i, the factor splits at the first step r of i's sub-chunk as
-    exp(b_i - b_r) · exp(b_r - b_j), both exponents <= 0, so the sum is a matmul. Inside a
-    sub-chunk the product is formed directly. q, k, cumulative: [B, C, H, K]; returns
-    A [B, Ci, Cj, H]. Heads go first inside, so the matmuls need no transposes.
+    The chunk is split into sub-chunks of ``sub_chunk`` steps (GLA's secondary chunking).
+    For j in an earlier sub-chunk than i, the factor splits at the first step r of i's
+    sub-chunk as exp(b_i - b_r) · exp(b_r - b_j), both exponents <= 0, so the sum is a
+    matmul. Inside a sub-chunk the product is formed directly. Returns [B, Ci, Cj, H].
     """
-    q_sub, k_sub, b_sub = _sub_chunks(q, k, cumulative)  # [B, H, S, c, K]
-    batch, heads, num_sub, sub_chunk, _ = q_sub.shape
-    earlier, lower = _sub_chunk_masks(num_sub, sub_chunk)
-    first = b_sub[:, :, :, :1]  # b at the first step r(I) of each sub-chunk
-    query = q_sub * jnp.exp(b_sub - first)
-    keys = k_sub[:, :, None] * jnp.exp(
-        jnp.where(earlier, first[:, :, :, None] - b_sub[:, :, None], -jnp.inf)
-    )  # k_j exp(b_r(I) - b_j) for J < I: [B, H, S(I), S(J), c, K]
-    across = jnp.einsum("bhIik,bhIJjk->bhIiJj", query, keys)
-    # A product and a sum over k in one pass (as an einsum XLA would transpose the factor).
-    within = jnp.sum(
-        q_sub[:, :, :, :, None] * k_sub[:, :, :, None] * _inside_factor(b_sub, lower), axis=-1
-    )
-    diagonal_blocks = jnp.einsum("IJ,bhIij->bhIiJj", jnp.eye(num_sub), within)
-    chunk_size = num_sub * sub_chunk
-    scores = (across + diagonal_blocks).reshape(batch, heads, chunk_size, chunk_size)
-    return jnp.moveaxis(scores, 1, -1)
-
-
-def _sub_chunks(*arrays):
-    """[B, C, H, K] -> [B, H, S, c, K] with c = SUB_CHUNK (or 1 if it does not divide C)."""
-    batch, chunk_size, heads, key_size = arrays[0].shape
-    sub_chunk = min(SUB_CHUNK, chunk_size)
+    batch, chunk_size, heads, key_size = q.shape
+    sub_chunk = min(sub_chunk, chunk_size)
     if chunk_size % sub_chunk:
         sub_chunk = 1
-    shape = (batch, heads, chunk_size // sub_chunk, sub_chunk, key_size)
-    return tuple(jnp.swapaxes(t, 1, 2).reshape(shape) for t in arrays)
+    num_sub = chunk_size // sub_chunk
+    shape = (batch, num_sub, sub_chunk, heads, key_size)
+    q_sub, k_sub, b_sub = (t.reshape(shape) for t in (q, k, cumulative))
+    # b at the first step of each sub-chunk [B, S, 1, H, K]. It cancels in every product
+    # exp(b_i - b_r) · exp(b_r - b_j), so no gradient flows through it.
+    pivot = jax.lax.stop_gradient(b_sub[:, :, :1])
 
+    # Earlier sub-chunks: q̃_i = q_i exp(b_i - b_r(i)),  k̃_j = k_j exp(b_r(i) - b_j).
+    query = q_sub * jnp.exp(b_sub - pivot)
+    earlier = jnp.arange(num_sub)[None, :] < jnp.arange(num_sub)[:, None]  # [S(i), S(j)]
+    exponent = pivot[:, :, None] - b_sub[:, None]  # [B, S(i), S(j), c, H, K]
+    exponent = jnp.where(earlier[:, :, None, None, None], exponent, -jnp.inf)
+    keys = k_sub[:, None] * jnp.exp(exponent)
+    across = jnp.einsum("bIihk,bIJjhk->bIiJjh", query, keys)
 
-def _sub_chunk_masks(num_sub, sub_chunk):
-    """J < I as [S(I), S(J), 1, 1], and j <= i as [c(i), c(j), 1]."""
-    earlier = jnp.arange(num_sub)[None, :] < jnp.arange(num_sub)[:, None]
+    # The same sub-chunk: the direct product, masked before exp.
+    inside = b_sub[:, :, :, None] - b_sub[:, :, None, :]  # [B, S, ci, cj, H, K]
     lower = jnp.arange(sub_chunk)[:, None] >= jnp.arange(sub_chunk)[None, :]
-    return earlier[:, :, None, None], lower[:, :, None]
-
-
-def _inside_factor(b_sub, lower):
-    """exp(b_i - b_j) for j <= i in one sub-chunk, else 0: [B, H, S, c(i), c(j), K]."""
-    inside = b_sub[:, :, :, :, None] - b_sub[:, :, :, None]
-    return jnp.exp(jnp.where(lower, inside, -jnp.inf))
-
-
-def _per_key_scores_forward(q, k, cumulative):
-    return _per_key_scores(q, k, cumulative), (q, k, cumulative)
-
-
-def _per_key_scores_backward(residuals, scores_cotangent):
-    """dq_i = Σ_j dA_ij k_j e^(b_i - b_j) and dk_j = Σ_i dA_ij q_i e^(b_i - b_j) as matmuls
-    across sub-chunks (split at the first step of i's sub-chunk for dq, at the last step of
-    j's for dk, so no exponent is positive) plus the direct sums inside them; A depends on b
-    only through b_i - b_j, so db = q ⊙ dq - k ⊙ dk (as in GLA) and no gradient through the
-    exponentials is formed."""
-    q, k, cumulative = residuals
-    q_sub, k_sub, b_sub = _sub_chunks(q, k, cumulative)
-    batch, heads, num_sub, sub_chunk, _ = q_sub.shape
-    earlier, lower = _sub_chunk_masks(num_sub, sub_chunk)
-    d_scores = jnp.moveaxis(scores_cotangent, -1, 1).reshape(
-        batch, heads, num_sub, sub_chunk, num_sub, sub_chunk
-    )  # [B, H, I, i, J, j]
-    first, last = b_sub[:, :, :, :1], b_sub[:, :, :, -1:]
-    keys = k_sub[:, :, None] * jnp.exp(
-        jnp.where(earlier, first[:, :, :, None] - b_sub[:, :, None], -jnp.inf)
-    )  # k_j exp(b_r(I) - b_j) for J < I: [B, H, S(I), S(J), c, K]
-    dq = jnp.exp(b_sub - first) * jnp.einsum("bhIiJj,bhIJjk->bhIik", d_scores, keys)
-    queries = q_sub[:, :, None] * jnp.exp(
-        jnp.where(jnp.swapaxes(earlier, 0, 1), b_sub[:, :, None] - last[:, :, :, None], -jnp.inf)
-    )  # q_i exp(b_i - b_e(J)) for I > J: [B, H, S(J), S(I), c, K]
-    dk = jnp.exp(last - b_sub) * jnp.einsum("bhIiJj,bhJIik->bhJjk", d_scores, queries)
-    d_within = jnp.einsum("IJ,bhIiJj->bhIij", jnp.eye(num_sub), d_scores)
-    d_within = d_within[..., None] * _inside_factor(b_sub, lower)  # [B, H, S, c(i), c(j), K]
-    dq += jnp.sum(d_within * k_sub[:, :, :, None], axis=4)
-    dk += jnp.sum(d_within * q_sub[:, :, :, :, None], axis=3)
-    dq, dk = (jnp.swapaxes(t.reshape(batch, heads, -1, t.shape[-1]), 1, 2) for t in (dq, dk))
-    return dq, dk, q * dq - k * dk
-
-
-_per_key_scores.defvjp(_per_key_scores_forward, _per_key_scores_backward)
+    inside = jnp.exp(jnp.where(lower[:, :, None, None], inside, -jnp.inf))
+    # A product and a sum over k in one pass: as an einsum XLA transposes the 6-d factor.
+    within = jnp.sum(q_sub[:, :, :, None] * k_sub[:, :, None, :] * inside, axis=-1)
+    diagonal_blocks = jnp.einsum("IJ,bIijh->bIiJjh", jnp.eye(num_sub), within)
+    return (across + diagonal_blocks).reshape(batch, chunk_size, chunk_size, heads)
