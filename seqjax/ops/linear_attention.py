@@ -30,6 +30,8 @@ from seqjax.ops.chunking import check_implementation, cumulative_sum, scan_over_
 from seqjax.typing import Array
 
 IMPLEMENTATIONS = ("recurrent", "chunked", "pallas")
+# Steps per sub-chunk of the chunked form with a decay per key.
+PER_KEY_SUB_CHUNK = 16
 
 
 def gated_linear_attention(
@@ -153,77 +155,70 @@ def _chunked(q, k, v, log_decay, initial_state, starts, chunk_size):
 
 def _chunk(state, q, k, v, log_decay, starts):
     """One chunk, as [B, C, H, ·] arrays, with the state [B, H, K, V] entering it.
-    Returns the chunk's outputs [B, C, H, V] and the state leaving it."""
-    cumulative = cumulative_sum(log_decay)  # b_i = Σ_{s ≤ i in the chunk} log_decay_s
-    segment = jnp.cumsum(starts, axis=1)  # segment index within the chunk; 0 = carried in
+    Returns the chunk's outputs [B, C, H, V] and the state leaving it.
+
+    A scalar decay factors out of the sum over k, so the whole chunk is one block of
+    attention-like scores. A decay per key does not: the chunk is cut into sub-chunks of at
+    most ``PER_KEY_SUB_CHUNK`` steps (GLA's secondary chunking), scores are formed directly
+    inside each sub-chunk, and the state is carried from sub-chunk to sub-chunk, so no
+    tensor larger than [C, c, K] or [C / c, K, V] appears and no exponent is positive.
+    """
+    batch, chunk_size, heads, key_size = q.shape
+    per_key = log_decay.shape[-1] > 1
+    sub = _largest_divisor(chunk_size, PER_KEY_SUB_CHUNK) if per_key else chunk_size
+    num_sub = chunk_size // sub
+
+    def split(t):  # [B, C, ...] -> [B, S, c, ...]
+        return t.reshape(batch, num_sub, sub, *t.shape[2:])
+
+    q, k, v, log_decay, starts = map(split, (q, k, v, log_decay, starts))
+    # b_i = Σ_{s ≤ i in the sub-chunk} log_decay_s, and the segment index within the
+    # sub-chunk (0 = carried in).
+    cumulative = cumulative_sum(log_decay.reshape(batch * num_sub, *log_decay.shape[2:]))
+    cumulative = cumulative.reshape(log_decay.shape)
+    segment = jnp.cumsum(starts, axis=2)
     output = _intra_chunk(q, k, v, cumulative, segment)
 
-    # Positions still in the carried-in segment read the entering state.
+    # Positions still in the carried-in segment read the state entering their sub-chunk.
     carried = (segment == 0)[..., None, None]
     query_decayed = jnp.where(carried, q * jnp.exp(cumulative), 0.0)
-    output += jnp.einsum("bihk,bhkv->bihv", query_decayed, state)
+    # What each sub-chunk adds to the state: keys of its last segment, decayed to its end.
+    total = cumulative[:, :, -1]  # [B, S, H, K|1]
+    in_last_segment = (segment == segment[:, :, -1:])[..., None, None]
+    key_decayed = jnp.where(in_last_segment, k * jnp.exp(total[:, :, None] - cumulative), 0.0)
+    added = jnp.einsum("bsjhk,bsjhv->bshkv", key_decayed, v)
+    keeps_state = segment[:, :, -1] == 0  # [B, S]
+    entering = []
+    for index in range(num_sub):
+        entering.append(state)
+        state = jnp.where(
+            keeps_state[:, index, None, None, None],
+            jnp.exp(total[:, index])[..., None] * state,
+            0.0,
+        )
+        state += added[:, index]
+    entering = jnp.stack(entering, axis=1)  # [B, S, H, K, V]
+    output += jnp.einsum("bsihk,bshkv->bsihv", query_decayed, entering)
+    return output.reshape(batch, chunk_size, heads, -1), state
 
-    # The state leaving: keys of the chunk's last segment, decayed to its end.
-    total = cumulative[:, -1]  # [B, H, K|1]
-    in_last_segment = (segment == segment[:, -1:])[..., None, None]
-    key_decayed = jnp.where(in_last_segment, k * jnp.exp(total[:, None] - cumulative), 0.0)
-    keeps_state = (segment[:, -1] == 0)[:, None, None, None]
-    state = jnp.where(keeps_state, jnp.exp(total)[..., None] * state, 0.0)
-    state += jnp.einsum("bjhk,bjhv->bhkv", key_decayed, v)
-    return output, state
+
+def _largest_divisor(size: int, bound: int) -> int:
+    return max(d for d in range(1, min(bound, size) + 1) if size % d == 0)
 
 
 def _intra_chunk(q, k, v, cumulative, segment):
-    """o_i = Σ_{j ≤ i, same segment} (Σ_k q_ik k_jk exp(b_ik - b_jk)) v_j within a chunk.
-
-    Shapes [B, C, H, ·]. A scalar decay factors out of the sum over k; a decay per key uses
-    the stable sub-chunk form of ``_per_key_scores``.
-    """
-    chunk_size = q.shape[1]
-    positions = jnp.arange(chunk_size)
+    """o_i = Σ_{j ≤ i, same segment} (Σ_k q_ik k_jk exp(b_ik - b_jk)) v_j within each
+    block of [B, S, c, H, ·] arrays. A scalar decay factors out of the sum over k; with a
+    decay per key the product is formed before the sum, masked before the exp."""
+    size = q.shape[2]
+    positions = jnp.arange(size)
     causal = positions[:, None] >= positions[None, :]
-    mask = causal & (segment[:, :, None] == segment[:, None, :])  # [B, Ci, Cj]
+    mask = causal & (segment[..., :, None] == segment[..., None, :])  # [B, S, ci, cj]
+    exponent = cumulative[:, :, :, None] - cumulative[:, :, None, :]  # [B, S, ci, cj, H, K|1]
+    decay = jnp.exp(jnp.where(mask[..., None, None], exponent, -jnp.inf))
     if cumulative.shape[-1] == 1:
-        exponent = cumulative[:, :, None, :, 0] - cumulative[:, None, :, :, 0]
-        decay = jnp.exp(jnp.where(mask[..., None], exponent, -jnp.inf))  # [B, Ci, Cj, H]
-        scores = jnp.einsum("bihk,bjhk->bijh", q, k) * decay
+        scores = jnp.einsum("bsihk,bsjhk->bsijh", q, k) * decay[..., 0]
     else:
-        scores = jnp.where(mask[..., None], _per_key_scores(q, k, cumulative), 0.0)
-    return jnp.einsum("bijh,bjhv->bihv", scores, v)
-
-
-def _per_key_scores(q, k, cumulative, sub_chunk: int = 8):
-    """Σ_k q_ik k_jk exp(b_ik - b_jk) for j <= i, with no positive exponent anywhere.
-
-    The chunk is split into sub-chunks of ``sub_chunk`` steps (GLA's secondary chunking).
-    For j in an earlier sub-chunk than i, the factor splits at the first step r of i's
-    sub-chunk as exp(b_i - b_r) · exp(b_r - b_j), both exponents <= 0, so the sum is a
-    matmul. Inside a sub-chunk the product is formed directly. Returns [B, Ci, Cj, H].
-    """
-    batch, chunk_size, heads, key_size = q.shape
-    sub_chunk = min(sub_chunk, chunk_size)
-    if chunk_size % sub_chunk:
-        sub_chunk = 1
-    num_sub = chunk_size // sub_chunk
-    shape = (batch, num_sub, sub_chunk, heads, key_size)
-    q_sub, k_sub, b_sub = (t.reshape(shape) for t in (q, k, cumulative))
-    # b at the first step of each sub-chunk [B, S, 1, H, K]. It cancels in every product
-    # exp(b_i - b_r) · exp(b_r - b_j), so no gradient flows through it.
-    pivot = jax.lax.stop_gradient(b_sub[:, :, :1])
-
-    # Earlier sub-chunks: q̃_i = q_i exp(b_i - b_r(i)),  k̃_j = k_j exp(b_r(i) - b_j).
-    query = q_sub * jnp.exp(b_sub - pivot)
-    earlier = jnp.arange(num_sub)[None, :] < jnp.arange(num_sub)[:, None]  # [S(i), S(j)]
-    exponent = pivot[:, :, None] - b_sub[:, None]  # [B, S(i), S(j), c, H, K]
-    exponent = jnp.where(earlier[:, :, None, None, None], exponent, -jnp.inf)
-    keys = k_sub[:, None] * jnp.exp(exponent)
-    across = jnp.einsum("bIihk,bIJjhk->bIiJjh", query, keys)
-
-    # The same sub-chunk: the direct product, masked before exp.
-    inside = b_sub[:, :, :, None] - b_sub[:, :, None, :]  # [B, S, ci, cj, H, K]
-    lower = jnp.arange(sub_chunk)[:, None] >= jnp.arange(sub_chunk)[None, :]
-    inside = jnp.exp(jnp.where(lower[:, :, None, None], inside, -jnp.inf))
-    # A product and a sum over k in one pass: as an einsum XLA transposes the 6-d factor.
-    within = jnp.sum(q_sub[:, :, :, None] * k_sub[:, :, None, :] * inside, axis=-1)
-    diagonal_blocks = jnp.einsum("IJ,bIijh->bIiJjh", jnp.eye(num_sub), within)
-    return (across + diagonal_blocks).reshape(batch, chunk_size, chunk_size, heads)
+        # A product and a sum over k in one pass: as an einsum XLA transposes the 6-d factor.
+        scores = jnp.sum(q[:, :, :, None] * k[:, :, None, :] * decay, axis=-1)
+    return jnp.einsum("bsijh,bsjhv->bsihv", scores, v)
