@@ -7,14 +7,21 @@ from collections.abc import Callable
 from pathlib import Path
 
 import jax
+import numpy as np
 
 
 def time_compiled(
-    function: Callable, *args, repeats: int = 5, warmup_seconds: float = 1.0
+    function: Callable,
+    *args,
+    repeats: int = 5,
+    warmup_seconds: float = 1.0,
+    cold_cache: bool = False,
 ) -> float:
     """Median wall time in seconds of a jitted ``function(*args)``, compiled beforehand and
     run for ``warmup_seconds`` (at least once) before timing: on CPU the first calls after
-    compiling ran up to 1.6x slower than the steady state a training loop sees."""
+    compiling ran up to 1.6x slower than the steady state a training loop sees.
+    ``cold_cache`` evicts the CPU caches before each timed call (``evict_caches``), so arrays
+    that fit in the last-level cache are read from memory like larger ones."""
     compiled = jax.jit(function).lower(*args).compile()
     warmup_end = time.perf_counter() + warmup_seconds
     jax.block_until_ready(compiled(*args))
@@ -22,10 +29,23 @@ def time_compiled(
         jax.block_until_ready(compiled(*args))
     times = []
     for _ in range(repeats):
+        if cold_cache:
+            evict_caches()
         start = time.perf_counter()
         jax.block_until_ready(compiled(*args))
         times.append(time.perf_counter() - start)
     return sorted(times)[len(times) // 2]
+
+
+_EVICTION_BUFFER = []
+
+
+def evict_caches(num_bytes: int = 256 * 2**20) -> None:
+    """Reads and writes ``num_bytes`` of scratch memory (more than the last-level cache of
+    current CPUs), so the next call finds none of its inputs in cache."""
+    if not _EVICTION_BUFFER:
+        _EVICTION_BUFFER.append(np.zeros(num_bytes // 8, np.int64))
+    np.add(_EVICTION_BUFFER[0], 1, out=_EVICTION_BUFFER[0])
 
 
 def compiled_memory(function: Callable, *args) -> dict[str, int]:

@@ -4,12 +4,16 @@
 
 For each implementation and length: forward and forward+backward time, each divided by the
 time of one elementwise pass over the same arrays (h = a * x, measured in the same run: the
-floor for a memory-bound op), and the compiled temporary memory of forward+backward.
+floor for a memory-bound op), and the compiled temporary memory of forward+backward. Every
+call is timed with the CPU caches evicted, so at T=1024, where a and x fit in a 32 MiB
+last-level cache, the floor is not a cache-speed pass. ``in_place_floor_ms`` is the same pass
+written over a donated buffer: what it costs without allocating its output.
 Writes scan.json and scan.png to --out (default bench/results).
 """
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -18,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (  # noqa: E402
     compiled_memory,
+    evict_caches,
     machine,
     markdown_table,
     save_json,
@@ -52,6 +57,22 @@ def elementwise_pass(a, x):
     return a * x
 
 
+def time_in_place_pass(a, x, repeats: int) -> float:
+    """Median seconds of ``a * x`` written over a donated buffer, caches evicted before each
+    call: the pass without allocating its output. On the CPU XLA backs a new buffer of tens
+    of MiB with fresh pages, so a pass that allocates pays a page fault every 4 KiB (at
+    T=4096 that took 4-5x the pass itself)."""
+    compiled = jax.jit(elementwise_pass, donate_argnums=1).lower(a, x).compile()
+    out = compiled(a, x.copy())
+    times = []
+    for _ in range(repeats):
+        evict_caches()
+        start = time.perf_counter()
+        out = jax.block_until_ready(compiled(a, out))
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
 def measure(batch: int, length: int, features: int, repeats: int) -> list[dict]:
     keys = jax.random.split(jax.random.key(0), 4)
     a = jax.random.uniform(keys[0], (batch, length, features), minval=0.5, maxval=1.0)
@@ -60,12 +81,15 @@ def measure(batch: int, length: int, features: int, repeats: int) -> list[dict]:
         jax.random.normal(keys[2], (batch, length, features)),
         jax.random.normal(keys[3], (batch, features)),
     )
-    floor = time_compiled(elementwise_pass, a, x, repeats=repeats)
+    floor = time_compiled(elementwise_pass, a, x, repeats=repeats, cold_cache=True)
+    in_place_floor = time_in_place_pass(a, x, repeats)
     rows = []
     for implementation in IMPLEMENTATIONS:
-        forward_time = time_compiled(forward(implementation), a, x, repeats=repeats)
+        forward_time = time_compiled(
+            forward(implementation), a, x, repeats=repeats, cold_cache=True
+        )
         backward_time = time_compiled(
-            forward_backward(implementation), a, x, *cotangents, repeats=repeats
+            forward_backward(implementation), a, x, *cotangents, repeats=repeats, cold_cache=True
         )
         memory = compiled_memory(forward_backward(implementation), a, x, *cotangents)
         rows.append(
@@ -73,6 +97,7 @@ def measure(batch: int, length: int, features: int, repeats: int) -> list[dict]:
                 "implementation": implementation,
                 "T": length,
                 "floor_ms": floor * 1e3,
+                "in_place_floor_ms": in_place_floor * 1e3,
                 "forward_ms": forward_time * 1e3,
                 "forward_x_floor": forward_time / floor,
                 "forward_backward_ms": backward_time * 1e3,
