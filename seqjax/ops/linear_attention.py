@@ -214,11 +214,42 @@ def _intra_chunk(q, k, v, cumulative, segment):
     positions = jnp.arange(size)
     causal = positions[:, None] >= positions[None, :]
     mask = causal & (segment[..., :, None] == segment[..., None, :])  # [B, S, ci, cj]
-    exponent = cumulative[:, :, :, None] - cumulative[:, :, None, :]  # [B, S, ci, cj, H, K|1]
-    decay = jnp.exp(jnp.where(mask[..., None, None], exponent, -jnp.inf))
-    if cumulative.shape[-1] == 1:
-        scores = jnp.einsum("bsihk,bsjhk->bsijh", q, k) * decay[..., 0]
-    else:
-        # A product and a sum over k in one pass: as an einsum XLA transposes the 6-d factor.
-        scores = jnp.sum(q[:, :, :, None] * k[:, :, None, :] * decay, axis=-1)
+    if cumulative.shape[-1] > 1:
+        return jnp.einsum("bsijh,bsjhv->bsihv", _per_key_scores(q, k, cumulative, mask), v)
+    exponent = cumulative[:, :, :, None, :, 0] - cumulative[:, :, None, :, :, 0]
+    decay = jnp.exp(jnp.where(mask[..., None], exponent, -jnp.inf))  # [B, S, ci, cj, H]
+    scores = jnp.einsum("bsihk,bsjhk->bsijh", q, k) * decay
     return jnp.einsum("bsijh,bsjhv->bsihv", scores, v)
+
+
+def _masked_decays(cumulative, mask):
+    """D_ijk = exp(b_ik - b_jk) where ``mask`` [B, S, ci, cj] holds, else 0 (masked before
+    the exp, so no exponent is positive): [B, S, ci, cj, H, K]."""
+    exponent = cumulative[:, :, :, None] - cumulative[:, :, None, :]
+    return jnp.exp(jnp.where(mask[..., None, None], exponent, -jnp.inf))
+
+
+@jax.custom_vjp
+def _per_key_scores(q, k, cumulative, mask):
+    """A_ij = Σ_k q_ik k_jk D_ijk (``_masked_decays``) over [B, S, c, H, K] blocks, as one
+    product and sum (as an einsum XLA transposes the 6-d factor): [B, S, ci, cj, H]."""
+    return jnp.sum(q[:, :, :, None] * k[:, :, None, :] * _masked_decays(cumulative, mask), -1)
+
+
+def _per_key_scores_forward(q, k, cumulative, mask):
+    decay = _masked_decays(cumulative, mask)
+    return jnp.sum(q[:, :, :, None] * k[:, :, None, :] * decay, -1), (q, k, decay)
+
+
+def _per_key_scores_backward(residuals, scores_cotangent):
+    """With P_ijk = dA_ij D_ijk: dq_ik = Σ_j P_ijk k_jk and dk_jk = Σ_i P_ijk q_ik, and as D
+    depends on b only through b_i - b_j, db = q ⊙ dq - k ⊙ dk: two reductions of the 6-d
+    product where autodiff takes four."""
+    q, k, decay = residuals
+    weighted = scores_cotangent[..., None] * decay
+    dq = jnp.sum(weighted * k[:, :, None, :], axis=3)
+    dk = jnp.sum(weighted * q[:, :, :, None], axis=2)
+    return dq, dk, q * dq - k * dk, None
+
+
+_per_key_scores.defvjp(_per_key_scores_forward, _per_key_scores_backward)
