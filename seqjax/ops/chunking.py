@@ -1,10 +1,13 @@
 """The chunk loop shared by the chunked matrix-state ops (gated linear attention, delta rule).
 
-The sequence is cut into chunks of C steps; a scan carries the state from chunk to chunk and
-each chunk's body is rematerialized in the backward pass, so autodiff keeps only the states
-entering the chunks ([T/C, B, H, K, V]) and never a [T, T] or [T, K, V] buffer.
+The sequence is cut into chunks of C steps; a loop carries the state from chunk to chunk,
+reading each chunk in place from the [B, T, ...] inputs and writing its outputs in place. The
+backward pass runs the loop in reverse and recomputes each chunk's forward from the state that
+entered it, so only those states ([T/C, B, H, K, V]) are kept and never a [T, T] or [T, K, V]
+buffer, and no input, output or gradient is transposed into a chunk-major layout.
 """
 
+import functools
 from collections.abc import Callable, Sequence
 
 import jax
@@ -24,26 +27,105 @@ def scan_over_chunks(
 
     ``arrays`` are [B, T, ...]; each is zero-padded (False for booleans) to a multiple of
     ``chunk_size``, so padded steps must leave the state unchanged for zero inputs (zero
-    keys and values, log decay 0, beta 0). Returns the outputs [B, T, ...] and final state.
+    keys and values, log decay 0, beta 0). Gradients flow to the floating-point arrays and
+    the initial state. Returns the outputs [B, T, ...] and final state.
     """
-    batch, length = arrays[0].shape[:2]
+    length = arrays[0].shape[1]
     chunk_size = min(chunk_size, length)
     padding = -length % chunk_size
-    num_chunks = (length + padding) // chunk_size
-
-    def chunks(t):  # [B, T, ...] -> [N, B, C, ...]
-        t = jnp.pad(t, [(0, 0), (0, padding)] + [(0, 0)] * (t.ndim - 2))
-        return jnp.swapaxes(t.reshape(batch, num_chunks, chunk_size, *t.shape[2:]), 0, 1)
-
-    @jax.checkpoint
-    def step(state, chunk_arrays):
-        output, state = chunk_fn(state, *chunk_arrays)
-        return state, output
-
-    final_state, outputs = jax.lax.scan(step, initial_state, [chunks(t) for t in arrays])
-    outputs = jnp.swapaxes(outputs, 0, 1)
-    outputs = outputs.reshape(batch, num_chunks * chunk_size, *outputs.shape[3:])
+    arrays = [jnp.pad(t, [(0, 0), (0, padding)] + [(0, 0)] * (t.ndim - 2)) for t in arrays]
+    differentiable = tuple(jnp.issubdtype(t.dtype, jnp.floating) for t in arrays)
+    inputs = [t for t, d in zip(arrays, differentiable, strict=True) if d]
+    fixed = [t for t, d in zip(arrays, differentiable, strict=True) if not d]
+    outputs, final_state = _chunk_loop(
+        chunk_fn, chunk_size, differentiable, initial_state, inputs, fixed
+    )
     return outputs[:, :length], final_state
+
+
+def _merge(differentiable, inputs, fixed):
+    inputs, fixed = iter(inputs), iter(fixed)
+    return [next(inputs) if d else next(fixed) for d in differentiable]
+
+
+def _chunk_of(t: Array, index, chunk_size: int) -> Array:
+    return jax.lax.dynamic_slice_in_dim(t, index * chunk_size, chunk_size, axis=1)
+
+
+def _run_chunks(chunk_fn, chunk_size, differentiable, initial_state, inputs, fixed):
+    """The forward loop: outputs [B, T, ...], the final state and the state entering each
+    chunk (stacked on a leading axis)."""
+    arrays = _merge(differentiable, inputs, fixed)
+    num_chunks = arrays[0].shape[1] // chunk_size
+    first = [_chunk_of(t, 0, chunk_size) for t in arrays]
+    out_shape = jax.eval_shape(chunk_fn, initial_state, *first)[0]
+    outputs = jnp.zeros(
+        (out_shape.shape[0], num_chunks * chunk_size, *out_shape.shape[2:]), out_shape.dtype
+    )
+    entering = jax.tree.map(lambda s: jnp.zeros((num_chunks, *s.shape), s.dtype), initial_state)
+
+    def body(index, carry):
+        state, outputs, entering = carry
+        entering = jax.tree.map(lambda e, s: e.at[index].set(s), entering, state)
+        output, state = chunk_fn(state, *[_chunk_of(t, index, chunk_size) for t in arrays])
+        outputs = jax.lax.dynamic_update_slice_in_dim(outputs, output, index * chunk_size, 1)
+        return state, outputs, entering
+
+    state, outputs, entering = jax.lax.fori_loop(
+        0, num_chunks, body, (initial_state, outputs, entering)
+    )
+    return outputs, state, entering
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _chunk_loop(chunk_fn, chunk_size, differentiable, initial_state, inputs, fixed):
+    outputs, state, _ = _run_chunks(
+        chunk_fn, chunk_size, differentiable, initial_state, inputs, fixed
+    )
+    return outputs, state
+
+
+def _chunk_loop_forward(chunk_fn, chunk_size, differentiable, initial_state, inputs, fixed):
+    outputs, state, entering = _run_chunks(
+        chunk_fn, chunk_size, differentiable, initial_state, inputs, fixed
+    )
+    return (outputs, state), (inputs, fixed, entering)
+
+
+def _chunk_loop_backward(chunk_fn, chunk_size, differentiable, residuals, cotangents):
+    """The chunks in reverse: each chunk's forward is recomputed from the state that entered
+    it, its pullback maps (output, state) cotangents to those of its inputs and of that
+    state, and the input gradients are written in place."""
+    inputs, fixed, entering = residuals
+    output_cotangent, state_cotangent = cotangents
+    num_chunks = inputs[0].shape[1] // chunk_size
+
+    def body(step, carry):
+        state_cotangent, gradients = carry
+        index = num_chunks - 1 - step
+        state = jax.tree.map(lambda e: e[index], entering)
+        fixed_chunk = [_chunk_of(t, index, chunk_size) for t in fixed]
+
+        def chunk(state, *input_chunk):
+            return chunk_fn(state, *_merge(differentiable, input_chunk, fixed_chunk))
+
+        _, pullback = jax.vjp(chunk, state, *[_chunk_of(t, index, chunk_size) for t in inputs])
+        state_cotangent, *input_cotangents = pullback(
+            (_chunk_of(output_cotangent, index, chunk_size), state_cotangent)
+        )
+        gradients = [
+            jax.lax.dynamic_update_slice_in_dim(g, c.astype(g.dtype), index * chunk_size, 1)
+            for g, c in zip(gradients, input_cotangents, strict=True)
+        ]
+        return state_cotangent, gradients
+
+    state_cotangent, gradients = jax.lax.fori_loop(
+        0, num_chunks, body, (state_cotangent, [jnp.zeros_like(t) for t in inputs])
+    )
+    return state_cotangent, gradients, [None] * len(fixed)
+
+
+_chunk_loop.defvjp(_chunk_loop_forward, _chunk_loop_backward)
 
 
 def cumulative_sum(x: Array) -> Array:
