@@ -1,10 +1,12 @@
 """Shared benchmark helpers: timing compiled functions, compiled memory, saving results."""
 
+import functools
 import json
 import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
@@ -17,35 +19,46 @@ def time_compiled(
     warmup_seconds: float = 1.0,
     cold_cache: bool = False,
 ) -> float:
-    """Median wall time in seconds of a jitted ``function(*args)``, compiled beforehand and
-    run for ``warmup_seconds`` (at least once) before timing: on CPU the first calls after
-    compiling ran up to 1.6x slower than the steady state a training loop sees.
-    ``cold_cache`` evicts the CPU caches before each timed call (``evict_caches``), so arrays
-    that fit in the last-level cache are read from memory like larger ones."""
+    """Median wall time in seconds of a jitted ``function(*args)``, compiled beforehand
+    (see ``median_seconds`` for the warm-up and ``cold_cache``)."""
     compiled = jax.jit(function).lower(*args).compile()
+    return median_seconds(
+        lambda: compiled(*args), repeats, warmup_seconds=warmup_seconds, cold_cache=cold_cache
+    )
+
+
+def median_seconds(
+    run: Callable[[], Any], repeats: int, *, warmup_seconds: float = 1.0, cold_cache: bool = False
+) -> float:
+    """Median wall time in seconds of ``run()`` (its result awaited), after running it for
+    ``warmup_seconds`` (at least once): on CPU the first calls after compiling ran up to 1.6x
+    slower than the steady state a training loop sees. ``cold_cache`` evicts the CPU caches
+    before each timed call (``evict_caches``), so arrays that fit in the last-level cache are
+    read from memory like larger ones."""
     warmup_end = time.perf_counter() + warmup_seconds
-    jax.block_until_ready(compiled(*args))
+    jax.block_until_ready(run())
     while time.perf_counter() < warmup_end:
-        jax.block_until_ready(compiled(*args))
+        jax.block_until_ready(run())
     times = []
     for _ in range(repeats):
         if cold_cache:
             evict_caches()
         start = time.perf_counter()
-        jax.block_until_ready(compiled(*args))
+        jax.block_until_ready(run())
         times.append(time.perf_counter() - start)
     return sorted(times)[len(times) // 2]
 
 
-_EVICTION_BUFFER = []
+@functools.lru_cache(maxsize=1)
+def _scratch(num_bytes: int) -> np.ndarray:
+    return np.zeros(num_bytes // 8, np.int64)
 
 
 def evict_caches(num_bytes: int = 256 * 2**20) -> None:
     """Reads and writes ``num_bytes`` of scratch memory (more than the last-level cache of
     current CPUs), so the next call finds none of its inputs in cache."""
-    if not _EVICTION_BUFFER:
-        _EVICTION_BUFFER.append(np.zeros(num_bytes // 8, np.int64))
-    np.add(_EVICTION_BUFFER[0], 1, out=_EVICTION_BUFFER[0])
+    scratch = _scratch(num_bytes)
+    np.add(scratch, 1, out=scratch)
 
 
 def compiled_memory(function: Callable, *args) -> dict[str, int]:

@@ -13,7 +13,6 @@ Writes scan.json and scan.png to --out (default bench/results).
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -22,9 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (  # noqa: E402
     compiled_memory,
-    evict_caches,
     machine,
     markdown_table,
+    median_seconds,
     save_json,
     time_compiled,
 )
@@ -63,14 +62,13 @@ def time_in_place_pass(a, x, repeats: int) -> float:
     of MiB with fresh pages, so a pass that allocates pays a page fault every 4 KiB (at
     T=4096 that took 4-5x the pass itself)."""
     compiled = jax.jit(elementwise_pass, donate_argnums=1).lower(a, x).compile()
-    out = compiled(a, x.copy())
-    times = []
-    for _ in range(repeats):
-        evict_caches()
-        start = time.perf_counter()
-        out = jax.block_until_ready(compiled(a, out))
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+    buffer = [x.copy()]
+
+    def run():
+        buffer[0] = compiled(a, buffer[0])
+        return buffer[0]
+
+    return median_seconds(run, repeats, cold_cache=True)
 
 
 def measure(batch: int, length: int, features: int, repeats: int) -> list[dict]:

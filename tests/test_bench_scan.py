@@ -18,10 +18,9 @@ def test_measure_reports_every_implementation_against_both_floors():
 
 
 def test_evict_caches_writes_all_of_its_buffer():
-    common._EVICTION_BUFFER.clear()
     common.evict_caches(num_bytes=8 * 1024)
     common.evict_caches(num_bytes=8 * 1024)
-    buffer = common._EVICTION_BUFFER[0]
-    assert buffer.nbytes == 8 * 1024
-    np.testing.assert_array_equal(buffer, 2)
-    common._EVICTION_BUFFER.clear()
+    scratch = common._scratch(8 * 1024)
+    assert scratch.nbytes == 8 * 1024
+    np.testing.assert_array_equal(scratch, 2)
+    common._scratch.cache_clear()
