@@ -32,6 +32,9 @@ from seqjax.typing import Array
 IMPLEMENTATIONS = ("recurrent", "chunked", "pallas")
 # Steps per sub-chunk of the chunked form with a decay per key.
 PER_KEY_SUB_CHUNK = 16
+# Blocks of at most this many steps form their per-key scores one product per key; larger
+# blocks are halved (``_halved_scores``).
+PER_KEY_LEAF = 4
 
 
 def gated_linear_attention(
@@ -159,9 +162,10 @@ def _chunk(state, q, k, v, log_decay, starts):
 
     A scalar decay factors out of the sum over k, so the whole chunk is one block of
     attention-like scores. A decay per key does not: the chunk is cut into sub-chunks of at
-    most ``PER_KEY_SUB_CHUNK`` steps (GLA's secondary chunking), scores are formed directly
-    inside each sub-chunk, and the state is carried from sub-chunk to sub-chunk, so no
-    tensor larger than [C, c, K] or [C / c, K, V] appears and no exponent is positive.
+    most ``PER_KEY_SUB_CHUNK`` steps (GLA's secondary chunking), scores are formed inside
+    each sub-chunk (``_halved_scores``), and the state is carried from sub-chunk to
+    sub-chunk, so no tensor larger than [C, c, K] or [C / c, K, V] appears and no exponent
+    is positive.
     """
     batch, chunk_size, heads, key_size = q.shape
     per_key = log_decay.shape[-1] > 1
@@ -215,11 +219,37 @@ def _intra_chunk(q, k, v, cumulative, segment):
     causal = positions[:, None] >= positions[None, :]
     mask = causal & (segment[..., :, None] == segment[..., None, :])  # [B, S, ci, cj]
     if cumulative.shape[-1] > 1:
-        return jnp.einsum("bsijh,bsjhv->bsihv", _per_key_scores(q, k, cumulative, mask), v)
+        return jnp.einsum("bsijh,bsjhv->bsihv", _halved_scores(q, k, cumulative, mask), v)
     exponent = cumulative[:, :, :, None, :, 0] - cumulative[:, :, None, :, :, 0]
     decay = jnp.exp(jnp.where(mask[..., None], exponent, -jnp.inf))  # [B, S, ci, cj, H]
     scores = jnp.einsum("bsihk,bsjhk->bsijh", q, k) * decay
     return jnp.einsum("bsijh,bsjhv->bsihv", scores, v)
+
+
+def _halved_scores(q, k, cumulative, mask):
+    """A_ij = Σ_k q_ik k_jk exp(b_ik - b_jk) within [B, S, c, H, K] blocks: [B, S, ci, cj, H].
+
+    Across the two halves of a block every pair has j < m ≤ i, with m the first step of the
+    second half, so exp(b_i - b_j) = exp(b_i - b_{m-1}) · exp(b_{m-1} - b_j), both exponents
+    ≤ 0: that quarter is a matmul of rescaled queries and keys. Each half recurses, down to
+    blocks of ``PER_KEY_LEAF`` steps formed directly (``_per_key_scores``), so a sub-chunk
+    of 16 takes 96 exponentials per key dimension where forming it directly takes 256.
+    """
+    size = q.shape[2]
+    if size <= PER_KEY_LEAF or size % 2:
+        return _per_key_scores(q, k, cumulative, mask)
+    first, second = slice(None, size // 2), slice(size // 2, None)
+    upper = _halved_scores(*(t[:, :, first] for t in (q, k, cumulative)), mask[:, :, first, first])
+    lower = _halved_scores(
+        *(t[:, :, second] for t in (q, k, cumulative)), mask[:, :, second, second]
+    )
+    boundary = cumulative[:, :, size // 2 - 1 : size // 2]  # b_{m-1}
+    query = q[:, :, second] * jnp.exp(cumulative[:, :, second] - boundary)
+    key = k[:, :, first] * jnp.exp(boundary - cumulative[:, :, first])
+    across = jnp.einsum("bsihk,bsjhk->bsijh", query, key)
+    across = jnp.where(mask[:, :, second, first, None], across, 0.0)
+    top = jnp.concatenate([upper, jnp.zeros_like(upper)], axis=3)
+    return jnp.concatenate([top, jnp.concatenate([across, lower], axis=3)], axis=2)
 
 
 def _masked_decays(cumulative, mask):

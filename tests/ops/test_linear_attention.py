@@ -15,7 +15,9 @@ from seqjax.ops.linear_attention import gated_linear_attention
 DECAYS = ("none", "head", "key")
 
 
-def inputs(seed, batch, length, heads, key_size, value_size, decay, segments=True):
+def inputs(
+    seed, batch, length, heads, key_size, value_size, decay, segments=True, decay_range=(0.7, 1.0)
+):
     rng = np.random.default_rng(seed)
     q, k = (rng.normal(size=(batch, length, heads, key_size)).astype(np.float32) for _ in "qk")
     v = rng.normal(size=(batch, length, heads, value_size)).astype(np.float32)
@@ -23,7 +25,7 @@ def inputs(seed, batch, length, heads, key_size, value_size, decay, segments=Tru
     shape = {"none": None, "head": (batch, length, heads), "key": (batch, length, heads, key_size)}
     log_decay = None
     if shape[decay] is not None:
-        log_decay = np.log(rng.uniform(0.7, 1.0, shape[decay])).astype(np.float32)
+        log_decay = np.log(rng.uniform(*decay_range, shape[decay])).astype(np.float32)
     starts = rng.random((batch, length)) < 0.05 if segments else None
     return q, k / np.sqrt(key_size), v, log_decay, state, starts
 
@@ -44,6 +46,17 @@ def test_chunked_equals_recurrent(chunk_size, decay, length):
     args = inputs(0, 2, length, 2, 8, 4, decay)
     expected = parity("recurrent", *args, chunk_size)
     actual = parity("chunked", *args, chunk_size)
+    assert_relative(actual, expected, CHUNKED_FLOAT32_RELATIVE)
+
+
+@pytest.mark.parametrize("decay", ["head", "key"])
+def test_chunked_equals_recurrent_with_decays_near_zero(decay):
+    """Decays of 1e-6 to 1e-2 (log decays down to -14 per step): within a sub-chunk the
+    cumulative log decays span more than exp's float32 range, which a split of
+    exp(b_i - b_j) into exp(b_i) · exp(-b_j) would overflow."""
+    args = inputs(4, 2, 100, 2, 8, 4, decay, decay_range=(1e-6, 1e-2))
+    expected = parity("recurrent", *args, 64)
+    actual = parity("chunked", *args, 64)
     assert_relative(actual, expected, CHUNKED_FLOAT32_RELATIVE)
 
 
