@@ -1,5 +1,7 @@
 """Shared benchmark helpers: timing compiled functions, compiled memory, saving results."""
 
+import ctypes
+import ctypes.util
 import functools
 import json
 import platform
@@ -47,6 +49,27 @@ def median_seconds(
         jax.block_until_ready(run())
         times.append(time.perf_counter() - start)
     return sorted(times)[len(times) // 2]
+
+
+# mallopt parameters of glibc's malloc.h.
+_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+
+
+def keep_freed_memory() -> bool:
+    """Tells glibc's malloc to keep the memory it frees: one arena, no mmap'd chunks, no
+    trimming (``MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0`` and a 2 GiB trim threshold). By
+    default a freed buffer of 64 MiB or more goes back to the system, and smaller ones do
+    when the free top of the heap passes the trim threshold, so the next call pays one page
+    fault per 4 KiB it touches, in some runs and not in others. Call it before the first
+    array is made. Returns False where the C library is not glibc."""
+    name = ctypes.util.find_library("c")
+    if platform.system() != "Linux" or name is None:
+        return False
+    libc = ctypes.CDLL(name)
+    if not hasattr(libc, "mallopt"):
+        return False
+    settings = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1))
+    return all(libc.mallopt(parameter, value) == 1 for parameter, value in settings)
 
 
 @functools.lru_cache(maxsize=1)

@@ -1,13 +1,17 @@
 """Benchmark of linear_recurrence against the memory-bandwidth floor.
 
     python bench/scan.py [--lengths 1024,4096,16384] [--batch 8] [--features 512] [--out DIR]
+                         [--default-allocator]
 
 For each implementation and length: forward and forward+backward time, each divided by the
 time of one elementwise pass over the same arrays (h = a * x, measured in the same run: the
 floor for a memory-bound op), and the compiled temporary memory of forward+backward. Every
 call is timed with the CPU caches evicted, so at T=1024, where a and x fit in a 32 MiB
 last-level cache, the floor is not a cache-speed pass. ``in_place_floor_ms`` is the same pass
-written over a donated buffer: what it costs without allocating its output.
+written over a donated buffer: what it costs without allocating its output. glibc is told to
+keep freed memory (``bench.common.keep_freed_memory``) unless ``--default-allocator``: with
+its defaults the op and the floor pay page faults for fresh buffers in some runs and not in
+others, and a floor that faults is not the bandwidth floor.
 Writes scan.json and scan.png to --out (default bench/results).
 """
 
@@ -21,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (  # noqa: E402
     compiled_memory,
+    keep_freed_memory,
     machine,
     markdown_table,
     median_seconds,
@@ -134,18 +139,26 @@ def main() -> None:
     parser.add_argument("--features", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    parser.add_argument(
+        "--default-allocator", action="store_true", help="leave glibc's malloc settings as they are"
+    )
     args = parser.parse_args()
+    kept = not args.default_allocator and keep_freed_memory()
+    allocator = "freed memory kept" if kept else "default"
     rows = []
     for length in map(int, args.lengths.split(",")):
         rows += measure(args.batch, length, args.features, args.repeats)
     columns = list(rows[0])
-    print(f"B={args.batch} F={args.features} float32, default: {_resolve(None)}, {machine()}")
+    print(
+        f"B={args.batch} F={args.features} float32, default: {_resolve(None)}, "
+        f"allocator: {allocator}, {machine()}"
+    )
     print(markdown_table(rows, columns))
     out = Path(args.out)
     save_json(
         out / "scan.json",
         {"machine": machine(), "batch": args.batch, "features": args.features,
-         "default_implementation": _resolve(None), "rows": rows},
+         "default_implementation": _resolve(None), "allocator": allocator, "rows": rows},
     )  # fmt: skip
     plot(rows, out / "scan.png")
     print(f"saved {out / 'scan.json'} and {out / 'scan.png'}")
