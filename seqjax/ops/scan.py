@@ -126,9 +126,9 @@ def _resolve(implementation: str | None, dtype=jnp.float32) -> str:
     if implementation is None:
         # Measured by bench/scan.py: on CPU the in-place loop runs at about 2x one
         # elementwise pass, the chunked form at about 5x, the associative scan at about 9x
-        # (forward, freed memory kept). On TPU and GPU the kernels
-        # read and write each element once; where they cannot run, the associative form
-        # uses the parallel hardware that a time loop leaves idle.
+        # (forward, freed memory kept). On TPU and GPU the kernels read and write each
+        # element once; where they cannot run, the associative form uses the parallel
+        # hardware that a time loop leaves idle.
         if platform == "cpu":
             return "sequential"
         return (
