@@ -109,7 +109,7 @@ SUITES = {
             # attention 0.19/0.99/1.00, deltanet 0.03/1.00/1.00, gated_deltanet 0.02/0.97/1.00,
             # gla 0.09/0.13/0.13, hgrn2 0.08/0.10/0.12, mamba2 0.04/0.10/0.16. At T=128:
             # attention 0.06/0.85/1.00, deltanet 0.01/0.63/0.99, gated_deltanet 0.01/0.29/0.99,
-            # gla 0.04/0.06/0.07.
+            # gla 0.04/0.06/0.07, hgrn2 0.01/0.04/0.05, mamba2 0.02/0.04/0.07.
             default_models=("attention", "deltanet", "gated_deltanet", "gla", "hgrn2", "mamba2"),
             variants={f"d{width}": {"model.d_model": width} for width in (32, 64, 128)},
             variant_axis="width",
