@@ -52,9 +52,9 @@ print(faults_of_a_fresh_buffer())
     platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="needs glibc"
 )
 def test_keep_freed_memory_stops_faults_on_a_reallocated_buffer():
-    """A second 64 MiB buffer gets fresh pages from glibc by default (a fault for each page
-    touched), and reuses the freed ones once keep_freed_memory has run (run in subprocesses so this
-    process's allocator is left as it is)."""
+    """A second 64 MiB buffer gets fresh pages from glibc by default (faulted in as they are
+    touched), and reuses the freed ones once keep_freed_memory has run (run in subprocesses,
+    so this process's allocator is left as it is)."""
     root = Path(__file__).resolve().parents[1]
     faults = {
         mode: int(
