@@ -4,7 +4,8 @@
 
 Forward+backward time and compiled memory (arguments, outputs, temporaries) of
 gated_linear_attention (chunked and recurrent, with a decay per head and per key),
-delta_rule (chunked and recurrent) and causal softmax attention (chunked flash form), at
+delta_rule and generalized_delta_rule with a decay per key (RWKV-7's form), chunked and
+recurrent, and causal softmax attention (chunked flash form), at
 B=2, H=4, K=V=64, float32, all in the same run. Prints the chunked/recurrent speed-up and
 writes linear_attention.json and linear_attention.png to --out (default bench/results).
 """
@@ -26,16 +27,18 @@ from bench.common import (  # noqa: E402
     time_compiled,
 )
 from seqjax.ops.attention import softmax_attention  # noqa: E402
-from seqjax.ops.delta_rule import delta_rule  # noqa: E402
+from seqjax.ops.delta_rule import delta_rule, generalized_delta_rule  # noqa: E402
 from seqjax.ops.linear_attention import gated_linear_attention  # noqa: E402
 
 BATCH, HEADS, KEY_SIZE, VALUE_SIZE = 2, 4, 64, 64
 
 
 def inputs(length: int) -> dict:
-    keys = jax.random.split(jax.random.key(0), 6)
+    keys = jax.random.split(jax.random.key(0), 8)
     shape = (BATCH, length, HEADS, KEY_SIZE)
     k = jax.random.normal(keys[1], shape)
+    removal_key = jax.random.normal(keys[6], shape)
+    removal_key /= jnp.linalg.norm(removal_key, axis=-1, keepdims=True)
     return {
         "q": jax.random.normal(keys[0], shape) * KEY_SIZE**-0.5,
         "k": k / jnp.linalg.norm(k, axis=-1, keepdims=True),
@@ -43,6 +46,8 @@ def inputs(length: int) -> dict:
         "head_decay": -jax.random.uniform(keys[3], shape[:3], maxval=0.1),
         "key_decay": -jax.random.uniform(keys[4], shape, maxval=0.1),
         "beta": jax.random.uniform(keys[5], shape[:3]),
+        "removal_key": removal_key,
+        "removal_direction": jax.random.uniform(keys[7], shape) * removal_key,
     }
 
 
@@ -60,6 +65,12 @@ def cases(arrays: dict) -> dict:
             q, k, v, b, log_decay=d, implementation=implementation
         )[0]
 
+    def generalized(implementation):
+        args = (q, k, v, arrays["removal_key"], arrays["removal_direction"], arrays["key_decay"])
+        return args, lambda q, k, v, e, d, w: generalized_delta_rule(
+            q, k, v, e, d, log_decay=w, implementation=implementation
+        )[0]
+
     return {
         ("gla, decay per head", "chunked"): gla("chunked", "head_decay"),
         ("gla, decay per head", "recurrent"): gla("recurrent", "head_decay"),
@@ -67,6 +78,8 @@ def cases(arrays: dict) -> dict:
         ("gla, decay per key", "recurrent"): gla("recurrent", "key_decay"),
         ("gated delta rule", "chunked"): delta("chunked"),
         ("gated delta rule", "recurrent"): delta("recurrent"),
+        ("generalized delta rule, decay per key", "chunked"): generalized("chunked"),
+        ("generalized delta rule, decay per key", "recurrent"): generalized("recurrent"),
         ("softmax attention", "chunked"): ((q, k, v), lambda q, k, v: softmax_attention(q, k, v)),
     }
 
