@@ -34,7 +34,7 @@ from bench.common import (  # noqa: E402
 )
 from seqjax.ops.scan import _resolve, linear_recurrence  # noqa: E402
 
-IMPLEMENTATIONS = ("sequential", "associative", "chunked")
+IMPLEMENTATIONS = ("reference", "associative", "chunked")
 
 
 def forward(implementation):

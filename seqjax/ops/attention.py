@@ -34,9 +34,12 @@ import jax.numpy as jnp
 from jax import lax
 
 import kernels_pallas.flash_attention as flash_attention_kernels
+from seqjax.ops import checks, implementations, sequence_parallel
+from seqjax.ops.implementations import REFERENCE
+from seqjax.ops.sequence_parallel import SequenceSplit
 from seqjax.typing import Array
 
-IMPLEMENTATIONS = ("reference", "chunked", "pallas")
+IMPLEMENTATIONS = (REFERENCE, "chunked", "pallas")
 
 REFERENCE_MAX_SCORES = 512 * 512
 """With implementation=None off TPU and GPU, "reference" runs when Tq * Tk is at most this,
@@ -59,6 +62,7 @@ def rotary_embedding(x: Array, positions: Array, *, base: float = 10000.0) -> Ar
     """
     if x.ndim != 4 or x.shape[-1] % 2:
         raise ValueError(f"rotary_embedding: x must be [B, T, H, K] with K even, got {x.shape}")
+    checks.floating("rotary_embedding", "x", x)
     if positions.shape != x.shape[:2]:
         raise ValueError(
             f"rotary_embedding: positions must be [B, T] = {x.shape[:2]}, got {positions.shape}"
@@ -87,13 +91,15 @@ def softmax_attention(
     scale: float | None = None,
     block_size: int = 128,
     implementation: str | None = None,
+    sequence_split: SequenceSplit | None = None,
+    debug_checks: bool = False,
 ) -> Array:
     """Masked softmax attention with grouped-query heads and an optional forget gate.
 
     Args:
       q: [B, Tq, H, K] queries.
       k: [B, Tk, G, K] keys, H % G == 0.
-      v: [B, Tk, G, V] values.
+      v: [B, Tk, G, V] values. q, k and v floating point (seqjax.ops.checks).
       q_positions: [B, Tq] integers; default arange(Tq) + Tk - Tq (queries are the last keys).
       kv_positions: [B, Tk] integers; default arange(Tk). Negative marks an empty slot.
       q_segment_ids, kv_segment_ids: [B, Tq] and [B, Tk] integers, both or neither; a query
@@ -108,45 +114,63 @@ def softmax_attention(
       block_size: query and key block length of the chunked form.
       implementation: None (pallas on TPU and GPU; elsewhere reference for small Tq * Tk,
         chunked otherwise), "reference", "chunked" or "pallas".
+      sequence_split: run sequence-parallel over this mesh axis (seqjax.ops.sequence_parallel):
+        queries split, keys and values gathered, the mask on global positions (so the
+        chunked form visits every key block of a shard). With log_forget it needs
+        causal=True and Tq == Tk.
+      debug_checks: check the domain of a traced log_forget with checkify (seqjax.ops.checks).
 
     Returns:
       o: [B, Tq, H, V] in q's dtype, accumulated in float32. A query with no allowed key
       gives 0 (and zero gradients).
     """
+    op = "softmax_attention"
     _check_arguments(
         q, k, v, q_positions, kv_positions, q_segment_ids, kv_segment_ids, causal, window
     )
-    if log_forget is not None and log_forget.shape != (*k.shape[:2], q.shape[2]):
-        raise ValueError(
-            f"softmax_attention: log_forget must be [B, Tk, H] = {(*k.shape[:2], q.shape[2])}, "
-            f"got {log_forget.shape}"
-        )
-    if block_size < 1:
-        raise ValueError(f"softmax_attention: block_size must be >= 1, got {block_size}")
+    checks.shape(op, "log_forget", log_forget, (*k.shape[:2], q.shape[2]), "[B, Tk, H]")
+    checks.floating(op, "log_forget", log_forget)
+    checks.at_least_one(op, "block_size", block_size)
+    checks.in_range(op, "log_forget", log_forget, high=0.0, debug_checks=debug_checks)
     batch, query_length, _, head_dim = q.shape
     key_length = k.shape[1]
     platform = jax.default_backend()
-    pallas_unavailable = flash_attention_kernels.unsupported_reason(platform)
-    if implementation is None and pallas_unavailable is None:
-        implementation = "pallas"
-    elif implementation is None:
-        too_large = query_length * key_length > REFERENCE_MAX_SCORES
-        implementation = "chunked" if too_large else "reference"
-    if implementation not in IMPLEMENTATIONS:
-        raise ValueError(
-            f"softmax_attention: unknown implementation {implementation!r}; "
-            f"expected None or one of {IMPLEMENTATIONS}"
-        )
-    if implementation == "pallas":
-        if pallas_unavailable is not None:
+    small = query_length * key_length <= REFERENCE_MAX_SCORES
+    implementation = implementations.select(
+        op, implementation, IMPLEMENTATIONS,
+        preferred=("pallas", REFERENCE if small else "chunked"),
+        cannot_run={"pallas": flash_attention_kernels.unsupported_reason(platform)},
+    )  # fmt: skip
+    options = dict(causal=causal, window=window, scale=scale)
+    if (split := sequence_parallel.active_split(op, sequence_split)) is not None:
+        if log_forget is not None and not (causal and query_length == key_length):
             raise ValueError(
-                f"softmax_attention: implementation='pallas' cannot run: {pallas_unavailable}; "
-                "use 'reference' or 'chunked'"
+                f"{op}: a sequence split with log_forget needs causal=True and Tq == Tk (the "
+                f"queries at the keys' positions), got causal={causal}, Tq = {query_length}, "
+                f"Tk = {key_length}"
             )
+        if q_positions is None:
+            q_positions = _default_positions(batch, query_length, key_length - query_length)
+        if kv_positions is None:
+            kv_positions = _default_positions(batch, key_length, 0)
+        local = functools.partial(
+            softmax_attention, **options, block_size=block_size, implementation=implementation
+        )
+        queries = dict(q=q, q_positions=q_positions, q_segment_ids=q_segment_ids)
+        keys = dict(
+            k=k, v=v, kv_positions=kv_positions, kv_segment_ids=kv_segment_ids,
+            log_forget=log_forget,
+        )  # fmt: skip
+        return sequence_parallel.split_softmax_attention(
+            local, split, {n: x for n, x in queries.items() if x is not None},
+            {n: x for n, x in keys.items() if x is not None},
+            keys_end_with_queries=log_forget is not None,
+        )  # fmt: skip
+    if implementation == "pallas":
         return flash_attention_kernels.flash_attention(
             q, k, v, platform=platform, q_positions=q_positions, kv_positions=kv_positions,
-            q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids, causal=causal,
-            window=window, log_forget=log_forget, scale=scale,
+            q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids,
+            log_forget=log_forget, **options,
         )  # fmt: skip
 
     positions_are_default = q_positions is None and kv_positions is None
@@ -161,7 +185,7 @@ def softmax_attention(
         cumulative = jnp.cumsum(log_forget.astype(jnp.float32), axis=1)  # F [B, Tk, H]
         forget = _Forget(query=cumulative[:, key_length - query_length :], key=cumulative)
 
-    if implementation == "reference":
+    if implementation == REFERENCE:
         return _reference_attention(q, k, v, masking, forget, causal, window, scale)
     return _chunked_attention(
         q, k, v, masking, forget, causal, window, scale, block_size, positions_are_default
@@ -480,55 +504,47 @@ _chunked_core.defvjp(_chunked_core_forward, _chunked_core_backward)
 def _check_arguments(
     q, k, v, q_positions, kv_positions, q_segment_ids, kv_segment_ids, causal, window
 ):
-    """Static shape checks, with the expected shape in every message."""
+    """Static checks of shapes, dtypes and options, with the expected shape in every message."""
+    op = "softmax_attention"
     for name, x, expected in (
         ("q", q, "[B, Tq, H, K]"),
         ("k", k, "[B, Tk, G, K]"),
         ("v", v, "[B, Tk, G, V]"),
     ):
         if x.ndim != 4:
-            raise ValueError(f"softmax_attention: {name} must be {expected}, got shape {x.shape}")
+            raise ValueError(f"{op}: {name} must be {expected}, got shape {x.shape}")
+        checks.floating(op, name, x)
+        checks.nonempty(op, name, x)
     batch, query_length, heads, head_dim = q.shape
     _, key_length, groups, _ = k.shape
     if k.shape[0] != batch or v.shape[0] != batch:
         raise ValueError(
-            f"softmax_attention: q, k and v must share the batch size B, got q {q.shape}, "
-            f"k {k.shape}, v {v.shape}"
+            f"{op}: q, k and v must share the batch size B, got q {q.shape}, k {k.shape}, "
+            f"v {v.shape}"
         )
     if k.shape[-1] != head_dim:
-        raise ValueError(
-            f"softmax_attention: k must be [B, Tk, G, K] with q's K = {head_dim}, got {k.shape}"
-        )
+        raise ValueError(f"{op}: k must be [B, Tk, G, K] with q's K = {head_dim}, got {k.shape}")
     if v.shape[:3] != k.shape[:3]:
         raise ValueError(
-            f"softmax_attention: v must be [B, Tk, G, V] with k's B, Tk, G = {k.shape[:3]}, "
-            f"got {v.shape}"
+            f"{op}: v must be [B, Tk, G, V] with k's B, Tk, G = {k.shape[:3]}, got {v.shape}"
         )
     if heads % groups:
         raise ValueError(
-            f"softmax_attention: query heads H = {heads} must be a multiple of key/value heads "
-            f"G = {groups} (q {q.shape}, k {k.shape})"
+            f"{op}: query heads H = {heads} must be a multiple of key/value heads G = {groups} "
+            f"(q {q.shape}, k {k.shape})"
         )
     if (q_segment_ids is None) != (kv_segment_ids is None):
-        raise ValueError(
-            "softmax_attention: give both q_segment_ids and kv_segment_ids, or neither"
-        )
+        raise ValueError(f"{op}: give both q_segment_ids and kv_segment_ids, or neither")
     for name, x, expected in (
         ("q_positions", q_positions, (batch, query_length)),
         ("kv_positions", kv_positions, (batch, key_length)),
         ("q_segment_ids", q_segment_ids, (batch, query_length)),
         ("kv_segment_ids", kv_segment_ids, (batch, key_length)),
     ):
-        if x is None:
-            continue
-        if x.shape != expected:
-            raise ValueError(
-                f"softmax_attention: {name} must be [B, T] = {expected}, got shape {x.shape}"
-            )
-        if not jnp.issubdtype(x.dtype, jnp.integer):
-            raise ValueError(f"softmax_attention: {name} must be integers, got {x.dtype}")
+        checks.shape(op, name, x, expected, "[B, T]")
+        if x is not None and not jnp.issubdtype(x.dtype, jnp.integer):
+            raise ValueError(f"{op}: {name} must be integers, got {x.dtype}")
     if window is not None:
         if not causal:
-            raise ValueError("softmax_attention: window requires causal=True")
-        if window < 1:
-            raise ValueError(f"softmax_attention: window must be >= 1, got {window}")
+            raise ValueError(f"{op}: window requires causal=True")
+        checks.at_least_one(op, "window", window)

@@ -25,6 +25,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from seqjax.ops import checks, sequence_parallel
+from seqjax.ops.sequence_parallel import SequenceSplit
 from seqjax.typing import Array, PyTree
 
 Cell = Callable[[PyTree, Array], tuple[PyTree, Array]]
@@ -37,26 +39,33 @@ def run_cell(
     *,
     segment_starts: Array | None = None,
     reverse: bool = False,
+    sequence_split: SequenceSplit | None = None,
 ) -> tuple[Array, PyTree]:
-    """Scans ``cell`` over the time axis of ``gate_inputs`` [B, T, G].
+    """Scans ``cell`` over the time axis of ``gate_inputs`` [B, T, G] (floating point).
 
     ``initial_state`` is a pytree of [B, ...] arrays. Where ``segment_starts`` [B, T] is
     true the state is reset to zero before that token (with ``reverse=True``: the state
     carried from position p into p - 1 is dropped when p starts a segment).
+    A nonlinear recurrence has no sequence-parallel form: a ``sequence_split`` whose axis
+    has more than one device is an error.
     Returns ``(outputs [B, T, ...], final_state)``.
     """
-    if gate_inputs.ndim != 3:
-        raise ValueError(f"gate_inputs must be [B, T, G], got shape {gate_inputs.shape}")
+    op = "run_cell"
+    if jnp.ndim(gate_inputs) != 3:
+        raise ValueError(f"{op}: gate_inputs must be [B, T, G], got shape {jnp.shape(gate_inputs)}")
+    checks.floating(op, "gate_inputs", gate_inputs)
+    checks.nonempty(op, "gate_inputs", gate_inputs)
+    if sequence_parallel.active_split(op, sequence_split) is not None:
+        raise ValueError(
+            f"{op}: a nonlinear recurrent cell cannot run sequence-parallel (each step needs "
+            "the state the previous one computed); run it with sequence_split=None"
+        )
     batch, length = gate_inputs.shape[:2]
     inputs = jnp.swapaxes(gate_inputs, 0, 1)  # time major
-    if segment_starts is None:
+    resets = checks.segment_starts(op, segment_starts, batch, length)
+    if resets is None:
         step = cell
     else:
-        if segment_starts.shape != (batch, length):
-            raise ValueError(
-                f"segment_starts must be [B, T] = {(batch, length)}, got {segment_starts.shape}"
-            )
-        resets = segment_starts.astype(bool)
         if reverse:
             # Position p receives the state of p + 1, which is dropped when p + 1 starts.
             resets = jnp.concatenate([resets[:, 1:], jnp.zeros((batch, 1), bool)], axis=1)

@@ -135,24 +135,3 @@ def cumulative_sum(x: Array) -> Array:
     size = x.shape[1]
     lower = jnp.tril(jnp.ones((size, size), x.dtype))
     return jnp.einsum("ij,bj...->bi...", lower, x, precision=jax.lax.Precision.HIGHEST)
-
-
-def check_implementation(
-    op: str,
-    implementation: str | None,
-    names: Sequence[str],
-    pallas_unavailable: str | None = "is not available yet",
-) -> str:
-    """The implementation to run. None picks 'pallas' where its kernels can run
-    (``pallas_unavailable`` is None) and else ``names[1]``, the chunked form; a name must be
-    known, and 'pallas' by name raises with ``pallas_unavailable`` when it cannot run."""
-    if implementation is None:
-        return "pallas" if pallas_unavailable is None else names[1]
-    if implementation not in names:
-        raise ValueError(f"unknown implementation {implementation!r}; expected one of {names}")
-    if implementation == "pallas" and pallas_unavailable is not None:
-        raise ValueError(
-            f"{op}: implementation='pallas' {pallas_unavailable}; use "
-            + " or ".join(repr(n) for n in names if n != "pallas")
-        )
-    return implementation

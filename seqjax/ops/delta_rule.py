@@ -9,7 +9,7 @@ decay per head. β in [0, 2]: above 1 the transition I - β k kᵀ has a negativ
 (for unit-norm keys), which lets the state track parity ("Unlocking State-Tracking in
 Linear RNNs Through Negative Eigenvalues", Grazzi et al. 2025).
 
-    "recurrent"  the recurrence above, one step at a time (the reference)
+    "reference"  the recurrence above, one step at a time
     "chunked"    chunks of C steps in the WY / UT-transform form below
     "pallas"     the kernels of kernels_pallas/chunked_delta_rule (TPU and GPU; no
                  segment_starts); not available for generalized_delta_rule
@@ -35,10 +35,13 @@ import jax
 import jax.numpy as jnp
 
 import kernels_pallas.chunked_delta_rule as chunked_delta_rule_kernels
-from seqjax.ops.chunking import check_implementation, cumulative_sum, scan_over_chunks
+from seqjax.ops import checks, implementations, sequence_parallel
+from seqjax.ops.chunking import cumulative_sum, scan_over_chunks
+from seqjax.ops.implementations import REFERENCE
+from seqjax.ops.sequence_parallel import SequenceSplit
 from seqjax.typing import Array
 
-IMPLEMENTATIONS = ("recurrent", "chunked", "pallas")
+IMPLEMENTATIONS = (REFERENCE, "chunked", "pallas")
 
 
 def delta_rule(
@@ -53,11 +56,14 @@ def delta_rule(
     scale: float | None = None,
     chunk_size: int = 64,
     implementation: str | None = None,
+    sequence_split: SequenceSplit | None = None,
+    debug_checks: bool = False,
 ) -> tuple[Array, Array]:
     """Runs S_t = exp(log_decay_t)(I - β_t k_t k_tᵀ) S_{t-1} + β_t k_t v_tᵀ, o_t = scale S_tᵀ q_t.
 
     Args:
       q, k: [B, T, H, K] (keys are usually L2-normalized by the caller).  v: [B, T, H, V].
+        All floating point (seqjax.ops.checks).
       beta: [B, T, H], in [0, 2].
       log_decay: None or [B, T, H], values <= 0.
       initial_state: [B, H, K, V] (zeros if None).
@@ -65,65 +71,78 @@ def delta_rule(
       scale: multiplies the output; default 1.
       chunk_size: C of the chunked form.
       implementation: one of IMPLEMENTATIONS, or None for the best available.
+      sequence_split: run sequence-parallel over this mesh axis (seqjax.ops.sequence_parallel).
+      debug_checks: check the domains of traced beta and log decays with checkify
+        (seqjax.ops.checks).
 
     Returns:
       o [B, T, H, V] in v's dtype, and the final state [B, H, K, V] in float32.
     """
-    _check_shapes(q, k, v, beta, log_decay, initial_state)
+    op = "delta_rule"
+    batch, length, heads, _, _ = checks.head_inputs(
+        op, q, k, v, per_head={"beta": beta}, log_decay=log_decay, per_key_decay=False,
+        initial_state=initial_state,
+    )  # fmt: skip
+    segment_starts = checks.segment_starts(op, segment_starts, batch, length)
+    checks.at_least_one(op, "chunk_size", chunk_size)
+    checks.in_range(op, "beta", beta, low=0.0, high=2.0, debug_checks=debug_checks)
+    checks.in_range(op, "log_decay", log_decay, high=0.0, debug_checks=debug_checks)
+    platform = jax.default_backend()
+    implementation = implementations.select(
+        op, implementation, IMPLEMENTATIONS, preferred=("pallas", "chunked"),
+        cannot_run={"pallas": chunked_delta_rule_kernels.unsupported_reason(
+            platform, segment_starts=segment_starts, chunk_size=chunk_size
+        )},
+    )  # fmt: skip
+    split = sequence_parallel.active_split(op, sequence_split)
+    if implementation == "pallas" and split is None:
+        return chunked_delta_rule_kernels.chunked_delta_rule(
+            q, k, v, beta, platform=platform, log_decay=log_decay,
+            initial_state=initial_state, scale=scale, chunk_size=chunk_size,
+        )  # fmt: skip
+
+    def local(v, q, k, beta, log_decay, starts, state):
+        return delta_rule(
+            q, k, v, beta, log_decay=log_decay, initial_state=state, scale=scale,
+            segment_starts=None if segment_starts is None else starts, chunk_size=chunk_size,
+            implementation=implementation,
+        )  # fmt: skip
+
+    if log_decay is None:
+        log_decay = jnp.zeros((batch, length, heads), jnp.float32)
+    return _run_delta_rule(
+        op, _recurrent, _chunk, implementation, split, local, (q, k, v, beta, log_decay),
+        initial_state, segment_starts, scale=scale, chunk_size=chunk_size,
+    )  # fmt: skip
+
+
+def _run_delta_rule(
+    op, reference, chunk, implementation, split, local_op, arrays, initial_state, segment_starts,
+    *, scale, chunk_size,
+):  # fmt: skip
+    """A delta rule after its checks, split or whole, in float32: ``arrays`` (q, k, v, ...)
+    [B, T, ...] as ``reference(*arrays, state, starts)`` and the chunk function
+    ``chunk(state, *arrays, starts)`` take them; ``local_op(v, q, k, ..., starts, state)`` is
+    the op on one shard. Returns o in v's dtype and the final state."""
+    q, k, v = arrays[:3]
     batch, length, heads, key_size = q.shape
     if initial_state is None:
         initial_state = jnp.zeros((batch, heads, key_size, v.shape[-1]), jnp.float32)
-    if segment_starts is not None and segment_starts.shape != (batch, length):
-        raise ValueError(
-            f"segment_starts must be [B, T] = {(batch, length)}, got {segment_starts.shape}"
+    starts = jnp.zeros((batch, length), bool) if segment_starts is None else segment_starts
+    f32 = functools.partial(jnp.asarray, dtype=jnp.float32)
+    q32, k32, v32, *rest = (f32(t) for t in arrays)
+    if split is not None:
+        output, final_state = sequence_parallel.split_left_linear_state(
+            op, local_op, split, v32, (q32, k32, *rest, starts), f32(initial_state)
         )
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
-    pallas_unavailable = chunked_delta_rule_kernels.unsupported_reason(
-        jax.default_backend(), segment_starts=segment_starts, chunk_size=chunk_size
-    )
-    implementation = check_implementation(
-        "delta_rule", implementation, IMPLEMENTATIONS,
-        None if pallas_unavailable is None else f"cannot run: {pallas_unavailable}",
-    )  # fmt: skip
-    if implementation == "pallas":
-        return chunked_delta_rule_kernels.chunked_delta_rule(
-            q, k, v, beta, platform=jax.default_backend(), log_decay=log_decay,
-            initial_state=initial_state, scale=scale, chunk_size=chunk_size,
-        )  # fmt: skip
-    if log_decay is None:
-        log_decay = jnp.zeros((batch, length, heads), jnp.float32)
-    starts = (
-        jnp.zeros((batch, length), bool) if segment_starts is None else segment_starts.astype(bool)
-    )
-    arrays = [jnp.asarray(t, jnp.float32) for t in (q, k, v, beta, log_decay)]
-    initial_state = jnp.asarray(initial_state, jnp.float32)
-    if implementation == "recurrent":
-        output, final_state = _recurrent(*arrays, initial_state, starts)
+        return output.astype(v.dtype), final_state
+    if implementation == REFERENCE:
+        output, final_state = reference(q32, k32, v32, *rest, f32(initial_state), starts)
     else:
         output, final_state = scan_over_chunks(
-            _chunk, initial_state, (*arrays, starts), chunk_size=chunk_size
+            chunk, f32(initial_state), (q32, k32, v32, *rest, starts), chunk_size=chunk_size
         )
-    output = output * (1.0 if scale is None else scale)
-    return output.astype(v.dtype), final_state
-
-
-def _check_shapes(q, k, v, beta, log_decay, initial_state):
-    if q.ndim != 4:
-        raise ValueError(f"q must be [B, T, H, K], got shape {q.shape}")
-    if k.shape != q.shape:
-        raise ValueError(f"k must have q's shape [B, T, H, K] = {q.shape}, got {k.shape}")
-    if v.ndim != 4 or v.shape[:3] != q.shape[:3]:
-        raise ValueError(f"v must be [B, T, H, V] with [B, T, H] = {q.shape[:3]}, got {v.shape}")
-    if beta.shape != q.shape[:3]:
-        raise ValueError(f"beta must be [B, T, H] = {q.shape[:3]}, got {beta.shape}")
-    if log_decay is not None and log_decay.shape != q.shape[:3]:
-        raise ValueError(f"log_decay must be [B, T, H] = {q.shape[:3]}, got {log_decay.shape}")
-    expected_state = (q.shape[0], q.shape[2], q.shape[3], v.shape[3])
-    if initial_state is not None and initial_state.shape != expected_state:
-        raise ValueError(
-            f"initial_state must be [B, H, K, V] = {expected_state}, got {initial_state.shape}"
-        )
+    return (output * (1.0 if scale is None else scale)).astype(v.dtype), final_state
 
 
 def _recurrent(q, k, v, beta, log_decay, initial_state, starts):
@@ -195,6 +214,8 @@ def generalized_delta_rule(
     scale: float | None = None,
     chunk_size: int = 64,
     implementation: str | None = None,
+    sequence_split: SequenceSplit | None = None,
+    debug_checks: bool = False,
 ) -> tuple[Array, Array]:
     """The diagonal-plus-rank-one delta rule: a decay per key, a removal along any direction.
 
@@ -213,7 +234,7 @@ def generalized_delta_rule(
         arguments (w, r, k, v, a, b) of RWKV's kernels, a = -κ̂ and b = κ̂ ⊙ a, so e = -a and
         d = b.
 
-    Implementations: "recurrent" (the reference) and "chunked". The chunked form writes each
+    Implementations: "reference" and "chunked". The chunked form writes each
     step as a gated linear-attention step with two key/value pairs, (k_t, v_t) and
     (-d_t, u_t) with u_t = S_{t-1}ᵀ e_t. Inside a chunk with inclusive cumulative log decay
     b_i (per key), exclusive b_{i-1} = b_i - log_decay_i, and entering state S₀, the u's
@@ -234,64 +255,43 @@ def generalized_delta_rule(
       scale: multiplies the output; default 1.
       chunk_size: C of the chunked form.
       implementation: one of IMPLEMENTATIONS, or None for the best available.
+      sequence_split: run sequence-parallel over this mesh axis (seqjax.ops.sequence_parallel).
+      debug_checks: check the domain of traced log decays with checkify (seqjax.ops.checks).
 
     Returns:
       o [B, T, H, V] in v's dtype, and the final state [B, H, K, V] in float32.
     """
-    _check_generalized_shapes(q, k, v, removal_key, removal_direction, log_decay, initial_state)
-    batch, length, heads, key_size = q.shape
-    if initial_state is None:
-        initial_state = jnp.zeros((batch, heads, key_size, v.shape[-1]), jnp.float32)
-    if segment_starts is not None and segment_starts.shape != (batch, length):
-        raise ValueError(
-            f"segment_starts must be [B, T] = {(batch, length)}, got {segment_starts.shape}"
-        )
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
-    implementation = check_implementation("generalized_delta_rule", implementation, IMPLEMENTATIONS)
+    op = "generalized_delta_rule"
+    removal = {"removal_key": removal_key, "removal_direction": removal_direction}
+    batch, length, heads, _, _ = checks.head_inputs(
+        op, q, k, v, like_q=removal, log_decay=log_decay, initial_state=initial_state
+    )
+    segment_starts = checks.segment_starts(op, segment_starts, batch, length)
+    checks.at_least_one(op, "chunk_size", chunk_size)
+    checks.in_range(op, "log_decay", log_decay, high=0.0, debug_checks=debug_checks)
+    implementation = implementations.select(
+        op, implementation, IMPLEMENTATIONS, preferred=("chunked",),
+        cannot_run={"pallas": "there are no Pallas kernels for generalized_delta_rule yet"},
+    )  # fmt: skip
+    split = sequence_parallel.active_split(op, sequence_split)
+
+    def local(v, q, k, removal_key, removal_direction, log_decay, starts, state):
+        return generalized_delta_rule(
+            q, k, v, removal_key, removal_direction, log_decay=log_decay, initial_state=state,
+            segment_starts=None if segment_starts is None else starts, scale=scale,
+            chunk_size=chunk_size, implementation=implementation,
+        )  # fmt: skip
+
     # Decays become [B, T, H, K] or [B, T, H, 1] (a decay per head broadcasts over K).
     if log_decay is None:
         log_decay = jnp.zeros((batch, length, heads, 1), jnp.float32)
-    elif log_decay.ndim == 3:
-        log_decay = log_decay[..., None]
-    starts = (
-        jnp.zeros((batch, length), bool) if segment_starts is None else segment_starts.astype(bool)
-    )
-    arrays = [
-        jnp.asarray(t, jnp.float32) for t in (q, k, v, removal_key, removal_direction, log_decay)
-    ]
-    initial_state = jnp.asarray(initial_state, jnp.float32)
-    if implementation == "recurrent":
-        output, final_state = _generalized_recurrent(*arrays, initial_state, starts)
-    else:
-        output, final_state = scan_over_chunks(
-            _generalized_chunk, initial_state, (*arrays, starts), chunk_size=chunk_size
-        )
-    output = output * (1.0 if scale is None else scale)
-    return output.astype(v.dtype), final_state
-
-
-def _check_generalized_shapes(q, k, v, removal_key, removal_direction, log_decay, state):
-    if q.ndim != 4:
-        raise ValueError(f"q must be [B, T, H, K], got shape {q.shape}")
-    keys = {"k": k, "removal_key": removal_key, "removal_direction": removal_direction}
-    for name, array in keys.items():
-        if array.shape != q.shape:
-            raise ValueError(
-                f"{name} must have q's shape [B, T, H, K] = {q.shape}, got {array.shape}"
-            )
-    if v.ndim != 4 or v.shape[:3] != q.shape[:3]:
-        raise ValueError(f"v must be [B, T, H, V] with [B, T, H] = {q.shape[:3]}, got {v.shape}")
-    if log_decay is not None and log_decay.shape not in (q.shape[:3], q.shape):
-        raise ValueError(
-            f"log_decay must be [B, T, H] = {q.shape[:3]} or [B, T, H, K] = {q.shape}, "
-            f"got {log_decay.shape}"
-        )
-    expected_state = (q.shape[0], q.shape[2], q.shape[3], v.shape[3])
-    if state is not None and state.shape != expected_state:
-        raise ValueError(
-            f"initial_state must be [B, H, K, V] = {expected_state}, got {state.shape}"
-        )
+    elif jnp.ndim(log_decay) == 3:
+        log_decay = jnp.asarray(log_decay)[..., None]
+    return _run_delta_rule(
+        op, _generalized_recurrent, _generalized_chunk, implementation, split, local,
+        (q, k, v, removal_key, removal_direction, log_decay), initial_state, segment_starts,
+        scale=scale, chunk_size=chunk_size,
+    )  # fmt: skip
 
 
 def _generalized_recurrent(q, k, v, removal_key, removal_direction, log_decay, state, starts):

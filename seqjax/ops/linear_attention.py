@@ -8,7 +8,7 @@ gives RetNet, Mamba-2 (SSD) and mLSTM's forget gate; a decay per key dimension g
 ("Gated Linear Attention Transformers with Hardware-Efficient Training", Yang et al. 2024),
 HGRN-2 and RWKV-6.
 
-    "recurrent"  the recurrence above, one step at a time (the reference)
+    "reference"  the recurrence above, one step at a time
     "chunked"    chunks of C steps: inside a chunk, attention-like matmuls with the decays
                  as a causal mask; across chunks, the state recurrence. Cost O(T·C·K + T·K·V).
     "pallas"     the kernels of kernels_pallas/chunked_gla (TPU and GPU; no segment_starts)
@@ -25,11 +25,13 @@ import jax
 import jax.numpy as jnp
 
 import kernels_pallas.chunked_gla as chunked_gla_kernels
-from seqjax.ops import sequence_parallel
-from seqjax.ops.chunking import check_implementation, cumulative_sum, scan_over_chunks
+from seqjax.ops import checks, implementations, sequence_parallel
+from seqjax.ops.chunking import cumulative_sum, scan_over_chunks
+from seqjax.ops.implementations import REFERENCE
+from seqjax.ops.sequence_parallel import SequenceSplit
 from seqjax.typing import Array
 
-IMPLEMENTATIONS = ("recurrent", "chunked", "pallas")
+IMPLEMENTATIONS = (REFERENCE, "chunked", "pallas")
 # Steps per sub-chunk of the chunked form with a decay per key.
 PER_KEY_SUB_CHUNK = 16
 # Blocks of at most this many steps form their per-key scores one product per key; larger
@@ -48,11 +50,13 @@ def gated_linear_attention(
     scale: float | None = None,
     chunk_size: int = 64,
     implementation: str | None = None,
+    sequence_split: SequenceSplit | None = None,
+    debug_checks: bool = False,
 ) -> tuple[Array, Array]:
     """Runs S_t = diag(exp(log_decay_t)) S_{t-1} + k_t v_tᵀ, o_t = scale · S_tᵀ q_t.
 
     Args:
-      q, k: [B, T, H, K].  v: [B, T, H, V].
+      q, k: [B, T, H, K].  v: [B, T, H, V].  All floating point (seqjax.ops.checks).
       log_decay: None (no decay), [B, T, H] (one decay per head) or [B, T, H, K] (one per
         key dimension); values <= 0.
       initial_state: [B, H, K, V] (zeros if None).
@@ -60,44 +64,41 @@ def gated_linear_attention(
       scale: multiplies the output; default 1.
       chunk_size: C of the chunked form.
       implementation: one of IMPLEMENTATIONS, or None for the best available.
+      sequence_split: run sequence-parallel over this mesh axis (seqjax.ops.sequence_parallel).
+      debug_checks: check the domain of traced log decays with checkify (seqjax.ops.checks).
 
     Returns:
       o [B, T, H, V] in v's dtype, and the final state [B, H, K, V] in float32.
     """
-    batch, length, heads, key_size = _check_shapes(q, k, v, log_decay, initial_state)
-    value_size = v.shape[-1]
+    op = "gated_linear_attention"
+    batch, length, heads, key_size, value_size = checks.head_inputs(
+        op, q, k, v, log_decay=log_decay, initial_state=initial_state
+    )
+    segment_starts = checks.segment_starts(op, segment_starts, batch, length)
+    checks.at_least_one(op, "chunk_size", chunk_size)
+    checks.in_range(op, "log_decay", log_decay, high=0.0, debug_checks=debug_checks)
+    platform = jax.default_backend()
+    implementation = implementations.select(
+        op, implementation, IMPLEMENTATIONS, preferred=("pallas", "chunked"),
+        cannot_run={"pallas": chunked_gla_kernels.unsupported_reason(
+            platform, segment_starts=segment_starts, chunk_size=chunk_size
+        )},
+    )  # fmt: skip
+    scale = 1.0 if scale is None else scale
     if initial_state is None:
         initial_state = jnp.zeros((batch, heads, key_size, value_size), jnp.float32)
-    if segment_starts is not None and segment_starts.shape != (batch, length):
-        raise ValueError(
-            f"segment_starts must be [B, T] = {(batch, length)}, got {segment_starts.shape}"
-        )
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
-    pallas_unavailable = chunked_gla_kernels.unsupported_reason(
-        jax.default_backend(), segment_starts=segment_starts, chunk_size=chunk_size
-    )
-    implementation = check_implementation(
-        "gated_linear_attention", implementation, IMPLEMENTATIONS,
-        None if pallas_unavailable is None else f"cannot run: {pallas_unavailable}",
-    )  # fmt: skip
-    f32 = functools.partial(jnp.asarray, dtype=jnp.float32)
-    # Decays become [B, T, H, K] (a scalar decay broadcasts over K) in float32.
     if log_decay is None:
-        log_decay = jnp.zeros((batch, length, heads, 1), jnp.float32)
-    elif log_decay.ndim == 3:
-        log_decay = log_decay[..., None]
-    starts = (
-        jnp.zeros((batch, length), bool) if segment_starts is None else segment_starts.astype(bool)
-    )
-    run = _recurrent if implementation == "recurrent" else _chunked
-    scale = 1.0 if scale is None else scale
-    if (split := sequence_parallel.current_split()) is not None:
+        log_decay = jnp.zeros((batch, length, heads), jnp.float32)
+    starts = jnp.zeros((batch, length), bool) if segment_starts is None else segment_starts
+    f32 = functools.partial(jnp.asarray, dtype=jnp.float32)
+    if (split := sequence_parallel.active_split(op, sequence_split, context=True)) is not None:
 
         def local(q, k, v, log_decay, starts):
-            state = jnp.zeros((q.shape[0], heads, key_size, value_size), jnp.float32)
-            output, final_state = run(q, k, v, log_decay, state, starts, chunk_size)
-            return output * scale, final_state
+            return gated_linear_attention(
+                q, k, v, log_decay=log_decay, scale=scale, chunk_size=chunk_size,
+                segment_starts=None if segment_starts is None else starts,
+                implementation=implementation,
+            )  # fmt: skip
 
         output, final_state = sequence_parallel.split_gated_linear_attention(
             local, split, f32(q), f32(k), f32(v), f32(log_decay), starts, f32(initial_state),
@@ -106,33 +107,16 @@ def gated_linear_attention(
         return output.astype(v.dtype), final_state
     if implementation == "pallas":
         return chunked_gla_kernels.chunked_gla(
-            q, k, v, platform=jax.default_backend(), log_decay=log_decay,
-            initial_state=initial_state, scale=scale, chunk_size=chunk_size,
+            q, k, v, platform=platform, log_decay=log_decay, initial_state=initial_state,
+            scale=scale, chunk_size=chunk_size,
         )  # fmt: skip
+    # Decays become [B, T, H, K] or [B, T, H, 1] (a decay per head broadcasts over K).
+    log_decay = log_decay if log_decay.ndim == 4 else log_decay[..., None]
+    run = _recurrent if implementation == REFERENCE else _chunked
     output, final_state = run(
         f32(q), f32(k), f32(v), f32(log_decay), f32(initial_state), starts, chunk_size
     )
     return (output * scale).astype(v.dtype), final_state
-
-
-def _check_shapes(q, k, v, log_decay, initial_state):
-    if q.ndim != 4:
-        raise ValueError(f"q must be [B, T, H, K], got shape {q.shape}")
-    if k.shape != q.shape:
-        raise ValueError(f"k must have q's shape [B, T, H, K] = {q.shape}, got {k.shape}")
-    if v.ndim != 4 or v.shape[:3] != q.shape[:3]:
-        raise ValueError(f"v must be [B, T, H, V] with [B, T, H] = {q.shape[:3]}, got {v.shape}")
-    if log_decay is not None and log_decay.shape not in (q.shape[:3], q.shape):
-        raise ValueError(
-            f"log_decay must be [B, T, H] = {q.shape[:3]} or [B, T, H, K] = {q.shape}, "
-            f"got {log_decay.shape}"
-        )
-    expected_state = (q.shape[0], q.shape[2], q.shape[3], v.shape[3])
-    if initial_state is not None and initial_state.shape != expected_state:
-        raise ValueError(
-            f"initial_state must be [B, H, K, V] = {expected_state}, got {initial_state.shape}"
-        )
-    return q.shape
 
 
 def _recurrent(q, k, v, log_decay, initial_state, starts, chunk_size):

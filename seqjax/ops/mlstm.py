@@ -11,7 +11,7 @@ stabilizer m_t = max(log f_t + m_{t-1}, ĩ_t): C_t = f' C_{t-1} + i' k_t v_tᵀ 
 i' = exp(ĩ_t - m_t), f' = exp(log f_t + m_{t-1} - m_t), both <= 1, and
 h_t = C_tᵀ q_t / max(|n_tᵀ q_t|, exp(-m_t)), which does not depend on the choice of m.
 
-    "recurrent"  the stabilized recurrence, one step at a time (the reference)
+    "reference"  the stabilized recurrence, one step at a time
     "parallel"   the paper's quadratic form: h_i = Σ_j exp(D_ij - m_i) (q_i·k_j) v_j / ...
                  with D_ij = F_i - F_j + ĩ_j (F the cumulative log f) and m_i the row maximum;
                  materializes [T, T], for short sequences
@@ -45,10 +45,13 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from seqjax.ops.chunking import check_implementation, cumulative_sum, scan_over_chunks
+from seqjax.ops import checks, implementations, sequence_parallel
+from seqjax.ops.chunking import cumulative_sum, scan_over_chunks
+from seqjax.ops.implementations import REFERENCE
+from seqjax.ops.sequence_parallel import SequenceSplit
 from seqjax.typing import Array
 
-IMPLEMENTATIONS = ("recurrent", "chunked", "parallel", "pallas")
+IMPLEMENTATIONS = (REFERENCE, "chunked", "parallel", "pallas")
 FLOOR_EXPONENT_LIMIT = 80.0  # float32 spans about exp(±88)
 
 
@@ -78,12 +81,13 @@ def mlstm(
     segment_starts: Array | None = None,
     chunk_size: int = 64,
     implementation: str | None = None,
+    sequence_split: SequenceSplit | None = None,
 ) -> tuple[Array, MLSTMState]:
     """Runs the stabilized mLSTM of the module docstring.
 
     Args:
       q, k: [B, T, H, K] (k already scaled as the model wants, e.g. by K**-0.5).
-      v: [B, T, H, V].
+      v: [B, T, H, V].  All floating point (seqjax.ops.checks), as are the gates and state.
       input_gate: ĩ [B, T, H], the pre-activation of the exponential input gate exp(ĩ).
       forget_gate: f̃ [B, T, H], the pre-activation of the sigmoid forget gate σ(f̃).
       initial_state: an ``MLSTMState`` with C [B, H, K, V], n [B, H, K], m [B, H]
@@ -91,29 +95,36 @@ def mlstm(
       segment_starts: bool [B, T]; the state is reset to zero before each true position.
       chunk_size: C of the chunked form.
       implementation: one of IMPLEMENTATIONS, or None for "chunked".
+      sequence_split: run sequence-parallel over this mesh axis (seqjax.ops.sequence_parallel).
 
     Returns:
       h [B, T, H, V] in v's dtype, and the final ``MLSTMState`` in float32.
     """
-    batch, length, heads, key_size = _check_shapes(q, k, v, input_gate, forget_gate)
-    value_size = v.shape[-1]
+    op = "mlstm"
+    gates = {"input_gate": input_gate, "forget_gate": forget_gate}
+    batch, length, heads, key_size, value_size = checks.head_inputs(op, q, k, v, per_head=gates)
     if initial_state is None:
         initial_state = zero_mlstm_state(batch, heads, key_size, value_size)
     initial_state = _check_state(initial_state, batch, heads, key_size, value_size)
-    if segment_starts is not None and segment_starts.shape != (batch, length):
-        raise ValueError(
-            f"segment_starts must be [B, T] = {(batch, length)}, got {segment_starts.shape}"
-        )
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
-    implementation = check_implementation("mlstm", implementation, IMPLEMENTATIONS)
-    starts = (
-        jnp.zeros((batch, length), bool) if segment_starts is None else segment_starts.astype(bool)
-    )
-    output, final_state = _run(
-        initial_state, q, k, v, input_gate, forget_gate, starts,
-        implementation=implementation, chunk_size=chunk_size,
+    segment_starts = checks.segment_starts(op, segment_starts, batch, length)
+    checks.at_least_one(op, "chunk_size", chunk_size)
+    implementation = implementations.select(
+        op, implementation, IMPLEMENTATIONS, preferred=("chunked",),
+        cannot_run={"pallas": "there are no Pallas kernels for mlstm yet"},
     )  # fmt: skip
+    starts = jnp.zeros((batch, length), bool) if segment_starts is None else segment_starts
+    run = functools.partial(_run, implementation=implementation, chunk_size=chunk_size)
+    if (split := sequence_parallel.active_split(op, sequence_split)) is not None:
+
+        def local(q, k, v, input_gate, forget_gate, starts, state):
+            return run(state, q, k, v, input_gate, forget_gate, starts)
+
+        log_forget = jax.nn.log_sigmoid(jnp.asarray(forget_gate, jnp.float32))
+        output, final_state = sequence_parallel.split_mlstm(
+            local, split, (q, k, v, input_gate, forget_gate), log_forget, starts, initial_state
+        )
+    else:
+        output, final_state = run(initial_state, q, k, v, input_gate, forget_gate, starts)
     return output.astype(v.dtype), final_state
 
 
@@ -124,7 +135,7 @@ def _run(state, q, k, v, input_gate, forget_gate, starts, *, implementation, chu
     f32 = functools.partial(jnp.asarray, dtype=jnp.float32)
     log_forget = jax.nn.log_sigmoid(f32(forget_gate))  # log σ(f̃) without overflow
     arrays = (f32(q), f32(k), f32(v), f32(input_gate), log_forget, starts)
-    if implementation == "recurrent":
+    if implementation == REFERENCE:
         return _recurrent(state, *arrays)
     if implementation == "parallel" or q.shape[1] <= chunk_size:
         # One chunk is the parallel form; no chunk loop needed.
@@ -149,11 +160,13 @@ def _check_shapes(q, k, v, input_gate, forget_gate):
 def _check_state(state, batch, heads, key_size, value_size) -> MLSTMState:
     state = MLSTMState(*state)
     expected = MLSTMState(
-        (batch, heads, key_size, value_size), (batch, heads, key_size), (batch, heads)
+        ((batch, heads, key_size, value_size), "[B, H, K, V]"),
+        ((batch, heads, key_size), "[B, H, K]"),
+        ((batch, heads), "[B, H]"),
     )
-    for name, array, shape in zip(MLSTMState._fields, state, expected, strict=True):
-        if array.shape != shape:
-            raise ValueError(f"initial_state.{name} must have shape {shape}, got {array.shape}")
+    for name, array, (shape, layout) in zip(MLSTMState._fields, state, expected, strict=True):
+        checks.shape("mlstm", f"initial_state.{name}", array, shape, layout)
+        checks.floating("mlstm", f"initial_state.{name}", array)
     return MLSTMState(*(jnp.asarray(s, jnp.float32) for s in state))
 
 

@@ -3,7 +3,7 @@ Mamba, RG-LRU, HGRN, minGRU/minLSTM and the LMU.
 
 One public function, several ways to run it:
 
-    "sequential"   a loop over time that updates the output in place (the reference)
+    "reference"    a loop over time that updates the output in place
     "associative"  lax.associative_scan over (a, x) pairs: (a₁, x₁) ∘ (a₂, x₂) = (a₁a₂, a₂x₁ + x₂)
                    (Blelloch 1990; Martin & Cundy 2018, "Parallelizing Linear Recurrent
                    Neural Nets Over Sequence Length")
@@ -27,10 +27,12 @@ import jax
 import jax.numpy as jnp
 
 import kernels_pallas.linear_scan as linear_scan_kernels
-from seqjax.ops import sequence_parallel
+from seqjax.ops import checks, implementations, sequence_parallel
+from seqjax.ops.implementations import REFERENCE
+from seqjax.ops.sequence_parallel import SequenceSplit
 from seqjax.typing import Array
 
-IMPLEMENTATIONS = ("sequential", "associative", "chunked", "pallas")
+IMPLEMENTATIONS = (REFERENCE, "associative", "chunked", "pallas")
 DEFAULT_CHUNK_SIZE = 64
 
 
@@ -43,48 +45,48 @@ def linear_recurrence(
     reverse: bool = False,
     implementation: str | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    sequence_split: SequenceSplit | None = None,
 ) -> tuple[Array, Array]:
     """h_t = a_t ⊙ h_{t-1} + x_t over the time axis; returns ``(h, final_state)``.
 
     Args:
-      a: decays [B, T, *F], or any shape that broadcasts to x's; real or complex.
-      x: inputs [B, T, *F]; real or complex.
+      a: decays [B, T, *F], or any shape that broadcasts to x's; real or complex floating
+        point (|a| > 1 is allowed: the recurrence then grows).
+      x: inputs [B, T, *F]; real or complex floating point.
       initial_state: h_{-1} [B, *F] (zeros if None); with ``reverse`` it is h_T.
       segment_starts: bool [B, T]; the state is reset to zero before each true position
         (with ``reverse``: the state carried from p into p - 1 is dropped when p starts).
       reverse: run from the last position to the first, h_t = a_t ⊙ h_{t+1} + x_t.
       implementation: one of IMPLEMENTATIONS, or None for the fastest on this platform.
       chunk_size: steps per chunk of the "chunked" form.
+      sequence_split: run sequence-parallel over this mesh axis (seqjax.ops.sequence_parallel).
 
     Returns:
       h [B, T, *F] in the inputs' result dtype, and the final state [B, *F] in float32
       (complex64 if complex): h_{T-1}, or h_0 with ``reverse``.
     """
+    op = "linear_recurrence"
+    for name, array in (("a", a), ("x", x), ("initial_state", initial_state)):
+        checks.floating(op, name, array, complex_allowed=True)
     a, x = jnp.asarray(a), jnp.asarray(x)
     if x.ndim < 2:
-        raise ValueError(f"x must be [B, T, *F], got shape {x.shape}")
+        raise ValueError(f"{op}: x must be [B, T, *F], got shape {x.shape}")
+    checks.nonempty(op, "x", x)
     try:
         a = jnp.broadcast_to(a, x.shape)
     except ValueError:
-        raise ValueError(f"a {a.shape} must broadcast to the shape of x {x.shape}") from None
+        raise ValueError(f"{op}: a {a.shape} must broadcast to the shape of x {x.shape}") from None
     batch, length = x.shape[:2]
     state_dtype = jnp.result_type(a.dtype, x.dtype, jnp.float32)
     if initial_state is None:
         initial_state = jnp.zeros((batch, *x.shape[2:]), state_dtype)
-    elif initial_state.shape != (batch, *x.shape[2:]):
-        raise ValueError(
-            f"initial_state must be [B, *F] = {(batch, *x.shape[2:])}, got {initial_state.shape}"
-        )
-    if segment_starts is not None:
-        if segment_starts.shape != (batch, length):
-            raise ValueError(
-                f"segment_starts must be [B, T] = {(batch, length)}, got {segment_starts.shape}"
-            )
-        a = jnp.where(_expand(_reset_positions(segment_starts, reverse), a.ndim), 0, a)
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
+    checks.shape(op, "initial_state", initial_state, (batch, *x.shape[2:]), "[B, *F]")
+    starts = checks.segment_starts(op, segment_starts, batch, length)
+    if starts is not None:
+        a = jnp.where(_expand(_reset_positions(starts, reverse), a.ndim), 0, a)
+    checks.at_least_one(op, "chunk_size", chunk_size)
     implementation = _resolve(implementation, jnp.result_type(a.dtype, x.dtype))
-    if (split := sequence_parallel.current_split()) is not None:
+    if (split := sequence_parallel.active_split(op, sequence_split, context=True)) is not None:
         local = functools.partial(
             linear_recurrence, reverse=reverse, implementation=implementation,
             chunk_size=chunk_size,
@@ -115,36 +117,25 @@ def _expand(mask: Array, ndim: int) -> Array:
 
 def _reset_positions(segment_starts: Array, reverse: bool) -> Array:
     """Where the incoming state is dropped: at the starts, or (reversed) just before them."""
-    starts = segment_starts.astype(bool)
     if not reverse:
-        return starts
-    return jnp.concatenate([starts[:, 1:], jnp.zeros_like(starts[:, :1])], axis=1)
+        return segment_starts
+    return jnp.concatenate([segment_starts[:, 1:], jnp.zeros_like(segment_starts[:, :1])], axis=1)
 
 
 def _resolve(implementation: str | None, dtype=jnp.float32) -> str:
     platform = jax.default_backend()
-    if implementation is None:
-        # Measured by bench/scan.py: on CPU the in-place loop runs at about 2x one
-        # elementwise pass, the chunked form at about 5x, the associative scan at about 9x
-        # (forward, freed memory kept). On TPU and GPU the kernels read and write each
-        # element once; where they cannot run, the associative form uses the parallel
-        # hardware that a time loop leaves idle.
-        if platform == "cpu":
-            return "sequential"
-        return (
-            "pallas"
-            if linear_scan_kernels.unsupported_reason(platform, dtype) is None
-            else "associative"
-        )
-    if implementation not in IMPLEMENTATIONS:
-        raise ValueError(
-            f"unknown implementation {implementation!r}; expected one of {IMPLEMENTATIONS}"
-        )
-    if implementation == "pallas":
-        reason = linear_scan_kernels.unsupported_reason(platform, dtype)
-        if reason is not None:
-            raise ValueError(f"linear_recurrence: implementation='pallas' cannot run: {reason}")
-    return implementation
+    # Measured by bench/scan.py: on CPU the in-place loop runs at about 2x one elementwise
+    # pass, the chunked form at about 5x, the associative scan at about 9x (forward, freed
+    # memory kept). On TPU and GPU the kernels read and write each element once; where they
+    # cannot run, the associative form uses the parallel hardware that a time loop leaves
+    # idle.
+    return implementations.select(
+        "linear_recurrence",
+        implementation,
+        IMPLEMENTATIONS,
+        preferred=(REFERENCE,) if platform == "cpu" else ("pallas", "associative"),
+        cannot_run={"pallas": linear_scan_kernels.unsupported_reason(platform, dtype)},
+    )
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
@@ -160,7 +151,7 @@ def _recurrence_forward(implementation, reverse, chunk_size, a, x, initial_state
 def _recurrence_backward(implementation, reverse, chunk_size, residuals, cotangents):
     a, h, initial_state = residuals
     h_cotangent, final_cotangent = cotangents
-    if implementation == "sequential":
+    if implementation == REFERENCE:
         return _sequential_backward(a, h, initial_state, h_cotangent, final_cotangent, reverse)
     ones = jnp.ones_like(a[:, :1])
     if reverse:
@@ -281,4 +272,4 @@ def _chunked(a, x, initial_state, reverse, chunk_size):
     return h, final_state
 
 
-_FORWARD = {"sequential": _sequential, "associative": _associative, "chunked": _chunked}
+_FORWARD = {REFERENCE: _sequential, "associative": _associative, "chunked": _chunked}

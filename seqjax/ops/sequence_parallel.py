@@ -1,29 +1,47 @@
-"""Sequence parallelism for the recurrences: the time axis split over a mesh axis.
+"""Sequence parallelism: an op's time axis split over a mesh axis.
 
-Inside ``split_sequence(axis)`` (and a mesh set with ``jax.set_mesh``), ``linear_recurrence``
-and ``gated_linear_attention`` run as a ``shard_map`` over that mesh axis. Each of the n
-shards runs its piece of the sequence from a zero state; the shards' final states and decay
-products are gathered across the axis; each shard folds those of the shards before it into
-the state h_in entering it, starting from the op's initial state, and corrects its outputs:
+An op given ``sequence_split=SequenceSplit(axis)``, with a mesh set by ``jax.set_mesh`` whose
+``axis`` has n > 1 devices, runs as a ``shard_map`` over that axis. Each shard holds T / n
+steps and runs the op's own form on them (the implementation asked for, never another);
+what crosses the shard boundaries is gathered across the axis and folded in order from the
+op's initial state, so every shard learns the state entering it:
 
-    linear_recurrence        h_t += (∏_{s ≤ t in the shard} a_s) ⊙ h_in
-    gated_linear_attention   o_t += scale · (q_t ⊙ exp(b_t))ᵀ S_in,   b_t = Σ_{s ≤ t} log_decay_s
+    linear_recurrence        each shard runs from zero, then h_t += (∏_{s ≤ t} a_s) ⊙ h_in
+    gated_linear_attention   each shard runs from zero, then o_t += scale · (q_t ⊙ exp(b_t))ᵀ S_in
+                             with b_t = Σ_{s ≤ t} log_decay_s
+    delta_rule,              a shard's effect on the state is affine, S_in ↦ M S_in + N, with
+    generalized_delta_rule   M = ∏_t A_t [K, K] the product of its transitions (for the delta
+                             rule A_t = exp(g_t)(I - β_t k_t k_tᵀ)); the outputs are affine in
+                             S_in too, o_t = o_t⁰ + S_inᵀ r_t. The state's columns evolve
+                             independently, so one run of the shard with values [v | 0] from
+                             the state [0 | I] gives N and M as its final state and o⁰ and r
+                             as its outputs (flash-linear-attention's context parallelism)
+    mlstm                    each shard's (C, n, m) from an empty memory folds as the max-plus
+                             recurrence of the stabilizer and the linear one of C and n; then
+                             each shard runs again from its entering state (the normalized
+                             output is not linear in it)
+    causal_conv1d            each shard reads the last W - 1 inputs of the shard before
+    softmax_attention        keys, values, their positions, segment ids and forget gates are
+                             gathered; the mask is taken on global positions
 
-(up to the shard's first segment start, where the carried state is dropped). The final state
-is the fold over every shard. Memory per device is that of T / n steps plus the n gathered
-states; autodiff goes through the shard_map and the gather.
+(segment starts inside a shard drop what enters it, as in the unsplit op). Memory per
+device is that of T / n steps plus the gathered boundary states (or, for attention, the
+gathered keys and values). Autodiff goes through the shard_map and the gathers.
+
+The context variable ``split_sequence`` (read by linear_recurrence and gated_linear_attention
+only, when no ``sequence_split`` is given) is kept for callers not yet passing the argument.
 """
 
 import contextlib
 import contextvars
 import dataclasses
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
-from seqjax.typing import Array
+from seqjax.typing import Array, PyTree
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,11 +59,8 @@ _CURRENT: contextvars.ContextVar[SequenceSplit | None] = contextvars.ContextVar(
 
 @contextlib.contextmanager
 def split_sequence(axis: str, batch_axes: Sequence[str] = ()) -> Iterator[None]:
-    """Runs the recurrences traced inside this context sequence-parallel over mesh ``axis``.
-
-    ``batch_axes`` are the mesh axes the batch axis is split over (the recurrences keep it so).
-    A mesh with ``axis`` must be set (``jax.set_mesh``) when the ops are traced.
-    """
+    """linear_recurrence and gated_linear_attention traced inside this context without a
+    ``sequence_split`` run as if given ``SequenceSplit(axis, batch_axes)``."""
     token = _CURRENT.set(SequenceSplit(axis, tuple(batch_axes)))
     try:
         yield
@@ -53,17 +68,26 @@ def split_sequence(axis: str, batch_axes: Sequence[str] = ()) -> Iterator[None]:
         _CURRENT.reset(token)
 
 
-def current_split() -> SequenceSplit | None:
-    """The split of the enclosing ``split_sequence`` if its axis has more than one device."""
-    split = _CURRENT.get()
+def active_split(
+    op: str, sequence_split: SequenceSplit | None, *, context: bool = False
+) -> SequenceSplit | None:
+    """The split ``op`` runs under: ``sequence_split``, else (with ``context``) that of an
+    enclosing ``split_sequence``; None when there is none or its axis has one device."""
+    split = sequence_split
+    if split is None and context:
+        split = _CURRENT.get()
     if split is None:
         return None
+    if not isinstance(split, SequenceSplit):
+        raise ValueError(f"{op}: sequence_split must be a SequenceSplit or None, got {split!r}")
     mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty or split.axis not in mesh.axis_names:
-        raise ValueError(
-            f"split_sequence({split.axis!r}) needs a mesh with a {split.axis!r} axis set by "
-            f"jax.set_mesh; the current mesh has axes {tuple(mesh.axis_names)}"
-        )
+    for name in (split.axis, *split.batch_axes):
+        if mesh.empty or name not in mesh.axis_names:
+            raise ValueError(
+                f"{op}: a sequence split over {split.axis!r} (batch over {split.batch_axes}) "
+                f"needs a mesh with a {name!r} axis set by jax.set_mesh; the current mesh has "
+                f"axes {tuple(mesh.axis_names)}"
+            )
     return split if mesh.shape[split.axis] > 1 else None
 
 
@@ -90,11 +114,11 @@ def split_linear_recurrence(
         decay_to = jnp.flip(jnp.cumprod(jnp.flip(a, 1), 1), 1) if reverse else jnp.cumprod(a, 1)
         total = decay_to[:, 0] if reverse else decay_to[:, -1]
         entering, final = _fold_shards(
-            split.axis, initial_state, total, final, lambda d, s: d * s, reverse=reverse
+            split.axis, initial_state, (total, final), _decay_then_add, reverse=reverse
         )
         return h + decay_to * entering[:, None], final
 
-    return _shard_map(shard, split, (a, x), (initial_state,))
+    return _shard_map("linear_recurrence", shard, split, (a, x), (initial_state,))
 
 
 def split_gated_linear_attention(
@@ -111,74 +135,258 @@ def split_gated_linear_attention(
 ) -> tuple[Array, Array]:
     """``local_op(q, k, v, log_decay, starts) -> (o, final_state)`` run over ``split``.
 
-    q, k: [B, T, H, K], v: [B, T, H, V], log_decay: [B, T, H, K|1], starts: bool [B, T], all
-    float32 but starts; initial_state: [B, H, K, V]. ``local_op`` starts from a zero state and
-    includes ``scale`` in o. Returns o [B, T, H, V] and the final state, as the unsplit op.
+    q, k: [B, T, H, K], v: [B, T, H, V], log_decay: [B, T, H] or [B, T, H, K], starts: bool
+    [B, T], all float32 but starts; initial_state: [B, H, K, V]. ``local_op`` starts from a
+    zero state and includes ``scale`` in o. Returns o [B, T, H, V] and the final state.
     """
 
     def shard(q, k, v, log_decay, starts, initial_state):
         with _local():
             output, final = local_op(q, k, v, log_decay, starts)
-        cumulative = jnp.cumsum(log_decay, axis=1)  # b_t, <= 0
+        per_key = log_decay if log_decay.ndim == 4 else log_decay[..., None]
+        cumulative = jnp.cumsum(per_key, axis=1)  # b_t, <= 0
         carried = jnp.cumsum(starts, axis=1) == 0  # steps before the shard's first start
         total = jnp.where(carried[:, -1, None, None], jnp.exp(cumulative[:, -1]), 0.0)
         entering, final = _fold_shards(
-            split.axis, initial_state, total, final, lambda d, s: d[..., None] * s, reverse=False
+            split.axis, initial_state, (total[..., None], final), _decay_then_add
         )
         query_decayed = jnp.where(carried[..., None, None], q * jnp.exp(cumulative), 0.0)
         output += scale * jnp.einsum("bthk,bhkv->bthv", query_decayed, entering)
         return output, final
 
-    return _shard_map(shard, split, (q, k, v, log_decay, starts), (initial_state,))
+    return _shard_map(
+        "gated_linear_attention", shard, split, (q, k, v, log_decay, starts), (initial_state,)
+    )
 
 
-def _fold_shards(axis, initial_state, total_decay, final_from_zero, apply_decay, *, reverse):
-    """The state entering this shard and the op's final state, from every shard's decay
-    product and final state gathered across ``axis`` and folded in order from the first
-    shard (from the last when reversed)."""
-    decays = jax.lax.all_gather(total_decay, axis)
-    finals = jax.lax.all_gather(final_from_zero, axis)
-    count = decays.shape[0]
+def split_left_linear_state(
+    op: str,
+    local_op: Callable[..., tuple[Array, Array]],
+    split: SequenceSplit,
+    v: Array,
+    arrays: Sequence[Array],
+    initial_state: Array,
+) -> tuple[Array, Array]:
+    """``local_op(v, *arrays, initial_state) -> (o, final_state)`` run over ``split``, for an
+    op whose state evolves as S_t = A_t S_{t-1} + (terms linear in v_t), A_t [K, K] acting
+    on the left (the delta rules): see the module docstring.
+
+    v: [B, T, H, V] and ``arrays`` [B, T, ...], float32 (starts bool); initial_state
+    [B, H, K, V]. Returns o [B, T, H, V] and the final state, as the unsplit op.
+    """
+
+    def shard(v, *arrays_and_state):
+        *arrays, initial_state = arrays_and_state
+        batch, length, heads, value_size = v.shape
+        key_size = initial_state.shape[2]
+        identity = jnp.broadcast_to(
+            jnp.eye(key_size, dtype=v.dtype), (batch, heads, key_size, key_size)
+        )
+        start = jnp.concatenate([jnp.zeros_like(initial_state), identity], axis=-1)
+        values = jnp.concatenate([v, jnp.zeros((batch, length, heads, key_size), v.dtype)], -1)
+        with _local():
+            output, final = local_op(values, *arrays, start)
+        # final = [N | M], output = [o⁰ | r] with r_t = scale · M_tᵀ q_t.
+        transition, from_zero = final[..., value_size:], final[..., :value_size]
+        entering, final = _fold_shards(split.axis, initial_state, (transition, from_zero), _affine)
+        correction = jnp.einsum("bthk,bhkv->bthv", output[..., value_size:], entering)
+        return output[..., :value_size] + correction, final
+
+    return _shard_map(op, shard, split, (v, *arrays), (initial_state,))
+
+
+EMPTY_STABILIZER = -1e30
+"""The stabilizer m of the empty memory each mLSTM shard first runs from: far below any m a
+sequence reaches, so that max(m₀ + F, ·) leaves only the shard's own input gates (and, as a
+finite number, it keeps every exponent of the op finite)."""
+
+
+def split_mlstm(
+    local_op: Callable[..., tuple[Array, PyTree]],
+    split: SequenceSplit,
+    arrays: Sequence[Array],
+    log_forget: Array,
+    starts: Array,
+    initial_state: PyTree,
+) -> tuple[Array, PyTree]:
+    """``local_op(*arrays, starts, state) -> (h, MLSTMState)`` run over ``split``.
+
+    ``arrays`` are the op's (q, k, v, input_gate, forget_gate) [B, T, ...]; log_forget
+    log σ(f̃) [B, T, H] in float32; starts bool [B, T]; initial_state an MLSTMState.
+
+    The memory C̃ = exp(m) C (and ñ = exp(m) n) is linear: after a shard with no segment
+    start, C̃_out = exp(F) C̃_in + C̃_shard with F = Σ log f over the shard, and the stabilizer
+    m_out = max(m_in + F, m_shard) by its closed form, m_shard the stabilizer of the shard run
+    from an empty memory with m = ``EMPTY_STABILIZER``; after a start, the shard's own memory.
+    """
+
+    def shard(*arrays_and_state):
+        *arrays, log_forget, starts, initial_state = arrays_and_state
+        empty = type(initial_state)(
+            jnp.zeros_like(initial_state.cell),
+            jnp.zeros_like(initial_state.normalizer),
+            jnp.full_like(initial_state.stabilizer, EMPTY_STABILIZER),
+        )
+        with _local():
+            _, own = local_op(*arrays, starts, empty)
+        keeps = (jnp.cumsum(starts, axis=1)[:, -1] == 0)[:, None]  # no start: [B, 1]
+        summary = (own, jnp.sum(log_forget, axis=1), keeps)
+        entering, final = _fold_shards(split.axis, initial_state, summary, _mlstm_fold)
+        with _local():
+            output, _ = local_op(*arrays, starts, entering)
+        return output, final
+
+    return _shard_map("mlstm", shard, split, (*arrays, log_forget, starts), (initial_state,))
+
+
+def _mlstm_fold(summary, state):
+    own, total, keeps = summary
+    carried_stabilizer = state.stabilizer + total
+    stabilizer = jnp.where(keeps, jnp.maximum(carried_stabilizer, own.stabilizer), own.stabilizer)
+    # Masked before the exp: where the state is dropped its exponent may be positive.
+    carried = jnp.exp(jnp.where(keeps, carried_stabilizer - stabilizer, -jnp.inf))
+    added = jnp.exp(own.stabilizer - stabilizer)
+    return type(state)(
+        carried[..., None, None] * state.cell + added[..., None, None] * own.cell,
+        carried[..., None] * state.normalizer + added[..., None] * own.normalizer,
+        stabilizer,
+    )
+
+
+def split_causal_conv(
+    local_op: Callable[..., tuple[Array, Array]],
+    split: SequenceSplit,
+    x: Array,
+    starts: Array,
+    kernel: Array,
+    initial_state: Array,
+) -> tuple[Array, Array]:
+    """``local_op(x, starts, kernel, state) -> (y, final_state)`` run over ``split``: x
+    [B, T, C], starts bool [B, T], kernel [W, C], initial_state [B, W-1, C]. A shard's final
+    state holds its own last W - 1 inputs (those before its last segment start zeroed), which
+    is the state entering the next one; each shard needs at least W - 1 steps."""
+
+    def shard(x, starts, initial_state, kernel):
+        with _local():
+            _, own = local_op(x, starts, kernel, jnp.zeros_like(initial_state))
+        entering, final = _fold_shards(split.axis, initial_state, own, lambda own, _: own)
+        with _local():
+            y, _ = local_op(x, starts, kernel, entering)
+        return y, final
+
+    pieces = jax.sharding.get_abstract_mesh().shape[split.axis]
+    if x.shape[1] // pieces < initial_state.shape[1]:
+        raise ValueError(
+            f"causal_conv1d: a sequence split needs at least W - 1 = {initial_state.shape[1]} "
+            f"steps per shard, got T / {pieces} = {x.shape[1] / pieces:g}"
+        )
+    return _shard_map(
+        "causal_conv1d", shard, split, (x, starts), (initial_state,), replicated=(kernel,)
+    )
+
+
+def split_softmax_attention(
+    local_op: Callable[..., Array],
+    split: SequenceSplit,
+    queries: Mapping[str, Array],
+    keys: Mapping[str, Array],
+    *,
+    keys_end_with_queries: bool,
+) -> Array:
+    """``local_op(**queries, **keys) -> o`` run over ``split``, with every shard's queries
+    ([B, Tq, ...]: q and its positions and segment ids) and all keys ([B, Tk, ...]: k, v, their
+    positions, segment ids and forget gates, gathered across the axis). With
+    ``keys_end_with_queries`` the gathered keys are rotated so that the shard's own keys come
+    last, where the op expects the queries' forget gates (the keys of later shards move to the
+    front, where the causal mask on their positions drops them, and the cumulative forget gate
+    over them cancels in F_i - F_j)."""
+    query_names, key_names = tuple(queries), tuple(keys)
+    pieces = jax.sharding.get_abstract_mesh().shape[split.axis]
+
+    def shard(*arrays):
+        local_queries = dict(zip(query_names, arrays[: len(query_names)], strict=True))
+        local_keys = arrays[len(query_names) :]
+        length = local_keys[0].shape[1]
+        gathered = [jax.lax.all_gather(x, split.axis, axis=1, tiled=True) for x in local_keys]
+        if keys_end_with_queries:
+            shift = (pieces - 1 - jax.lax.axis_index(split.axis)) * length
+            gathered = [jnp.roll(x, shift, axis=1) for x in gathered]
+        with _local():
+            return local_op(**local_queries, **dict(zip(key_names, gathered, strict=True)))
+
+    return _shard_map(
+        "softmax_attention", shard, split, (*queries.values(), *keys.values()), (), final=False
+    )
+
+
+def _decay_then_add(summary, state):
+    """The state after a shard that decays it elementwise by ``decay`` and adds ``added``."""
+    decay, added = summary
+    return decay * state + added
+
+
+def _affine(summary, state):
+    """The state after a shard that maps S to M S + N, M [B, H, K, K]."""
+    transition, added = summary
+    return jnp.einsum("bhij,bhjv->bhiv", transition, state) + added
+
+
+def _fold_shards(axis, initial_state, summary, combine, *, reverse=False):
+    """The state entering this shard and the op's final state (with a leading axis of 1):
+    every shard's ``summary`` (a pytree) gathered across ``axis`` and folded in order,
+    ``state = combine(summary_i, state)``, from the first shard (from the last if reversed)."""
+    gathered = jax.lax.all_gather(summary, axis)
+    count = jax.tree.leaves(gathered)[0].shape[0]
     order = range(count - 1, -1, -1) if reverse else range(count)
     state, entering = initial_state, [None] * count
     for index in order:
         entering[index] = state
-        state = apply_decay(decays[index], state) + finals[index]
-    return jnp.stack(entering)[jax.lax.axis_index(axis)], state[None]
+        state = combine(jax.tree.map(lambda g, i=index: g[i], gathered), state)
+    here = jax.lax.axis_index(axis)
+    entering = jax.tree.map(lambda *states: jnp.stack(states)[here], *entering)
+    return entering, jax.tree.map(lambda s: s[None], state)
 
 
-def _shard_map(shard, split, sequence_arrays, batch_arrays):
+def _shard_map(op, shard, split, sequence_arrays, batch_arrays, *, replicated=(), final=True):
+    """Runs ``shard(*sequence_arrays, *batch_arrays, *replicated)`` over ``split``: the
+    sequence arrays [B, T, ...] split over the batch axes and ``split.axis``, the batch arrays
+    (pytrees of [B, ...]) over the batch axes, the replicated ones whole. ``shard`` returns
+    its outputs [B, T / n, ...] and, with ``final``, the op's final state with a leading
+    axis of 1."""
     batch = split.batch_axes or None
-    batch_size, length = sequence_arrays[0].shape[:2]
     mesh = jax.sharding.get_abstract_mesh()
     pieces = mesh.shape[split.axis]
-    if length % pieces:
-        raise ValueError(
-            f"the sequence length ({length}) must be a multiple of the size of mesh axis "
-            f"{split.axis!r} ({pieces}) to split it"
-        )
+    for array in sequence_arrays:
+        if array.shape[1] % pieces:
+            raise ValueError(
+                f"{op}: the sequence length ({array.shape[1]}) must be a multiple of the size "
+                f"of mesh axis {split.axis!r} ({pieces}) to split it"
+            )
     batch_pieces = 1
     for name in split.batch_axes:
         batch_pieces *= mesh.shape[name]
-    if batch_size % batch_pieces:
+    if sequence_arrays[0].shape[0] % batch_pieces:
         batch = None  # a batch the batch axes do not divide is kept whole on every shard
     in_specs = (PartitionSpec(batch, split.axis),) * len(sequence_arrays)
-    in_specs += (PartitionSpec(batch),) * len(batch_arrays)
-    # Every shard computes the same final state; each returns its copy along a leading
-    # shard axis, and the first is kept, so its cotangent reaches one copy, not n. (The
-    # ops inside are not written for varying-axis checks, hence check_vma=False.)
-    outputs, finals = jax.shard_map(
-        shard,
-        in_specs=in_specs,
-        out_specs=(PartitionSpec(batch, split.axis), PartitionSpec(split.axis, batch)),
-        check_vma=False,
-    )(*sequence_arrays, *batch_arrays)
-    return outputs, finals[0]
+    in_specs += (PartitionSpec(batch),) * len(batch_arrays) + (PartitionSpec(),) * len(replicated)
+    out_specs = PartitionSpec(batch, split.axis)
+    if final:
+        # Every shard computes the same final state; each returns its copy along a leading
+        # shard axis, and the first is kept, so its cotangent reaches one copy, not n.
+        out_specs = (out_specs, PartitionSpec(split.axis, batch))
+    # (The ops inside are not written for varying-axis checks, hence check_vma=False.)
+    results = jax.shard_map(shard, in_specs=in_specs, out_specs=out_specs, check_vma=False)(
+        *sequence_arrays, *batch_arrays, *replicated
+    )
+    if not final:
+        return results
+    outputs, finals = results
+    return outputs, jax.tree.map(lambda f: f[0], finals)
 
 
 @contextlib.contextmanager
 def _local() -> Iterator[None]:
-    """Inside a shard the op runs on its own piece of the sequence."""
+    """Inside a shard the op runs on its own piece of the sequence, unsplit."""
     token = _CURRENT.set(None)
     try:
         yield

@@ -1,5 +1,5 @@
 """kernels_pallas.chunked_delta_rule: the TPU and GPU kernels, run in the Pallas interpreter,
-equal delta_rule's recurrent reference on outputs, final state and the gradients of q, k,
+equal delta_rule's reference on outputs, final state and the gradients of q, k,
 v, beta (in [0, 2]), the decay and the initial state, with and without a decay, float32
 and bfloat16, with T not a multiple of the chunk and K, V not powers of two; the kernels
 lower for TPU (Mosaic) and CUDA (Triton), forward and backward; the op dispatches to them."""
@@ -41,9 +41,9 @@ def inputs(seed, decay, dtype, batch=2, length=37, heads=2, key_size=12, value_s
 @pytest.mark.parametrize(
     "decay, dtype", [(True, jnp.float32), (False, jnp.bfloat16)], ids=["decay-f32", "plain-bf16"]
 )
-def test_kernels_equal_recurrent(decay, dtype):
+def test_kernels_equal_the_reference(decay, dtype):
     arrays = inputs(0, decay, dtype)
-    expected = outputs_and_grads(delta_rule, arrays, scale=0.5, implementation="recurrent")
+    expected = outputs_and_grads(delta_rule, arrays, scale=0.5, implementation="reference")
     bound = CHUNKED_FLOAT32_RELATIVE if dtype == jnp.float32 else CHUNKED_BFLOAT16_RELATIVE
     for kernel in INTERPRETED.values():
         assert_relative(
@@ -85,7 +85,7 @@ def test_op_dispatches_to_the_kernel_on_accelerators(monkeypatch):
     interpreter), unless segment_starts asks for packing; on CPU, asking for 'pallas' is an
     error."""
     arrays = inputs(1, True, jnp.float32, length=20)
-    expected = delta_rule(**arrays, implementation="recurrent")
+    expected = delta_rule(**arrays, implementation="reference")
     with pytest.raises(ValueError, match="'pallas' cannot run: .* not on cpu"):
         delta_rule(**arrays, implementation="pallas")
     calls = []

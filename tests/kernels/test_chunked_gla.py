@@ -1,5 +1,5 @@
 """kernels_pallas.chunked_gla: the TPU and GPU kernels, run in the Pallas interpreter, equal
-gated_linear_attention's recurrent reference on outputs, final state and the gradients of
+gated_linear_attention's reference on outputs, final state and the gradients of
 q, k, v, the decays and the initial state, for per-key and scalar decays, float32 and
 bfloat16, with T not a multiple of the chunk and K, V not powers of two; the kernels lower
 for TPU (Mosaic) and CUDA (Triton), forward and backward; the op dispatches to them."""
@@ -41,11 +41,11 @@ def inputs(seed, decay, dtype, batch=2, length=37, heads=2, key_size=12, value_s
 @pytest.mark.parametrize(
     "decay, dtype", [("key", jnp.float32), ("head", jnp.bfloat16)], ids=["key-f32", "head-bf16"]
 )
-def test_kernel_equals_recurrent(platform, decay, dtype):
+def test_kernel_equals_the_reference(platform, decay, dtype):
     arrays = inputs(0, decay, dtype)
     actual = outputs_and_grads(INTERPRETED[platform], arrays, scale=0.5, chunk_size=16)
     expected = outputs_and_grads(
-        gated_linear_attention, arrays, scale=0.5, implementation="recurrent"
+        gated_linear_attention, arrays, scale=0.5, implementation="reference"
     )
     bound = CHUNKED_FLOAT32_RELATIVE if dtype == jnp.float32 else CHUNKED_BFLOAT16_RELATIVE
     assert_relative(actual, expected, bound)
@@ -87,7 +87,7 @@ def test_op_dispatches_to_the_kernel_on_accelerators(monkeypatch):
     (here in the interpreter), unless segment_starts asks for packing; on CPU, asking for
     'pallas' is an error."""
     arrays = inputs(1, "key", jnp.float32, length=20)
-    expected = gated_linear_attention(**arrays, implementation="recurrent")
+    expected = gated_linear_attention(**arrays, implementation="reference")
     with pytest.raises(ValueError, match="'pallas' cannot run: .* not on cpu"):
         gated_linear_attention(**arrays, implementation="pallas")
     calls = []

@@ -1,5 +1,5 @@
 """kernels_pallas.linear_scan: the TPU and GPU kernels, run in the Pallas interpreter, equal
-linear_recurrence's sequential reference on outputs, final state and the gradients of a, x
+linear_recurrence's reference on outputs, final state and the gradients of a, x
 and the initial state, forward and reverse, with segment resets, for float32, bfloat16 and
 complex inputs, at shapes that are not multiples of the blocks; both kernels lower for TPU
 (Mosaic) and CUDA (Triton), forward and backward; the op dispatches to them."""
@@ -52,8 +52,8 @@ def outputs_and_grads(scan, a, x, h0, starts, reverse):
     return h, final, grads
 
 
-def sequential(a, x, **options):
-    return linear_recurrence(a, x, implementation="sequential", **options)
+def reference(a, x, **options):
+    return linear_recurrence(a, x, implementation="reference", **options)
 
 
 def assert_close(actual, expected, tolerance):
@@ -75,10 +75,10 @@ def assert_close(actual, expected, tolerance):
     ],
     ids=["float32", "float32-reverse", "complex-reverse", "bfloat16"],
 )
-def test_kernel_equals_sequential(platform, dtype, reverse, shape):
+def test_kernel_equals_the_reference(platform, dtype, reverse, shape):
     inputs = random_inputs(0, shape, dtype)
     actual = outputs_and_grads(INTERPRETED[platform], *inputs, reverse)
-    expected = outputs_and_grads(sequential, *inputs, reverse)
+    expected = outputs_and_grads(reference, *inputs, reverse)
     assert_close(actual, expected, BFLOAT16 if dtype == jnp.bfloat16 else FLOAT32)
 
 
@@ -115,7 +115,7 @@ def test_op_dispatches_to_the_kernel_on_accelerators(monkeypatch):
     """With implementation None on a TPU backend, linear_recurrence runs the TPU kernel (here
     in the interpreter) and matches the reference; on CPU, asking for it is an error."""
     a, x, h0, starts = random_inputs(1, (2, 11, 7))
-    expected = sequential(a, x, initial_state=h0, segment_starts=starts)
+    expected = reference(a, x, initial_state=h0, segment_starts=starts)
     with pytest.raises(ValueError, match="TPU or GPU, not on cpu"):
         linear_recurrence(a, x, implementation="pallas")
     calls = []

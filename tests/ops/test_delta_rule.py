@@ -1,4 +1,4 @@
-"""delta_rule: the chunked (UT-transform) form equals the recurrent reference on outputs,
+"""delta_rule: the chunked (UT-transform) form equals the reference on outputs,
 final state and the gradients of q, k, v, beta, decays and the initial state, for chunk
 sizes 16-128, ragged T, segment resets and beta up to 2; the reference equals a NumPy loop;
 long bfloat16 sequences stay finite."""
@@ -33,9 +33,9 @@ def inputs(seed, batch, length, heads, key_size, value_size, gated, segments=Tru
     "chunk_size, gated, length",
     [(16, True, 50), (32, False, 77), (64, True, 100), (128, False, 130), (64, True, 1024)],
 )
-def test_chunked_equals_recurrent(chunk_size, gated, length):
+def test_chunked_equals_reference(chunk_size, gated, length):
     arrays = inputs(0, 2, length, 2, 8, 4, gated)
-    expected = outputs_and_grads(delta_rule, arrays, implementation="recurrent", scale=0.5)
+    expected = outputs_and_grads(delta_rule, arrays, implementation="reference", scale=0.5)
     actual = outputs_and_grads(
         delta_rule, arrays, implementation="chunked", scale=0.5, chunk_size=chunk_size
     )
@@ -43,9 +43,9 @@ def test_chunked_equals_recurrent(chunk_size, gated, length):
 
 
 @pytest.mark.parametrize("gated", [False, True])
-def test_recurrent_equals_numpy(gated):
+def test_reference_equals_numpy(gated):
     arrays = inputs(1, 2, 11, 2, 3, 2, gated)
-    output, final = delta_rule(**arrays, scale=0.5, implementation="recurrent")
+    output, final = delta_rule(**arrays, scale=0.5, implementation="reference")
     q, k, v, beta = (arrays[name].astype(np.float64) for name in ("q", "k", "v", "beta"))
     S = arrays["initial_state"].astype(np.float64)
     expected = np.zeros(output.shape)
@@ -65,7 +65,7 @@ def test_recurrent_equals_numpy(gated):
 
 def test_bfloat16_inputs():
     arrays = inputs(3, 2, 70, 2, 8, 8, gated=True)
-    expected = outputs_and_grads(delta_rule, arrays, implementation="recurrent")
+    expected = outputs_and_grads(delta_rule, arrays, implementation="reference")
     as_bf16 = {
         name: jnp.asarray(value, jnp.bfloat16) if name in ("q", "k", "v", "beta") else value
         for name, value in arrays.items()

@@ -1,4 +1,4 @@
-"""gated_linear_attention: the chunked form equals the recurrent reference on outputs, final
+"""gated_linear_attention: the chunked form equals the reference on outputs, final
 state and the gradients of q, k, v, decays and the initial state (with a random cotangent on
 the final state), for every decay shape, chunk sizes 16-128, ragged T and segment resets;
 the reference equals a NumPy loop; long bfloat16 sequences stay finite."""
@@ -42,30 +42,30 @@ def parity(implementation, q, k, v, log_decay, state, starts, chunk_size):
     "chunk_size, decay, length",
     [(16, "key", 50), (32, "head", 77), (64, "none", 100), (128, "key", 130), (64, "head", 1024)],
 )
-def test_chunked_equals_recurrent(chunk_size, decay, length):
+def test_chunked_equals_reference(chunk_size, decay, length):
     args = inputs(0, 2, length, 2, 8, 4, decay)
-    expected = parity("recurrent", *args, chunk_size)
+    expected = parity("reference", *args, chunk_size)
     actual = parity("chunked", *args, chunk_size)
     assert_relative(actual, expected, CHUNKED_FLOAT32_RELATIVE)
 
 
 @pytest.mark.parametrize("decay", ["head", "key"])
-def test_chunked_equals_recurrent_with_decays_near_zero(decay):
+def test_chunked_equals_reference_with_decays_near_zero(decay):
     """Decays of 1e-6 to 1e-2 (log decays down to -14 per step): within a sub-chunk the
     cumulative log decays span more than exp's float32 range, which a split of
     exp(b_i - b_j) into exp(b_i) · exp(-b_j) would overflow."""
     args = inputs(4, 2, 100, 2, 8, 4, decay, decay_range=(1e-6, 1e-2))
-    expected = parity("recurrent", *args, 64)
+    expected = parity("reference", *args, 64)
     actual = parity("chunked", *args, 64)
     assert_relative(actual, expected, CHUNKED_FLOAT32_RELATIVE)
 
 
 @pytest.mark.parametrize("decay", DECAYS)
-def test_recurrent_equals_numpy(decay):
+def test_reference_equals_numpy(decay):
     q, k, v, log_decay, state, starts = inputs(1, 2, 11, 2, 3, 2, decay)
     output, final = gated_linear_attention(
         q, k, v, log_decay=log_decay, initial_state=state, segment_starts=starts, scale=0.5,
-        implementation="recurrent",
+        implementation="reference",
     )  # fmt: skip
     expected = np.zeros_like(output)
     S = state.astype(np.float64)
@@ -97,7 +97,7 @@ def test_pieces_with_the_state_equal_the_whole():
 @pytest.mark.parametrize("decay", ["head", "key"])
 def test_bfloat16_inputs(decay):
     args = inputs(3, 2, 70, 2, 8, 8, decay)
-    expected = parity("recurrent", *args, 32)
+    expected = parity("reference", *args, 32)
     as_bf16 = [None if a is None or a.dtype == bool else jnp.asarray(a, jnp.bfloat16)
                for a in args[:4]]  # fmt: skip
     actual = parity("chunked", *as_bf16, args[4], args[5], 32)

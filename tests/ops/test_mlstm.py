@@ -1,5 +1,5 @@
-"""mlstm: the chunked and parallel forms equal the recurrent reference on h, the final state
-(C, n and m entry by entry: every form returns the recurrent stabilizer) and the gradients of
+"""mlstm: the chunked and parallel forms equal the reference on h, the final state
+(C, n and m entry by entry: every form returns the reference stabilizer) and the gradients of
 q, k, v, both gates and the initial state (with a random cotangent on the final state), for
 chunk sizes 16-64, ragged T and segment resets; the reference equals a NumPy loop of the
 paper's stabilized equations; with input gates and stabilizers of ±200 (exp overflows float32)
@@ -69,11 +69,11 @@ def run(arrays, implementation, chunk_size=64):
 SHAPE = dict(batch=1, length=77, heads=2, key_size=8, value_size=4)  # one compile per form
 
 
-def test_chunked_equals_recurrent():
+def test_chunked_equals_reference():
     """T = 77 is ragged for every chunk size: 5, 3 and 2 chunks. (The parallel form is
-    compared with the recurrent one in test_huge_input_gates.)"""
+    compared with the reference in test_huge_input_gates.)"""
     arrays = inputs(0, **SHAPE)
-    expected = run(arrays, "recurrent")
+    expected = run(arrays, "reference")
     for chunk_size in (16, 32, 64):
         assert_relative(run(arrays, "chunked", chunk_size), expected, CHUNKED_FLOAT32_RELATIVE)
 
@@ -100,10 +100,10 @@ def numpy_mlstm(q, k, v, input_gate, forget_gate, cell, normalizer, stabilizer, 
     return h, (C, n, m)
 
 
-def test_recurrent_equals_numpy():
+def test_reference_equals_numpy():
     arrays = inputs(1, 2, 13, 2, 3, 2)
     h, final = jax.jit(flat_mlstm, static_argnames="implementation")(
-        **arrays, implementation="recurrent"
+        **arrays, implementation="reference"
     )
     expected_h, (C, n, m) = numpy_mlstm(**arrays)
     expected_final = np.concatenate([C.reshape(2, 2, -1), n, m[..., None]], axis=-1)
@@ -140,7 +140,7 @@ def test_huge_input_gates():
     first rows of head 0 have m = -120, where exp(-m) is clipped; the chunked form's padding
     has q = 0 with m > 103, where exp(-m) is 0 in float32): every form stays finite and
     equals the plain equations computed in float64 (on h and on the final C·exp(m), n·exp(m)),
-    and the parallel and chunked forms equal the recurrent one (h, C, n, m and gradients).
+    and the parallel and chunked forms equal the reference (h, C, n, m and gradients).
     q and k are positive so that nᵀq stays away from 0: with one key dominating,
     h = sign(q·k) v, whose gradient is a cancellation of two 1/|q·k| terms that random signs
     make ill-conditioned in any float32 form."""
@@ -151,7 +151,7 @@ def test_huge_input_gates():
         q=np.abs(arrays["q"]), k=np.abs(arrays["k"]), stabilizer=np.float32([[-150.0, 150.0]])
     )
     expected_h, expected_C, expected_n = numpy_unstabilized(**arrays)
-    results = {"recurrent": run(arrays, "recurrent")}
+    results = {"reference": run(arrays, "reference")}
     results.update({name: run(arrays, name, 16) for name in ("parallel", "chunked")})
     for actual in results.values():
         for leaf in jax.tree.leaves(actual):
@@ -165,7 +165,7 @@ def test_huge_input_gates():
         }
         exact = {"h": expected_h, "C": expected_C, "n": expected_n}
         assert_relative(unstabilized, exact, CHUNKED_FLOAT32_RELATIVE)
-        assert_relative(actual, results["recurrent"], CHUNKED_FLOAT32_RELATIVE)
+        assert_relative(actual, results["reference"], CHUNKED_FLOAT32_RELATIVE)
 
 
 def test_long_bfloat16_sequence_with_huge_input_gates_is_finite():
@@ -214,9 +214,11 @@ def test_bad_arguments_raise_clear_errors():
     with pytest.raises(ValueError, match=r"forget_gate must be \[B, T, H\] = \(1, 5, 2\)"):
         mlstm(q, q, v, gate, gate[..., :1])
     state = MLSTMState(jnp.zeros((1, 2, 4, 3)), jnp.zeros((1, 2, 3)), jnp.zeros((1, 2)))
-    with pytest.raises(ValueError, match=r"initial_state.normalizer must have shape \(1, 2, 4\)"):
+    with pytest.raises(
+        ValueError, match=r"initial_state.normalizer must be \[B, H, K\] = \(1, 2, 4\)"
+    ):
         mlstm(q, q, v, gate, gate, initial_state=state)
-    with pytest.raises(ValueError, match="'pallas' is not available yet"):
+    with pytest.raises(ValueError, match="'pallas' cannot run: there are no Pallas kernels"):
         mlstm(q, q, v, gate, gate, implementation="pallas")
     with pytest.raises(ValueError, match="unknown implementation 'fast'.*'parallel'"):
         mlstm(q, q, v, gate, gate, implementation="fast")

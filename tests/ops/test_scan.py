@@ -1,4 +1,4 @@
-"""linear_recurrence: every implementation equals the sequential reference on outputs, final
+"""linear_recurrence: every implementation equals the reference on outputs, final
 state and all gradients (a, x, initial state, and through a cotangent on the final state),
 for real and complex, forward and reverse, with segment resets and ragged chunking; the
 reference equals a NumPy loop; and long sequences stay finite."""
@@ -80,11 +80,11 @@ def assert_close(actual, expected, tolerance=FLOAT32):
 
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 @pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])
-def test_sequential_equals_numpy(reverse, complex_):
+def test_reference_equals_numpy(reverse, complex_):
     a, x, h0, starts = random_inputs(0, (2, 13, 3), complex_=complex_)
     h, final = linear_recurrence(
         a, x, initial_state=h0, segment_starts=starts, reverse=reverse,
-        implementation="sequential",
+        implementation="reference",
     )  # fmt: skip
     expected_h, expected_final = numpy_recurrence(a, x, h0, starts, reverse)
     assert_close((h, final), (expected_h, expected_final))
@@ -93,10 +93,10 @@ def test_sequential_equals_numpy(reverse, complex_):
 @pytest.mark.parametrize("implementation", FAST)
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 @pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])
-def test_implementations_equal_sequential_with_gradients(implementation, reverse, complex_):
+def test_implementations_equal_the_reference_with_gradients(implementation, reverse, complex_):
     # T = 21 is not a multiple of the chunk size 8; F has two axes.
     a, x, h0, starts = random_inputs(1, (2, 21, 3, 2), complex_=complex_)
-    expected = outputs_and_grads("sequential", a, x, h0, starts, reverse)
+    expected = outputs_and_grads("reference", a, x, h0, starts, reverse)
     actual = outputs_and_grads(implementation, a, x, h0, starts, reverse)
     assert_close(actual, expected)
 
@@ -123,7 +123,7 @@ def test_custom_gradient_equals_autodiff_of_a_plain_scan():
 
     ours = functools.partial(
         lambda a, x, h0: linear_recurrence(
-            a, x, initial_state=h0, segment_starts=starts, implementation="sequential"
+            a, x, initial_state=h0, segment_starts=starts, implementation="reference"
         )
     )
     assert_close(scalar(ours)(a, x, h0), scalar(plain)(a, x, h0))
@@ -144,7 +144,7 @@ def test_chunked_and_associative_match_over_shapes(
     a, x, h0, starts = random_inputs(seed, (batch, length, *features))
     reference = linear_recurrence(
         a, x, initial_state=h0, segment_starts=starts, reverse=reverse,
-        implementation="sequential",
+        implementation="reference",
     )  # fmt: skip
     for implementation in FAST:
         actual = linear_recurrence(
@@ -174,14 +174,14 @@ def test_decays_broadcast_and_their_gradient_sums():
     full = np.broadcast_to(a, x.shape)
     assert_close(
         jax.grad(loss)(a, "chunked"),
-        jnp.sum(jax.grad(loss)(full, "sequential"), axis=(0, 1)),
+        jnp.sum(jax.grad(loss)(full, "reference"), axis=(0, 1)),
     )
 
 
-@pytest.mark.parametrize("implementation", ["sequential", *FAST])
+@pytest.mark.parametrize("implementation", ["reference", *FAST])
 def test_bfloat16_inputs_keep_a_float32_state(implementation):
     a, x, h0, starts = random_inputs(5, (2, 50, 8))
-    reference = outputs_and_grads("sequential", a, x, h0, starts, False)
+    reference = outputs_and_grads("reference", a, x, h0, starts, False)
     a16, x16 = jnp.asarray(a, jnp.bfloat16), jnp.asarray(x, jnp.bfloat16)
     h, final, grads = outputs_and_grads(implementation, a16, x16, h0, starts, False)
     assert h.dtype == jnp.bfloat16 and final.dtype == jnp.float32

@@ -1,0 +1,54 @@
+"""The one rule for every op's ``implementation=`` argument.
+
+An op names its forms (``IMPLEMENTATIONS``; ``REFERENCE`` is the naive form every other one
+is tested against), the order it prefers them in when the caller passes None (for this
+platform, dtype and shapes), and why any of them cannot run for the arguments at hand.
+``select`` then applies one rule:
+
+    None            the first preferred form that can run here
+    a known name    that form, or an error saying why it cannot run and what can
+    any other name  an error listing the names
+
+A named form never silently becomes another, inside a sequence split or out of it.
+"""
+
+from collections.abc import Mapping, Sequence
+
+REFERENCE = "reference"
+
+
+def select(
+    op: str,
+    implementation: str | None,
+    names: Sequence[str],
+    *,
+    preferred: Sequence[str],
+    cannot_run: Mapping[str, str] | None = None,
+) -> str:
+    """The form of ``op`` to run.
+
+    Args:
+      op: the op's name, for the messages.
+      implementation: the caller's choice, or None.
+      names: every form of the op.
+      preferred: the forms None may pick, best first.
+      cannot_run: why a form cannot run for these arguments, by name.
+    """
+    cannot_run = cannot_run or {}
+    if implementation is None:
+        for name in preferred:
+            if name not in cannot_run:
+                return name
+        raise ValueError(f"{op}: no implementation can run: {dict(cannot_run)}")
+    if implementation not in names:
+        raise ValueError(
+            f"{op}: unknown implementation {implementation!r}; expected None or one of "
+            f"{tuple(names)}"
+        )
+    if implementation in cannot_run:
+        runnable = tuple(name for name in names if name not in cannot_run)
+        raise ValueError(
+            f"{op}: implementation={implementation!r} cannot run: {cannot_run[implementation]}; "
+            f"use None or one of {runnable}"
+        )
+    return implementation
