@@ -116,8 +116,7 @@ def softmax_attention(
         chunked otherwise), "reference", "chunked" or "pallas".
       sequence_split: run sequence-parallel over this mesh axis (seqjax.ops.sequence_parallel):
         queries split, keys and values gathered, the mask on global positions (so the
-        chunked form visits every key block of a shard). With log_forget it needs
-        causal=True and Tq == Tk.
+        chunked form visits every key block of a shard).
       debug_checks: check the domain of a traced log_forget with checkify (seqjax.ops.checks).
 
     Returns:
@@ -143,12 +142,10 @@ def softmax_attention(
     )  # fmt: skip
     options = dict(causal=causal, window=window, scale=scale)
     if (split := sequence_parallel.active_split(op, sequence_split)) is not None:
-        if log_forget is not None and not (causal and query_length == key_length):
-            raise ValueError(
-                f"{op}: a sequence split with log_forget needs causal=True and Tq == Tk (the "
-                f"queries at the keys' positions), got causal={causal}, Tq = {query_length}, "
-                f"Tk = {key_length}"
-            )
+        # With default positions and a causal mask, the keys after a query are masked.
+        keys_end_with_queries = (
+            log_forget is not None and causal and q_positions is None and kv_positions is None
+        )
         if q_positions is None:
             q_positions = _default_positions(batch, query_length, key_length - query_length)
         if kv_positions is None:
@@ -164,7 +161,7 @@ def softmax_attention(
         return sequence_parallel.split_softmax_attention(
             local, split, {n: x for n, x in queries.items() if x is not None},
             {n: x for n, x in keys.items() if x is not None},
-            keys_end_with_queries=log_forget is not None,
+            keys_end_with_queries=keys_end_with_queries and query_length == key_length,
         )  # fmt: skip
     if implementation == "pallas":
         return flash_attention_kernels.flash_attention(

@@ -295,11 +295,16 @@ def split_softmax_attention(
 ) -> Array:
     """``local_op(**queries, **keys) -> o`` run over ``split``, with every shard's queries
     ([B, Tq, ...]: q and its positions and segment ids) and all keys ([B, Tk, ...]: k, v, their
-    positions, segment ids and forget gates, gathered across the axis). With
-    ``keys_end_with_queries`` the gathered keys are rotated so that the shard's own keys come
-    last, where the op expects the queries' forget gates (the keys of later shards move to the
-    front, where the causal mask on their positions drops them, and the cumulative forget gate
-    over them cancels in F_i - F_j)."""
+    positions, segment ids and ``log_forget``, gathered across the axis).
+
+    The forget gate adds F_i - F_j, F the cumulative log forget gate; the query's F_i is a
+    constant of its row, which the softmax drops, so any order of the gathered keys gives the
+    same math. For precision (F_i - F_j is a difference of two sums over the sequence)
+    ``keys_end_with_queries`` (causal self-attention at default positions) rotates the
+    gathered keys so that the shard's own keys come last, where the op reads the queries' F,
+    with the forget gates of the later keys moved to the front set to 0: the causal mask
+    drops those keys, and the sums run over the same steps as in the unsplit op.
+    """
     query_names, key_names = tuple(queries), tuple(keys)
     pieces = jax.sharding.get_abstract_mesh().shape[split.axis]
 
@@ -307,12 +312,17 @@ def split_softmax_attention(
         local_queries = dict(zip(query_names, arrays[: len(query_names)], strict=True))
         local_keys = arrays[len(query_names) :]
         length = local_keys[0].shape[1]
-        gathered = [jax.lax.all_gather(x, split.axis, axis=1, tiled=True) for x in local_keys]
+        gathered = {
+            name: jax.lax.all_gather(x, split.axis, axis=1, tiled=True)
+            for name, x in zip(key_names, local_keys, strict=True)
+        }
         if keys_end_with_queries:
-            shift = (pieces - 1 - jax.lax.axis_index(split.axis)) * length
-            gathered = [jnp.roll(x, shift, axis=1) for x in gathered]
+            later = (pieces - 1 - jax.lax.axis_index(split.axis)) * length
+            gathered = {name: jnp.roll(x, later, axis=1) for name, x in gathered.items()}
+            moved = jnp.arange(pieces * length) < later  # the later shards' keys, now first
+            gathered["log_forget"] = jnp.where(moved[:, None], 0.0, gathered["log_forget"])
         with _local():
-            return local_op(**local_queries, **dict(zip(key_names, gathered, strict=True)))
+            return local_op(**local_queries, **gathered)
 
     return _shard_map(
         "softmax_attention", shard, split, (*queries.values(), *keys.values()), (), final=False

@@ -1,43 +1,53 @@
-"""Sequence parallelism: linear_recurrence and gated_linear_attention with the time axis
-split over the `sequence` axis of a (data=2, sequence=4) mesh equal the unsplit ops on
-outputs, final states and the gradients of every input (initial state included), with
-segment resets, both directions of the scan and a decay per head or per key."""
+"""Sequence parallelism: every op that scans over time, given ``sequence_split`` over the
+`sequence` axis of a (data=2, sequence=4) mesh, equals the unsplit op on outputs, final
+states and the gradients of every input (initial state included), with segment resets, one
+of them on a shard boundary: linear_recurrence (both directions), gated_linear_attention (a
+decay per head and per key), delta_rule (with and without decay, beta up to 2),
+generalized_delta_rule, mlstm, causal_conv1d and softmax_attention (causal, window, segment
+ids, GQA, forget gate). Each shard runs the implementation asked for; one that cannot run is
+an error, never a substitute; so is an op that cannot run split. The context variable
+``split_sequence`` still reaches linear_recurrence and gated_linear_attention."""
 
 import functools
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from parity import outputs_and_grads
+from test_mlstm import flat_mlstm
 from tolerances import SHARDED_FLOAT32
 
+from seqjax.ops.attention import softmax_attention
+from seqjax.ops.cells import elman_cell, run_cell
+from seqjax.ops.conv import causal_conv1d
+from seqjax.ops.delta_rule import delta_rule, generalized_delta_rule
 from seqjax.ops.linear_attention import gated_linear_attention
 from seqjax.ops.scan import linear_recurrence
-from seqjax.ops.sequence_parallel import split_sequence
+from seqjax.ops.sequence_parallel import SequenceSplit, split_sequence
 
-BATCH, LENGTH = 4, 32
+BATCH, LENGTH, HEADS, KEY, VALUE = 4, 32, 2, 4, 3
+SPLIT = SequenceSplit("sequence", batch_axes=("data",))
+
+
+def auto_mesh(shape, names):
+    return jax.make_mesh(shape, names, axis_types=(jax.sharding.AxisType.Auto,) * len(shape))
 
 
 @pytest.fixture(scope="module")
 def mesh():
-    return jax.make_mesh((2, 4), ("data", "sequence"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
-
-
-def split(op):
-    def run(**arguments):
-        with split_sequence("sequence", batch_axes=("data",)):
-            return op(**arguments)
-
-    return run
+    return auto_mesh((2, 4), ("data", "sequence"))
 
 
 def assert_split_equals_whole(op, arrays, mesh, **options):
     expected = outputs_and_grads(op, arrays, **options)
+    split = functools.partial(op, sequence_split=SPLIT)
     with jax.set_mesh(mesh):
-        actual = outputs_and_grads(split(op), arrays, **options)
-        jaxpr = jax.make_jaxpr(functools.partial(split(op), **options))(**arrays)
-    assert "shard_map" in str(jaxpr)  # the split form ran, not the whole op
+        actual = outputs_and_grads(split, arrays, **options)
+        jaxpr = str(jax.make_jaxpr(functools.partial(split, **options))(**arrays))
+    assert "shard_map" in jaxpr  # the split form ran, not the whole op
     jax.tree.map(lambda a, e: np.testing.assert_allclose(a, e, **SHARDED_FLOAT32), actual, expected)
+    return jaxpr
 
 
 def segment_starts(rng):
@@ -47,13 +57,34 @@ def segment_starts(rng):
     return starts
 
 
+def normal(rng, *shape, scale=1.0):
+    return (scale * rng.normal(size=shape)).astype(np.float32)
+
+
+def head_arrays(rng, *, unit_keys=False):
+    k = normal(rng, BATCH, LENGTH, HEADS, KEY)
+    if unit_keys:
+        k /= np.linalg.norm(k, axis=-1, keepdims=True)
+    return dict(
+        q=normal(rng, BATCH, LENGTH, HEADS, KEY),
+        k=k,
+        v=normal(rng, BATCH, LENGTH, HEADS, VALUE),
+        initial_state=normal(rng, BATCH, HEADS, KEY, VALUE),
+        segment_starts=segment_starts(rng),
+    )
+
+
+def log_decay(rng, *shape):
+    return np.log(rng.uniform(0.7, 1.0, shape)).astype(np.float32)
+
+
 @pytest.mark.parametrize("reverse", [False, True])
 def test_split_linear_recurrence_equals_the_whole_sequence(mesh, reverse):
     rng = np.random.default_rng(0)
     arrays = dict(
         a=rng.uniform(0.5, 1.0, (BATCH, LENGTH, 3)).astype(np.float32),
-        x=rng.normal(size=(BATCH, LENGTH, 3)).astype(np.float32),
-        initial_state=rng.normal(size=(BATCH, 3)).astype(np.float32),
+        x=normal(rng, BATCH, LENGTH, 3),
+        initial_state=normal(rng, BATCH, 3),
         segment_starts=segment_starts(rng),
     )
     assert_split_equals_whole(linear_recurrence, arrays, mesh, reverse=reverse)
@@ -62,29 +93,155 @@ def test_split_linear_recurrence_equals_the_whole_sequence(mesh, reverse):
 @pytest.mark.parametrize("decay", ["head", "key"])
 def test_split_gated_linear_attention_equals_the_whole_sequence(mesh, decay):
     rng = np.random.default_rng(1)
-    heads, key_size, value_size = 2, 4, 3
-    shapes = {"head": (BATCH, LENGTH, heads), "key": (BATCH, LENGTH, heads, key_size)}
-    arrays = dict(
-        q=rng.normal(size=(BATCH, LENGTH, heads, key_size)).astype(np.float32),
-        k=rng.normal(size=(BATCH, LENGTH, heads, key_size)).astype(np.float32) / 2,
-        v=rng.normal(size=(BATCH, LENGTH, heads, value_size)).astype(np.float32),
-        log_decay=np.log(rng.uniform(0.7, 1.0, shapes[decay])).astype(np.float32),
-        initial_state=rng.normal(size=(BATCH, heads, key_size, value_size)).astype(np.float32),
-        segment_starts=segment_starts(rng),
-    )
-    # Each shard runs the op's own form; the recurrent one compiles fastest.
-    assert_split_equals_whole(
+    shape = (BATCH, LENGTH, HEADS) + ((KEY,) if decay == "key" else ())
+    arrays = dict(head_arrays(rng), log_decay=log_decay(rng, *shape))
+    jaxpr = assert_split_equals_whole(
         gated_linear_attention, arrays, mesh, scale=0.5, implementation="reference"
     )
+    # Each shard runs the form asked for: the reference's scan over its 8 steps.
+    assert "length=8" in jaxpr
+
+
+@pytest.mark.parametrize(
+    "gated, implementation", [(False, "chunked"), (True, "reference")], ids=["chunked", "gated"]
+)
+def test_split_delta_rule_equals_the_whole_sequence(mesh, gated, implementation):
+    rng = np.random.default_rng(2)
+    arrays = dict(
+        head_arrays(rng, unit_keys=True),
+        beta=rng.uniform(0.0, 2.0, (BATCH, LENGTH, HEADS)).astype(np.float32),
+        log_decay=log_decay(rng, BATCH, LENGTH, HEADS) if gated else None,
+    )
+    assert_split_equals_whole(
+        delta_rule, arrays, mesh, scale=0.5, chunk_size=4, implementation=implementation
+    )
+
+
+def test_split_generalized_delta_rule_equals_the_whole_sequence(mesh):
+    rng = np.random.default_rng(3)
+    arrays = head_arrays(rng, unit_keys=True)
+    removal_key = normal(rng, BATCH, LENGTH, HEADS, KEY)
+    removal_key /= np.linalg.norm(removal_key, axis=-1, keepdims=True)
+    arrays = dict(
+        arrays,
+        removal_key=removal_key,
+        removal_direction=removal_key * rng.uniform(0, 1, (BATCH, LENGTH, HEADS, 1)),
+        log_decay=log_decay(rng, BATCH, LENGTH, HEADS, KEY),
+    )
+    assert_split_equals_whole(generalized_delta_rule, arrays, mesh, implementation="reference")
+
+
+def test_split_mlstm_equals_the_whole_sequence(mesh):
+    rng = np.random.default_rng(4)
+    arrays = dict(
+        head_arrays(rng),
+        # Input gates that raise the stabilizer inside some shards and not in others.
+        input_gate=rng.uniform(-6.0, 3.0, (BATCH, LENGTH, HEADS)).astype(np.float32),
+        forget_gate=rng.normal(2.0, 2.0, (BATCH, LENGTH, HEADS)).astype(np.float32),
+        cell=normal(rng, BATCH, HEADS, KEY, VALUE),
+        normalizer=normal(rng, BATCH, HEADS, KEY),
+        stabilizer=normal(rng, BATCH, HEADS, scale=3.0),
+    )
+    del arrays["initial_state"]
+    assert_split_equals_whole(flat_mlstm, arrays, mesh, chunk_size=4, implementation="chunked")
+
+
+def test_split_causal_conv_equals_the_whole_sequence(mesh):
+    rng = np.random.default_rng(5)
+    width, channels = 4, 3
+    arrays = dict(
+        x=normal(rng, BATCH, LENGTH, channels),
+        kernel=normal(rng, width, channels),
+        bias=normal(rng, channels),
+        initial_state=normal(rng, BATCH, width - 1, channels),
+        segment_starts=segment_starts(rng),
+    )
+    assert_split_equals_whole(causal_conv1d, arrays, mesh)
+
+
+def attention_with_a_final(**arguments):
+    """softmax_attention's output, with an empty final state for ``outputs_and_grads``."""
+    return softmax_attention(**arguments), jnp.zeros(())
+
+
+@pytest.mark.parametrize(
+    "options, forget",
+    [
+        (dict(implementation="reference"), 30.0),
+        (dict(implementation="chunked", block_size=4, window=5), 30.0),
+        (dict(implementation="reference", causal=False), 1.0),
+    ],
+    ids=["causal-reference", "window-chunked", "bidirectional"],
+)
+def test_split_softmax_attention_equals_the_whole_sequence(mesh, options, forget):
+    """Query heads 4 over key/value heads 2, segment ids with a start on a shard boundary,
+    and forget gates log f in [-forget, 0]: strong ones where causal, so that the cumulative
+    gates F reach -500 and F_i - F_j must be formed from the same sums as in the whole op."""
+    rng = np.random.default_rng(6)
+    segments = np.cumsum(segment_starts(rng), axis=1).astype(np.int32)
+    arrays = dict(
+        q=normal(rng, BATCH, LENGTH, 2 * HEADS, KEY),
+        k=normal(rng, BATCH, LENGTH, HEADS, KEY),
+        v=normal(rng, BATCH, LENGTH, HEADS, VALUE),
+        q_segment_ids=segments,
+        kv_segment_ids=segments,
+        log_forget=-rng.uniform(0.0, forget, (BATCH, LENGTH, 2 * HEADS)).astype(np.float32),
+    )
+    assert_split_equals_whole(attention_with_a_final, arrays, mesh, **options)
+
+
+def test_the_context_reaches_the_recurrences_and_the_argument_wins(mesh):
+    """Inside ``split_sequence`` linear_recurrence runs split without the argument; given an
+    explicit split over an axis of one device, it runs whole."""
+    a = x = np.ones((BATCH, 8, 2), np.float32)
+    with jax.set_mesh(mesh), split_sequence("sequence", batch_axes=("data",)):
+        assert "shard_map" in str(jax.make_jaxpr(linear_recurrence)(a, x))
+    whole = functools.partial(linear_recurrence, sequence_split=SequenceSplit("data"))
+    with jax.set_mesh(auto_mesh((8, 1), ("sequence", "data"))), split_sequence("sequence"):
+        assert "shard_map" in str(jax.make_jaxpr(linear_recurrence)(a, x))
+        assert "shard_map" not in str(jax.make_jaxpr(whole)(a, x))
+
+
+def test_an_implementation_that_cannot_run_is_an_error_in_a_split(mesh):
+    """On CPU 'pallas' cannot run: split or not, it is an error, never the chunked form."""
+    rng = np.random.default_rng(7)
+    arrays = head_arrays(rng)
+    with jax.set_mesh(mesh):
+        for op, extra in (
+            (gated_linear_attention, {}),
+            (delta_rule, {"beta": np.ones((BATCH, LENGTH, HEADS), np.float32)}),
+        ):
+            with pytest.raises(ValueError, match="'pallas' cannot run"):
+                jax.eval_shape(
+                    functools.partial(op, sequence_split=SPLIT, implementation="pallas"),
+                    **arrays,
+                    **extra,
+                )
+        a = x = np.ones((BATCH, LENGTH, 2), np.float32)
+        with pytest.raises(ValueError, match="'pallas' cannot run"):
+            linear_recurrence(a, x, sequence_split=SPLIT, implementation="pallas")
+
+
+def test_what_cannot_run_split_is_an_error(mesh):
+    state = np.zeros((BATCH, 3), np.float32)
+    kernel = np.eye(3, dtype=np.float32)
+    with jax.set_mesh(mesh):
+        with pytest.raises(ValueError, match="run_cell: a nonlinear recurrent cell cannot run"):
+            run_cell(
+                functools.partial(elman_cell, kernel), np.ones((BATCH, LENGTH, 3), np.float32),
+                state, sequence_split=SPLIT,
+            )  # fmt: skip
+        with pytest.raises(ValueError, match=r"W - 1 = 3 steps per shard, got T / 4 = 2"):
+            causal_conv1d(np.ones((BATCH, 8, 3)), np.ones((4, 3)), sequence_split=SPLIT)
 
 
 def test_a_length_the_sequence_axis_does_not_divide_is_an_error(mesh):
     a = x = np.ones((BATCH, 30, 2), np.float32)
     with jax.set_mesh(mesh), pytest.raises(ValueError, match=r"length \(30\).*'sequence' \(4\)"):
-        jax.jit(split(linear_recurrence))(a=a, x=x)
+        jax.jit(functools.partial(linear_recurrence, sequence_split=SPLIT))(a, x)
 
 
-def test_split_sequence_without_that_mesh_axis_is_an_error():
+def test_a_split_without_that_mesh_axis_is_an_error():
     a = x = np.ones((BATCH, 8, 2), np.float32)
     with pytest.raises(ValueError, match="needs a mesh with a 'sequence' axis"):
-        jax.jit(split(linear_recurrence))(a=a, x=x)
+        jax.jit(functools.partial(linear_recurrence, sequence_split=SPLIT))(a, x)
