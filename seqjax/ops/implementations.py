@@ -23,7 +23,7 @@ def select(
     names: Sequence[str],
     *,
     preferred: Sequence[str],
-    cannot_run: Mapping[str, str] | None = None,
+    cannot_run: Mapping[str, str | None] | None = None,
 ) -> str:
     """The form of ``op`` to run.
 
@@ -32,9 +32,9 @@ def select(
       implementation: the caller's choice, or None.
       names: every form of the op.
       preferred: the forms None may pick, best first.
-      cannot_run: why a form cannot run for these arguments, by name.
+      cannot_run: why a form cannot run for these arguments, by name (None: it can).
     """
-    cannot_run = cannot_run or {}
+    cannot_run = {name: why for name, why in (cannot_run or {}).items() if why is not None}
     if implementation is None:
         for name in preferred:
             if name not in cannot_run:
