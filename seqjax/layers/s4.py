@@ -29,6 +29,7 @@ import numpy as np
 from flax import nnx
 
 from seqjax.layers.registry import register
+from seqjax.ops import finite
 from seqjax.ops.scan import linear_recurrence
 from seqjax.typing import Array
 
@@ -196,10 +197,17 @@ def s4d_convolution(
 def causal_fft_convolution(u: Array, kernel: Array) -> Array:
     """y_t = Σ_{s≤t} kernel_{t-s} u_s per channel, by FFT over 2T points (no wrap-around).
 
+    The FFT mixes every position, so non-finite entries are transformed as 0 and put back as
+    NaN (seqjax.ops.finite): y is NaN from the first non-finite u_s of a row on, and from
+    lag k on in every row for a non-finite kernel_k.
+
     u: [B, T, D], kernel: [T, D], both real."""
     length = u.shape[1]
-    spectrum = jnp.fft.rfft(u, n=2 * length, axis=1) * jnp.fft.rfft(kernel, n=2 * length, axis=0)
-    return jnp.fft.irfft(spectrum, n=2 * length, axis=1)[:, :length]
+    (u,), nonfinite = finite.zero_nonfinite(u)
+    (kernel,), kernel_nonfinite = finite.zero_nonfinite(kernel[None])
+    spectrum = jnp.fft.rfft(u, n=2 * length, axis=1) * jnp.fft.rfft(kernel[0], n=2 * length, axis=0)
+    y = jnp.fft.irfft(spectrum, n=2 * length, axis=1)[:, :length]
+    return finite.nan_from_first(nonfinite | kernel_nonfinite, y)
 
 
 def segmented_convolution(u: Array, kernel: Array, segment_ids: Array) -> Array:

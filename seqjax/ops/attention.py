@@ -34,7 +34,7 @@ import jax.numpy as jnp
 from jax import lax
 
 import kernels_pallas.flash_attention as flash_attention_kernels
-from seqjax.ops import checks, implementations, sequence_parallel
+from seqjax.ops import checks, finite, implementations, sequence_parallel
 from seqjax.ops.implementations import REFERENCE
 from seqjax.ops.sequence_parallel import SequenceSplit
 from seqjax.typing import Array
@@ -223,8 +223,23 @@ def _default_positions(batch: int, length: int, offset: int) -> Array:
     return jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32) + offset, (batch, length))
 
 
+def _zero_nonfinite(q, k, v, forget):
+    """q, k, v and the forget cumulatives with non-finite entries replaced by 0
+    (seqjax.ops.finite), and which queries [B, Tq] and keys [B, Tk] held one. A non-finite
+    log forget gate makes F non-finite from its position on, for queries and keys alike."""
+    if forget is None:
+        (q,), query_nonfinite = finite.zero_nonfinite(q)
+        (k, v), key_nonfinite = finite.zero_nonfinite(k, v)
+        return q, k, v, None, query_nonfinite, key_nonfinite
+    (q, forget_query), query_nonfinite = finite.zero_nonfinite(q, forget.query)
+    (k, v, forget_key), key_nonfinite = finite.zero_nonfinite(k, v, forget.key)
+    return q, k, v, _Forget(forget_query, forget_key), query_nonfinite, key_nonfinite
+
+
 def _reference_attention(q, k, v, masking, forget, causal, window, scale):
-    """Materialized masked softmax over [B, H, Tq, Tk] scores, all in float32."""
+    """Materialized masked softmax over [B, H, Tq, Tk] scores, all in float32. A query that
+    is non-finite or may attend to a non-finite key gives NaN (seqjax.ops.finite)."""
+    q, k, v, forget, query_nonfinite, key_nonfinite = _zero_nonfinite(q, k, v, forget)
     heads_per_group = q.shape[2] // k.shape[2]
     k = jnp.repeat(k.astype(jnp.float32), heads_per_group, axis=2)
     v = jnp.repeat(v.astype(jnp.float32), heads_per_group, axis=2)
@@ -232,8 +247,8 @@ def _reference_attention(q, k, v, masking, forget, causal, window, scale):
     if forget is not None:
         scores += jnp.einsum("bqh->bhq", forget.query)[..., None]
         scores -= jnp.einsum("bsh->bhs", forget.key)[:, :, None]
-    allowed = _allowed_keys(masking, causal, window)[:, None]
-    scores = jnp.where(allowed, scores, -jnp.inf)
+    allowed = _allowed_keys(masking, causal, window)
+    scores = jnp.where(allowed[:, None], scores, -jnp.inf)
     # A row with no allowed key has max -inf; shifting it by 0 instead keeps exp at exactly 0.
     # The shift cancels in the softmax, so it carries no gradient.
     row_max = jnp.max(scores, axis=-1, keepdims=True)
@@ -241,7 +256,9 @@ def _reference_attention(q, k, v, masking, forget, causal, window, scale):
     weights = jnp.exp(scores - row_shift)
     row_sum = jnp.sum(weights, axis=-1, keepdims=True)
     probabilities = weights / jnp.where(row_sum > 0, row_sum, 1.0)
-    return jnp.einsum("bhqs,bshv->bqhv", probabilities, v).astype(q.dtype)
+    o = jnp.einsum("bhqs,bshv->bqhv", probabilities, v).astype(q.dtype)
+    reads_nonfinite = query_nonfinite | jnp.any(allowed & key_nonfinite[:, None], axis=-1)
+    return finite.nan_where(reads_nonfinite, o)
 
 
 class _ChunkedConfig(NamedTuple):
@@ -261,7 +278,9 @@ class _ChunkedConfig(NamedTuple):
 def _chunked_attention(
     q, k, v, masking, forget, causal, window, scale, block_size, positions_are_default
 ):
-    """Pads to whole blocks, lays blocks out head-major, runs the custom-VJP core."""
+    """Pads to whole blocks, lays blocks out head-major, runs the custom-VJP core. A query
+    that is non-finite or may attend to a non-finite key gives NaN (seqjax.ops.finite)."""
+    q, k, v, forget, query_nonfinite, key_nonfinite = _zero_nonfinite(q, k, v, forget)
     batch, query_length, heads, _ = q.shape
     key_length, groups = k.shape[1], k.shape[2]
     query_block = min(block_size, query_length)
@@ -300,7 +319,33 @@ def _chunked_attention(
         )
     o_blocks = _chunked_core(config, q_blocks, k_blocks, v_blocks, blocked_masking, forget_blocks)
     o = jnp.moveaxis(jnp.moveaxis(o_blocks, 4, 2), 0, 1)  # [B, nq, bq, G, R, V]
-    return o.reshape(batch, -1, heads, v.shape[-1])[:, :query_length]
+    o = o.reshape(batch, -1, heads, v.shape[-1])[:, :query_length]
+    key_blocks_nonfinite = _split_blocks(key_nonfinite, key_block, pad_value=False)
+    reads_nonfinite = lax.cond(
+        jnp.any(key_nonfinite),
+        lambda: _reads_nonfinite_keys(config, blocked_masking, key_blocks_nonfinite),
+        lambda: jnp.zeros(q_blocks.shape[:2] + (query_block,), bool),
+    )  # [nq, B, bq]
+    reads_nonfinite = jnp.moveaxis(reads_nonfinite, 0, 1).reshape(batch, -1)[:, :query_length]
+    return finite.nan_where(query_nonfinite | reads_nonfinite, o)
+
+
+def _reads_nonfinite_keys(config, masking, key_nonfinite):
+    """Whether each query may attend to a key marked in ``key_nonfinite`` [nk, B, bk], over
+    the key blocks the forward visits: bool [nq, B, bq]."""
+    num_key_blocks = key_nonfinite.shape[0]
+
+    def query_block(query_block_index):
+        def key_block(key_block_index, reads):
+            block_masking = _block_masking(masking, query_block_index, key_block_index)
+            allowed = _allowed_keys(block_masking, config.causal, config.window)
+            return reads | jnp.any(allowed & key_nonfinite[key_block_index][:, None], axis=-1)
+
+        first, end = _key_block_range(config, query_block_index, num_key_blocks)
+        reads = jnp.zeros(masking.q_positions.shape[1:], bool)
+        return lax.fori_loop(first, end, key_block, reads)
+
+    return lax.map(query_block, jnp.arange(masking.q_positions.shape[0]))
 
 
 def _split_blocks(x, block, pad_value):

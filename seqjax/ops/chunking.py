@@ -5,6 +5,9 @@ reading each chunk in place from the [B, T, ...] inputs and writing its outputs 
 backward pass runs the loop in reverse and recomputes each chunk's forward from the state that
 entered it, so only those states ([T/C, B, H, K, V]) are kept and never a [T, T] or [T, K, V]
 buffer, and no input, output or gradient is transposed into a chunk-major layout.
+
+The chunks see no non-finite input (seqjax.ops.finite): a chunk mixes its positions in
+matmuls, where the zeros of a causal mask would carry a later NaN into every earlier output.
 """
 
 import functools
@@ -13,6 +16,7 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
+from seqjax.ops import finite
 from seqjax.typing import Array, PyTree
 
 
@@ -27,20 +31,38 @@ def scan_over_chunks(
 
     ``arrays`` are [B, T, ...]; each is zero-padded (False for booleans) to a multiple of
     ``chunk_size``, so padded steps must leave the state unchanged for zero inputs (zero
-    keys and values, log decay 0, beta 0). Gradients flow to the floating-point arrays and
-    the initial state. Returns the outputs [B, T, ...] and final state.
+    keys and values, log decay 0, beta 0). Non-finite entries of the floating-point arrays
+    are replaced by 0, and the outputs from each row's first non-finite position on and that
+    row's final state are NaN (``finite.nan_from_first``). Gradients flow to the
+    floating-point arrays and the initial state. Returns the outputs [B, T, ...] and final
+    state.
     """
     length = arrays[0].shape[1]
     chunk_size = min(chunk_size, length)
     padding = -length % chunk_size
+    floating = [t for t in arrays if jnp.issubdtype(t.dtype, jnp.floating)]
+    # Replaced and set chunk by chunk, so no copy of the inputs or the outputs is made.
+    after = finite.since_first(finite.nonfinite_positions(*floating))
     arrays = [jnp.pad(t, [(0, 0), (0, padding)] + [(0, 0)] * (t.ndim - 2)) for t in arrays]
+    arrays.append(jnp.pad(after, [(0, 0), (0, padding)]))
     differentiable = tuple(jnp.issubdtype(t.dtype, jnp.floating) for t in arrays)
     inputs = [t for t, d in zip(arrays, differentiable, strict=True) if d]
     fixed = [t for t, d in zip(arrays, differentiable, strict=True) if not d]
     outputs, final_state = _chunk_loop(
-        chunk_fn, chunk_size, differentiable, initial_state, inputs, fixed
-    )
+        functools.partial(_finite_chunk, chunk_fn), chunk_size, differentiable, initial_state,
+        inputs, fixed,
+    )  # fmt: skip
+    final_state = jax.tree.map(lambda s: finite.nan_where(after[:, -1], s), final_state)
     return outputs[:, :length], final_state
+
+
+def _finite_chunk(chunk_fn, state, *arrays):
+    """``chunk_fn`` on a chunk with its non-finite entries replaced by 0; its outputs are NaN
+    where the last of ``arrays`` (bool [B, C]) holds."""
+    *arrays, after = arrays
+    arrays = [finite.finite_part(t) if jnp.issubdtype(t.dtype, jnp.floating) else t for t in arrays]
+    output, state = chunk_fn(state, *arrays)
+    return finite.nan_where(after, output), state
 
 
 def _merge(differentiable, inputs, fixed):

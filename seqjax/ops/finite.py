@@ -32,13 +32,19 @@ from seqjax.typing import Array, PyTree
 
 
 def zero_nonfinite(*sequences: Array) -> tuple[list[Array], Array]:
-    """The [B, T, ...] ``sequences`` with every non-finite entry replaced by 0, and bool
-    [B, T], true at the positions where any of them holds a non-finite entry."""
+    """The [B, T, ...] ``sequences`` with every non-finite entry replaced by 0
+    (``finite_part``), and ``nonfinite_positions`` of them."""
+    return [finite_part(x) for x in sequences], nonfinite_positions(*sequences)
+
+
+def nonfinite_positions(*sequences: Array) -> Array:
+    """bool [B, T]: true at the positions where any of the [B, T, ...] ``sequences`` holds a
+    non-finite entry."""
     nonfinite = jnp.zeros(sequences[0].shape[:2], bool)
     for x in sequences:
         finite = jnp.isfinite(x).reshape(*x.shape[:2], -1)
         nonfinite |= ~jnp.all(finite, axis=-1)
-    return [_finite_part(x) for x in sequences], nonfinite
+    return nonfinite
 
 
 def since_first(nonfinite: Array) -> Array:
@@ -68,19 +74,20 @@ def nan_where(mask: Array, x: Array) -> Array:
 
 
 @jax.custom_vjp
-def _finite_part(x: Array) -> Array:
+def finite_part(x: Array) -> Array:
+    """x with every non-finite entry replaced by 0; the cotangent passes through unchanged."""
     return jnp.where(jnp.isfinite(x), x, 0)
 
 
 def _finite_part_forward(x):
-    return _finite_part(x), None
+    return finite_part(x), None
 
 
 def _finite_part_backward(_, cotangent):
     return (cotangent,)
 
 
-_finite_part.defvjp(_finite_part_forward, _finite_part_backward)
+finite_part.defvjp(_finite_part_forward, _finite_part_backward)
 
 
 @jax.custom_vjp

@@ -45,7 +45,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from seqjax.ops import checks, implementations, sequence_parallel
+from seqjax.ops import checks, finite, implementations, sequence_parallel
 from seqjax.ops.chunking import cumulative_sum, scan_over_chunks
 from seqjax.ops.implementations import REFERENCE
 from seqjax.ops.sequence_parallel import SequenceSplit
@@ -138,8 +138,11 @@ def _run(state, q, k, v, input_gate, forget_gate, starts, *, implementation, chu
     if implementation == REFERENCE:
         return _recurrent(state, *arrays)
     if implementation == "parallel" or q.shape[1] <= chunk_size:
-        # One chunk is the parallel form; no chunk loop needed.
-        return _chunk(state, *arrays, jnp.ones_like(starts))
+        # One chunk is the parallel form; no chunk loop needed, but the chunk loop's
+        # treatment of non-finite inputs (seqjax.ops.finite).
+        floating, nonfinite = finite.zero_nonfinite(*arrays[:5])
+        output, state = _chunk(state, *floating, starts, jnp.ones_like(starts))
+        return finite.nan_from_first(nonfinite, output, state)
     # Padded steps of the last chunk are marked invalid: they must not raise m.
     return scan_over_chunks(_chunk, state, (*arrays, jnp.ones_like(starts)), chunk_size=chunk_size)
 
