@@ -1,9 +1,11 @@
-"""Helpers shared by the kernels: padding to whole blocks, complex numbers as real planes."""
+"""Helpers shared by the kernels: where they can run, float32 matmuls, padding to whole
+blocks, complex numbers as real planes."""
 
 import jax
 import jax.numpy as jnp
 
 PLATFORMS = ("tpu", "gpu")
+HIGHEST = jax.lax.Precision.HIGHEST
 
 
 def platform_unsupported(platform: str, kernels: str) -> str | None:
@@ -12,8 +14,39 @@ def platform_unsupported(platform: str, kernels: str) -> str | None:
         return None
     return (
         f"the Pallas kernels run on TPU or GPU, not on {platform} (on CPU, call "
-        f"kernels_pallas.{kernels}.tpu or .gpu with interpret=True)"
+        f"kernels_pallas.{kernels}.{kernels}(..., platform='tpu' or 'gpu', interpret=True))"
     )
+
+
+def chunk_size_unsupported(chunk_size: int) -> str | None:
+    """Why the chunked kernels cannot take ``chunk_size``, or None if they can."""
+    if chunk_size < 16 or chunk_size & (chunk_size - 1):
+        return f"the kernels need a chunk_size that is a power of two >= 16, not {chunk_size}"
+    return None
+
+
+def chunked_unsupported(platform: str, kernels: str, *, segment_starts, chunk_size: int):
+    """Why the chunked matrix-state kernels kernels_pallas.<kernels> cannot run on
+    ``platform`` for these arguments, or None."""
+    if (reason := platform_unsupported(platform, kernels)) is not None:
+        return reason
+    if segment_starts is not None:
+        return "the kernels take no segment_starts (packed sequences run in 'chunked')"
+    return chunk_size_unsupported(chunk_size)
+
+
+def dot(a, b):  # a @ b
+    return jnp.dot(a, b, precision=HIGHEST, preferred_element_type=jnp.float32)
+
+
+def dot_nt(a, b):  # a @ bᵀ
+    dims = (((1,), (1,)), ((), ()))
+    return jax.lax.dot_general(a, b, dims, precision=HIGHEST, preferred_element_type=jnp.float32)
+
+
+def dot_tn(a, b):  # aᵀ @ b
+    dims = (((0,), (0,)), ((), ()))
+    return jax.lax.dot_general(a, b, dims, precision=HIGHEST, preferred_element_type=jnp.float32)
 
 
 def round_up(size: int, multiple: int) -> int:

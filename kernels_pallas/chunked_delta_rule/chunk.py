@@ -20,21 +20,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-HIGHEST = jax.lax.Precision.HIGHEST
-
-
-def dot(a, b):  # a @ b
-    return jnp.dot(a, b, precision=HIGHEST, preferred_element_type=jnp.float32)
-
-
-def dot_nt(a, b):  # a @ bᵀ
-    dims = (((1,), (1,)), ((), ()))
-    return jax.lax.dot_general(a, b, dims, precision=HIGHEST, preferred_element_type=jnp.float32)
-
-
-def dot_tn(a, b):  # aᵀ @ b
-    dims = (((0,), (0,)), ((), ()))
-    return jax.lax.dot_general(a, b, dims, precision=HIGHEST, preferred_element_type=jnp.float32)
+from kernels_pallas.common import dot, dot_nt, dot_tn
 
 
 def _index(size, axis):

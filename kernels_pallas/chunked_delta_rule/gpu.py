@@ -19,39 +19,20 @@ from kernels_pallas.chunked_delta_rule import vjp
 DEFAULT_CHUNK_SIZE = 32
 
 
-def chunked_delta_rule(
-    q: jax.Array,
-    k: jax.Array,
-    v: jax.Array,
-    beta: jax.Array,
-    *,
-    log_decay: jax.Array | None = None,
-    initial_state: jax.Array | None = None,
-    segment_starts: jax.Array | None = None,
-    scale: float | None = None,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-    num_warps: int = 4,
-    interpret: bool = False,
-) -> tuple[jax.Array, jax.Array]:
-    """S_t = exp(log_decay_t)(I - β_t k_t k_tᵀ) S_{t-1} + β_t k_t v_tᵀ, o_t = scale S_tᵀ q_t with
-    GPU kernels; arguments and results as in seqjax.ops.delta_rule.delta_rule, except that
-    segment_starts must be None.
+def kernels(*, num_warps: int = 4, interpret: bool = False) -> vjp.Kernels:
+    """The GPU kernels.
 
     Args:
-      chunk_size: C, a power of two >= 16.
       num_warps: Triton warps per program.
       interpret: run the kernels in the Pallas interpreter (on any platform).
     """
     options = dict(params=plgpu.CompilerParams(num_warps=num_warps, num_stages=1))
-    kernels = vjp.Kernels(
-        forward=functools.partial(_forward, **options, interpret=interpret),
-        backward=functools.partial(_backward, **options, interpret=interpret),
+    options.update(interpret=interpret)
+    return vjp.Kernels(
+        forward=functools.partial(_forward, **options),
+        backward=functools.partial(_backward, **options),
         padded_size=lambda size: max(16, pl.next_power_of_2(size)),
     )
-    return vjp.delta_rule(
-        kernels, q, k, v, beta, log_decay=log_decay, initial_state=initial_state,
-        segment_starts=segment_starts, scale=scale, chunk_size=chunk_size,
-    )  # fmt: skip
 
 
 def _whole(x):
@@ -89,16 +70,7 @@ def _forward(q, k, v, beta, b_rows, b_columns, initial, *, chunk, scale, params,
         jax.ShapeDtypeStruct(initial.shape, jnp.float32),
         jax.ShapeDtypeStruct(entering_shape, jnp.float32),
     ]
-    return pl.pallas_call(
-        kernel,
-        grid=(batch, heads),
-        in_specs=[_whole(x) for x in inputs],
-        out_specs=[_whole(x) for x in out_shape],
-        out_shape=out_shape,
-        compiler_params=params,
-        interpret=interpret,
-        name="chunked_delta_rule_forward",
-    )(*inputs)
+    return _per_head(kernel, inputs, out_shape, "chunked_delta_rule_forward", params, interpret)
 
 
 def _backward(q, k, v, beta, b_rows, b_columns, entering, do, final_grad, *, chunk, scale,
@@ -128,6 +100,12 @@ def _backward(q, k, v, beta, b_rows, b_columns, entering, do, final_grad, *, chu
         initial_grad_ref[...] = jax.lax.fori_loop(0, num_chunks, visit, final_ref[...])
 
     out_shape = [jax.ShapeDtypeStruct(x.shape, jnp.float32) for x in (*inputs[:6], final_grad)]
+    return _per_head(kernel, inputs, out_shape, "chunked_delta_rule_backward", params, interpret)
+
+
+def _per_head(kernel, inputs, out_shape, name, params, interpret):
+    """One program per (sequence, head), each with all of its inputs and outputs."""
+    batch, heads = inputs[0].shape[:2]
     return pl.pallas_call(
         kernel,
         grid=(batch, heads),
@@ -136,5 +114,5 @@ def _backward(q, k, v, beta, b_rows, b_columns, entering, do, final_grad, *, chu
         out_shape=out_shape,
         compiler_params=params,
         interpret=interpret,
-        name="chunked_delta_rule_backward",
+        name=name,
     )(*inputs)

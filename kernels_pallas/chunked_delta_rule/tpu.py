@@ -18,36 +18,13 @@ from kernels_pallas.chunked_delta_rule import vjp
 DEFAULT_CHUNK_SIZE = 64
 
 
-def chunked_delta_rule(
-    q: jax.Array,
-    k: jax.Array,
-    v: jax.Array,
-    beta: jax.Array,
-    *,
-    log_decay: jax.Array | None = None,
-    initial_state: jax.Array | None = None,
-    segment_starts: jax.Array | None = None,
-    scale: float | None = None,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-    interpret: bool = False,
-) -> tuple[jax.Array, jax.Array]:
-    """S_t = exp(log_decay_t)(I - β_t k_t k_tᵀ) S_{t-1} + β_t k_t v_tᵀ, o_t = scale S_tᵀ q_t with
-    TPU kernels; arguments and results as in seqjax.ops.delta_rule.delta_rule, except that
-    segment_starts must be None.
-
-    Args:
-      chunk_size: C, a power of two >= 16.
-      interpret: run the kernels in the Pallas interpreter (on any platform).
-    """
-    kernels = vjp.Kernels(
+def kernels(*, interpret: bool = False) -> vjp.Kernels:
+    """The TPU kernels; ``interpret`` runs them in the Pallas interpreter (on any platform)."""
+    return vjp.Kernels(
         forward=functools.partial(_forward, interpret=interpret),
         backward=functools.partial(_backward, interpret=interpret),
         padded_size=lambda size: size,
     )
-    return vjp.delta_rule(
-        kernels, q, k, v, beta, log_decay=log_decay, initial_state=initial_state,
-        segment_starts=segment_starts, scale=scale, chunk_size=chunk_size,
-    )  # fmt: skip
 
 
 def _chunk_specs(chunk, arrays, reverse_chunks=None):

@@ -18,7 +18,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from kernels_pallas.common import pad_axis, pad_to
+from kernels_pallas.common import chunk_size_unsupported, pad_axis, pad_to
 
 
 class Kernels(NamedTuple):
@@ -27,32 +27,14 @@ class Kernels(NamedTuple):
     padded_size: callable  # K and V are zero-padded to padded_size(K), padded_size(V)
 
 
-def delta_rule(
-    kernels: Kernels,
-    q: jax.Array,
-    k: jax.Array,
-    v: jax.Array,
-    beta: jax.Array,
-    *,
-    log_decay: jax.Array | None,
-    initial_state: jax.Array | None,
-    segment_starts: jax.Array | None,
-    scale: float | None,
-    chunk_size: int,
-) -> tuple[jax.Array, jax.Array]:
-    """seqjax.ops.delta_rule.delta_rule with ``kernels``."""
-    if segment_starts is not None:
-        raise ValueError(
-            "chunked_delta_rule: the kernels do not take segment_starts; use the op's "
-            "'chunked' form for packed sequences"
-        )
+def delta_rule(kernels, q, k, v, beta, log_decay, initial_state, scale, chunk_size):
+    """seqjax.ops.delta_rule.delta_rule with ``kernels`` (the arguments of
+    kernels_pallas.chunked_delta_rule.chunked_delta_rule)."""
     if q.ndim != 4 or k.shape != q.shape or v.shape[:3] != q.shape[:3] or beta.shape != q.shape[:3]:
         raise ValueError(f"chunked_delta_rule: q, k [B, T, H, K], v [B, T, H, V], beta [B, T, H]; "
                          f"got {q.shape}, {k.shape}, {v.shape}, {beta.shape}")  # fmt: skip
-    if chunk_size < 16 or chunk_size & (chunk_size - 1):
-        raise ValueError(
-            f"chunked_delta_rule: chunk_size must be a power of two >= 16, got {chunk_size}"
-        )
+    if (reason := chunk_size_unsupported(chunk_size)) is not None:
+        raise ValueError(f"chunked_delta_rule: {reason}")
     batch, length, heads, key_size = q.shape
     value_size = v.shape[-1]
     if initial_state is None:

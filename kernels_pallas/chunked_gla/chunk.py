@@ -20,25 +20,11 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-HIGHEST = jax.lax.Precision.HIGHEST
+from kernels_pallas.common import dot, dot_nt, dot_tn
 
 
 def rows(ref, start, size):
     return ref[pl.ds(start, size), :].astype(jnp.float32)
-
-
-def dot(a, b):  # a @ b
-    return jnp.dot(a, b, precision=HIGHEST, preferred_element_type=jnp.float32)
-
-
-def dot_nt(a, b):  # a @ bᵀ
-    dims = (((1,), (1,)), ((), ()))
-    return jax.lax.dot_general(a, b, dims, precision=HIGHEST, preferred_element_type=jnp.float32)
-
-
-def dot_tn(a, b):  # aᵀ @ b
-    dims = (((0,), (0,)), ((), ()))
-    return jax.lax.dot_general(a, b, dims, precision=HIGHEST, preferred_element_type=jnp.float32)
 
 
 def _index(shape, axis):

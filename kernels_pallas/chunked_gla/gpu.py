@@ -23,46 +23,31 @@ DEFAULT_SUB_CHUNK = 16
 DEFAULT_VALUE_BLOCK = 64
 
 
-def chunked_gla(
-    q: jax.Array,
-    k: jax.Array,
-    v: jax.Array,
+def kernels(
     *,
-    log_decay: jax.Array | None = None,
-    initial_state: jax.Array | None = None,
-    segment_starts: jax.Array | None = None,
-    scale: float | None = None,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
     sub_chunk: int = DEFAULT_SUB_CHUNK,
     value_block: int = DEFAULT_VALUE_BLOCK,
     num_warps: int = 4,
     interpret: bool = False,
-) -> tuple[jax.Array, jax.Array]:
-    """S_t = diag(exp(log_decay_t)) S_{t-1} + k_t v_tᵀ, o_t = scale · S_tᵀ q_t with GPU kernels;
-    arguments and results as in seqjax.ops.linear_attention.gated_linear_attention, except
-    that segment_starts must be None.
+) -> vjp.Kernels:
+    """The GPU kernels.
 
     Args:
-      chunk_size: C, a power of two >= 16.
-      sub_chunk: rows per sub-chunk of the stable per-key scores; divides C, >= 16.
+      sub_chunk: rows per sub-chunk of the stable per-key scores; divides the chunk size,
+        >= 16 on a GPU.
       value_block: value columns per program of the sequential kernels, a power of two.
       num_warps: Triton warps per program.
       interpret: run the kernels in the Pallas interpreter (on any platform).
     """
-    if chunk_size % sub_chunk:
-        raise ValueError(f"chunked_gla: sub_chunk {sub_chunk} must divide chunk {chunk_size}")
-    params = plgpu.CompilerParams(num_warps=num_warps, num_stages=1)
-    options = dict(params=params, interpret=interpret)
-    kernels = vjp.Kernels(
+    options = dict(params=plgpu.CompilerParams(num_warps=num_warps, num_stages=1))
+    options.update(interpret=interpret)
+    return vjp.Kernels(
         forward=functools.partial(_forward, sub=sub_chunk, value_block=value_block, **options),
         state_gradients=functools.partial(_state_gradients, value_block=value_block, **options),
         input_gradients=functools.partial(_input_gradients, sub=sub_chunk, **options),
         padded_size=lambda size: max(16, pl.next_power_of_2(size)),
+        sub_chunk=sub_chunk,
     )
-    return vjp.gated_linear_attention(
-        kernels, q, k, v, log_decay=log_decay, initial_state=initial_state,
-        segment_starts=segment_starts, scale=scale, chunk_size=chunk_size,
-    )  # fmt: skip
 
 
 def _sequence_spec(length, size):

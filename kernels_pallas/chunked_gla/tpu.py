@@ -20,41 +20,21 @@ DEFAULT_CHUNK_SIZE = 64
 DEFAULT_SUB_CHUNK = 16
 
 
-def chunked_gla(
-    q: jax.Array,
-    k: jax.Array,
-    v: jax.Array,
-    *,
-    log_decay: jax.Array | None = None,
-    initial_state: jax.Array | None = None,
-    segment_starts: jax.Array | None = None,
-    scale: float | None = None,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-    sub_chunk: int = DEFAULT_SUB_CHUNK,
-    interpret: bool = False,
-) -> tuple[jax.Array, jax.Array]:
-    """S_t = diag(exp(log_decay_t)) S_{t-1} + k_t v_tᵀ, o_t = scale · S_tᵀ q_t with TPU kernels;
-    arguments and results as in seqjax.ops.linear_attention.gated_linear_attention, except
-    that segment_starts must be None.
+def kernels(*, sub_chunk: int = DEFAULT_SUB_CHUNK, interpret: bool = False) -> vjp.Kernels:
+    """The TPU kernels.
 
     Args:
-      chunk_size: C, a power of two >= 16.
-      sub_chunk: rows per sub-chunk of the stable per-key scores; divides C.
+      sub_chunk: rows per sub-chunk of the stable per-key scores; divides the chunk size.
       interpret: run the kernels in the Pallas interpreter (on any platform).
     """
-    if chunk_size % sub_chunk:
-        raise ValueError(f"chunked_gla: sub_chunk {sub_chunk} must divide chunk {chunk_size}")
     options = dict(sub=sub_chunk, interpret=interpret)
-    kernels = vjp.Kernels(
+    return vjp.Kernels(
         forward=functools.partial(_forward, **options),
         state_gradients=functools.partial(_state_gradients, interpret=interpret),
         input_gradients=functools.partial(_input_gradients, **options),
         padded_size=lambda size: size,
+        sub_chunk=sub_chunk,
     )
-    return vjp.gated_linear_attention(
-        kernels, q, k, v, log_decay=log_decay, initial_state=initial_state,
-        segment_starts=segment_starts, scale=scale, chunk_size=chunk_size,
-    )  # fmt: skip
 
 
 def _sequential(*semantics):

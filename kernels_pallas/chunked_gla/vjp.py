@@ -20,7 +20,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from kernels_pallas.common import pad_axis, pad_to
+from kernels_pallas.common import chunk_size_unsupported, pad_axis, pad_to
 
 
 class Kernels(NamedTuple):
@@ -28,33 +28,23 @@ class Kernels(NamedTuple):
     state_gradients: callable
     input_gradients: callable
     padded_size: callable  # K and V are zero-padded to padded_size(K), padded_size(V)
+    sub_chunk: int  # rows per sub-chunk of the per-key scores; divides the chunk size
 
 
-def gated_linear_attention(
-    kernels: Kernels,
-    q: jax.Array,
-    k: jax.Array,
-    v: jax.Array,
-    *,
-    log_decay: jax.Array | None,
-    initial_state: jax.Array | None,
-    segment_starts: jax.Array | None,
-    scale: float | None,
-    chunk_size: int,
-) -> tuple[jax.Array, jax.Array]:
-    """seqjax.ops.linear_attention.gated_linear_attention with ``kernels``."""
-    if segment_starts is not None:
-        raise ValueError(
-            "chunked_gla: the kernels do not take segment_starts; use the op's 'chunked' form "
-            "for packed sequences"
-        )
+def gated_linear_attention(kernels, q, k, v, log_decay, initial_state, scale, chunk_size):
+    """seqjax.ops.linear_attention.gated_linear_attention with ``kernels`` (the arguments of
+    kernels_pallas.chunked_gla.chunked_gla)."""
     if q.ndim != 4 or k.shape != q.shape or v.shape[:3] != q.shape[:3]:
         raise ValueError(f"chunked_gla: q, k [B, T, H, K], v [B, T, H, V]; got {q.shape}, "
                          f"{k.shape}, {v.shape}")  # fmt: skip
+    if (reason := chunk_size_unsupported(chunk_size)) is not None:
+        raise ValueError(f"chunked_gla: {reason}")
+    if chunk_size % kernels.sub_chunk:
+        raise ValueError(
+            f"chunked_gla: sub_chunk {kernels.sub_chunk} must divide chunk_size {chunk_size}"
+        )
     batch, length, heads, key_size = q.shape
     value_size = v.shape[-1]
-    if chunk_size < 16 or chunk_size & (chunk_size - 1):
-        raise ValueError(f"chunked_gla: chunk_size must be a power of two >= 16, got {chunk_size}")
     if initial_state is None:
         initial_state = jnp.zeros((batch, heads, key_size, value_size), jnp.float32)
     if log_decay is None:

@@ -21,27 +21,15 @@ DEFAULT_QUERY_BLOCK = 64
 DEFAULT_KEY_BLOCK = 64
 
 
-def flash_attention(
-    q: jax.Array,
-    k: jax.Array,
-    v: jax.Array,
+def kernels(
     *,
-    q_positions: jax.Array | None = None,
-    kv_positions: jax.Array | None = None,
-    q_segment_ids: jax.Array | None = None,
-    kv_segment_ids: jax.Array | None = None,
-    causal: bool = True,
-    window: int | None = None,
-    log_forget: jax.Array | None = None,
-    scale: float | None = None,
     query_block: int = DEFAULT_QUERY_BLOCK,
     key_block: int = DEFAULT_KEY_BLOCK,
     num_warps: int = 4,
     num_stages: int = 2,
     interpret: bool = False,
-) -> jax.Array:
-    """o_i = Σ_j softmax_j(scale · q_i·k_j + F_i - F_j over allowed j) v_j with GPU kernels;
-    arguments and result as in seqjax.ops.attention.softmax_attention.
+) -> vjp.Kernels:
+    """The GPU kernels.
 
     Args:
       query_block, key_block: rows per query and key block, powers of two >= 16.
@@ -62,18 +50,13 @@ def flash_attention(
         params=plgpu.CompilerParams(num_warps=num_warps, num_stages=num_stages),
         interpret=interpret,
     )
-    kernels = vjp.Kernels(
+    return vjp.Kernels(
         forward=functools.partial(_forward, **options),
         query_gradients=functools.partial(_query_gradients, **options),
         key_gradients=functools.partial(_key_gradients, **options),
         block_sizes=block_sizes,
         padded_size=lambda size: max(16, pl.next_power_of_2(size)),
     )
-    return vjp.flash_attention(
-        kernels, q, k, v, q_positions=q_positions, kv_positions=kv_positions,
-        q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids, causal=causal,
-        window=window, log_forget=log_forget, scale=scale,
-    )  # fmt: skip
 
 
 def _blocks(size, width, head=lambda h: h):

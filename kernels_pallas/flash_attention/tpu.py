@@ -22,25 +22,13 @@ DEFAULT_QUERY_BLOCK = 128
 DEFAULT_KEY_BLOCK = 128
 
 
-def flash_attention(
-    q: jax.Array,
-    k: jax.Array,
-    v: jax.Array,
+def kernels(
     *,
-    q_positions: jax.Array | None = None,
-    kv_positions: jax.Array | None = None,
-    q_segment_ids: jax.Array | None = None,
-    kv_segment_ids: jax.Array | None = None,
-    causal: bool = True,
-    window: int | None = None,
-    log_forget: jax.Array | None = None,
-    scale: float | None = None,
     query_block: int = DEFAULT_QUERY_BLOCK,
     key_block: int = DEFAULT_KEY_BLOCK,
     interpret: bool = False,
-) -> jax.Array:
-    """o_i = Σ_j softmax_j(scale · q_i·k_j + F_i - F_j over allowed j) v_j with TPU kernels;
-    arguments and result as in seqjax.ops.attention.softmax_attention.
+) -> vjp.Kernels:
+    """The TPU kernels.
 
     Args:
       query_block: query rows per block, a multiple of 16.
@@ -53,18 +41,13 @@ def flash_attention(
         rounded = round_up(query_length, 16), round_up(key_length, 16)
         return min(query_block, rounded[0]), min(key_block, rounded[1])
 
-    kernels = vjp.Kernels(
+    return vjp.Kernels(
         forward=functools.partial(_forward, interpret=interpret),
         query_gradients=functools.partial(_query_gradients, interpret=interpret),
         key_gradients=functools.partial(_key_gradients, interpret=interpret),
         block_sizes=block_sizes,
         padded_size=lambda size: size,
     )
-    return vjp.flash_attention(
-        kernels, q, k, v, q_positions=q_positions, kv_positions=kv_positions,
-        q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids, causal=causal,
-        window=window, log_forget=log_forget, scale=scale,
-    )  # fmt: skip
 
 
 def _visited(first, end, index):

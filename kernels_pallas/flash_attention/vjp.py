@@ -35,21 +35,11 @@ class Kernels(NamedTuple):
 
 
 def flash_attention(
-    kernels: Kernels,
-    q: jax.Array,
-    k: jax.Array,
-    v: jax.Array,
-    *,
-    q_positions: jax.Array | None,
-    kv_positions: jax.Array | None,
-    q_segment_ids: jax.Array | None,
-    kv_segment_ids: jax.Array | None,
-    causal: bool,
-    window: int | None,
-    log_forget: jax.Array | None,
-    scale: float | None,
-) -> jax.Array:
-    """seqjax.ops.attention.softmax_attention with ``kernels``."""
+    kernels, q, k, v, q_positions, kv_positions, q_segment_ids, kv_segment_ids, causal, window,
+    log_forget, scale,
+):  # fmt: skip
+    """seqjax.ops.attention.softmax_attention with ``kernels`` (the arguments of
+    kernels_pallas.flash_attention.flash_attention)."""
     if q.ndim != 4 or k.ndim != 4 or v.shape[:3] != k.shape[:3] or q.shape[2] % k.shape[2]:
         raise ValueError(f"flash_attention: q [B, Tq, H, K], k [B, Tk, G, K], v [B, Tk, G, V] "
                          f"with H % G == 0; got {q.shape}, {k.shape}, {v.shape}")  # fmt: skip

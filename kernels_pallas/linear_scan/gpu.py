@@ -15,36 +15,25 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from kernels_pallas.common import multiply_planes, pad_axis
-from kernels_pallas.linear_scan import recurrence
 
 DEFAULT_FEATURE_BLOCK = 128
 
 
-def linear_scan(
-    a: jax.Array,
-    x: jax.Array,
-    *,
-    initial_state: jax.Array | None = None,
-    segment_starts: jax.Array | None = None,
-    reverse: bool = False,
-    feature_block: int = DEFAULT_FEATURE_BLOCK,
-    num_warps: int = 4,
-    interpret: bool = False,
-) -> tuple[jax.Array, jax.Array]:
-    """h_t = a_t ⊙ h_{t-1} + x_t as seqjax.ops.scan.linear_recurrence, with a GPU kernel.
+def kernel(
+    *, feature_block: int = DEFAULT_FEATURE_BLOCK, num_warps: int = 4, interpret: bool = False
+):
+    """The GPU scan kernel (a ``recurrence.ScanKernel``).
 
     Args:
-      a, x, initial_state, segment_starts, reverse: as in linear_recurrence.
       feature_block: features per program, a power of two.
       num_warps: Triton warps per program.
       interpret: run the kernel in the Pallas interpreter (on any platform).
     """
     if feature_block < 1 or feature_block & (feature_block - 1):
         raise ValueError(f"linear_scan: feature_block must be a power of two, got {feature_block}")
-    kernel = functools.partial(
+    return functools.partial(
         _scan_call, feature_block=feature_block, num_warps=num_warps, interpret=interpret
     )
-    return recurrence.scan(kernel, a, x, initial_state, segment_starts, reverse)
 
 
 def _scan_call(a, x, initial, *, reverse, adjoint, out_dtype, feature_block, num_warps, interpret):

@@ -16,34 +16,22 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from kernels_pallas.common import multiply_planes, pad_axis, round_up
-from kernels_pallas.linear_scan import recurrence
 
 LANES = 128
 MAX_ROWS = 8  # rows of 128 features per tile: one float32 vector register
 DEFAULT_TIME_BLOCK = 128
 
 
-def linear_scan(
-    a: jax.Array,
-    x: jax.Array,
-    *,
-    initial_state: jax.Array | None = None,
-    segment_starts: jax.Array | None = None,
-    reverse: bool = False,
-    time_block: int = DEFAULT_TIME_BLOCK,
-    interpret: bool = False,
-) -> tuple[jax.Array, jax.Array]:
-    """h_t = a_t ⊙ h_{t-1} + x_t as seqjax.ops.scan.linear_recurrence, with a TPU kernel.
+def kernel(*, time_block: int = DEFAULT_TIME_BLOCK, interpret: bool = False):
+    """The TPU scan kernel (a ``recurrence.ScanKernel``).
 
     Args:
-      a, x, initial_state, segment_starts, reverse: as in linear_recurrence.
       time_block: time steps per block copied to VMEM.
       interpret: run the kernel in the Pallas interpreter (on any platform).
     """
     if time_block < 1:
         raise ValueError(f"linear_scan: time_block must be >= 1, got {time_block}")
-    kernel = functools.partial(_scan_call, time_block=time_block, interpret=interpret)
-    return recurrence.scan(kernel, a, x, initial_state, segment_starts, reverse)
+    return functools.partial(_scan_call, time_block=time_block, interpret=interpret)
 
 
 def _scan_call(a, x, initial, *, reverse, adjoint, out_dtype, time_block, interpret):

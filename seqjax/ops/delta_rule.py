@@ -87,17 +87,14 @@ def delta_rule(
     checks.at_least_one(op, "chunk_size", chunk_size)
     checks.in_range(op, "beta", beta, low=0.0, high=2.0, debug_checks=debug_checks)
     checks.in_range(op, "log_decay", log_decay, high=0.0, debug_checks=debug_checks)
-    platform = jax.default_backend()
-    implementation = implementations.select(
-        op, implementation, IMPLEMENTATIONS, preferred=("pallas", "chunked"),
-        cannot_run={"pallas": chunked_delta_rule_kernels.unsupported_reason(
-            platform, segment_starts=segment_starts, chunk_size=chunk_size
-        )},
+    implementation = implementations.select_chunked(
+        op, implementation, IMPLEMENTATIONS, chunked_delta_rule_kernels,
+        segment_starts=segment_starts, chunk_size=chunk_size,
     )  # fmt: skip
     split = sequence_parallel.active_split(op, sequence_split)
     if implementation == "pallas" and split is None:
         return chunked_delta_rule_kernels.chunked_delta_rule(
-            q, k, v, beta, platform=platform, log_decay=log_decay,
+            q, k, v, beta, platform=jax.default_backend(), log_decay=log_decay,
             initial_state=initial_state, scale=scale, chunk_size=chunk_size,
         )  # fmt: skip
 

@@ -13,6 +13,9 @@ A named form never silently becomes another, inside a sequence split or out of i
 """
 
 from collections.abc import Mapping, Sequence
+from types import ModuleType
+
+import jax
 
 REFERENCE = "reference"
 
@@ -52,3 +55,23 @@ def select(
             f"use None or one of {runnable}"
         )
     return implementation
+
+
+def select_chunked(
+    op: str,
+    implementation: str | None,
+    names: Sequence[str],
+    kernels: ModuleType,
+    *,
+    segment_starts,
+    chunk_size: int,
+) -> str:
+    """``select`` for the chunked matrix-state ops with Pallas kernels: None picks 'pallas'
+    where ``kernels`` (their kernels_pallas package) can run for these arguments, else
+    'chunked'."""
+    reason = kernels.unsupported_reason(
+        jax.default_backend(), segment_starts=segment_starts, chunk_size=chunk_size
+    )
+    return select(
+        op, implementation, names, preferred=("pallas", "chunked"), cannot_run={"pallas": reason}
+    )

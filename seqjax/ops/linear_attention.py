@@ -77,12 +77,9 @@ def gated_linear_attention(
     segment_starts = checks.segment_starts(op, segment_starts, batch, length)
     checks.at_least_one(op, "chunk_size", chunk_size)
     checks.in_range(op, "log_decay", log_decay, high=0.0, debug_checks=debug_checks)
-    platform = jax.default_backend()
-    implementation = implementations.select(
-        op, implementation, IMPLEMENTATIONS, preferred=("pallas", "chunked"),
-        cannot_run={"pallas": chunked_gla_kernels.unsupported_reason(
-            platform, segment_starts=segment_starts, chunk_size=chunk_size
-        )},
+    implementation = implementations.select_chunked(
+        op, implementation, IMPLEMENTATIONS, chunked_gla_kernels,
+        segment_starts=segment_starts, chunk_size=chunk_size,
     )  # fmt: skip
     scale = 1.0 if scale is None else scale
     if initial_state is None:
@@ -107,8 +104,8 @@ def gated_linear_attention(
         return output.astype(v.dtype), final_state
     if implementation == "pallas":
         return chunked_gla_kernels.chunked_gla(
-            q, k, v, platform=platform, log_decay=log_decay, initial_state=initial_state,
-            scale=scale, chunk_size=chunk_size,
+            q, k, v, platform=jax.default_backend(), log_decay=log_decay,
+            initial_state=initial_state, scale=scale, chunk_size=chunk_size,
         )  # fmt: skip
     # Decays become [B, T, H, K] or [B, T, H, 1] (a decay per head broadcasts over K).
     log_decay = log_decay if log_decay.ndim == 4 else log_decay[..., None]

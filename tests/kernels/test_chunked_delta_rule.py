@@ -14,12 +14,15 @@ from parity import assert_relative, outputs_and_grads
 from tolerances import CHUNKED_BFLOAT16_RELATIVE, CHUNKED_FLOAT32_RELATIVE
 
 import kernels_pallas.chunked_delta_rule as chunked_delta_rule_kernels
-from kernels_pallas.chunked_delta_rule import gpu, tpu
 from seqjax.ops.delta_rule import delta_rule
 
 INTERPRETED = {
-    "tpu": functools.partial(tpu.chunked_delta_rule, interpret=True),
-    "gpu": functools.partial(gpu.chunked_delta_rule, interpret=True),
+    "tpu": functools.partial(
+        chunked_delta_rule_kernels.chunked_delta_rule, platform="tpu", interpret=True
+    ),
+    "gpu": functools.partial(
+        chunked_delta_rule_kernels.chunked_delta_rule, platform="gpu", interpret=True
+    ),
 }
 
 
@@ -55,7 +58,8 @@ def test_kernels_equal_the_reference(decay, dtype):
 def test_kernels_lower_forward_and_backward(target):
     """Lowering runs the Mosaic or Triton lowering of the forward and backward kernels,
     which rejects tiles and operations the target lacks."""
-    kernel = tpu.chunked_delta_rule if target == "tpu" else gpu.chunked_delta_rule
+    platform = "tpu" if target == "tpu" else "gpu"
+    kernel = functools.partial(chunked_delta_rule_kernels.chunked_delta_rule, platform=platform)
     call = "tpu_custom_call" if target == "tpu" else "triton"
     batch, length, heads, key_size, value_size = 2, 1000, 4, 128, 128
 
@@ -90,11 +94,11 @@ def test_op_dispatches_to_the_kernel_on_accelerators(monkeypatch):
         delta_rule(**arrays, implementation="pallas")
     calls = []
 
-    def interpreted_gpu_kernel(*args, **options):
+    def interpreted_kernel(*args, platform, **options):
         calls.append(options)
-        return INTERPRETED["gpu"](*args, **options)
+        return INTERPRETED[platform](*args, **options)
 
-    monkeypatch.setitem(chunked_delta_rule_kernels.PLATFORMS, "gpu", interpreted_gpu_kernel)
+    monkeypatch.setattr(chunked_delta_rule_kernels, "chunked_delta_rule", interpreted_kernel)
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     actual = jax.jit(functools.partial(delta_rule, chunk_size=16))(**arrays)
     assert len(calls) == 1

@@ -14,13 +14,16 @@ from parity import assert_relative, outputs_and_grads
 from tolerances import CHUNKED_BFLOAT16_RELATIVE, CHUNKED_FLOAT32_RELATIVE
 
 import kernels_pallas.chunked_gla as chunked_gla_kernels
-from kernels_pallas.chunked_gla import gpu, tpu
 from seqjax.ops.linear_attention import gated_linear_attention
 
 # Sub-chunks of 8 rows in the interpreter (Triton on a GPU needs 16), so a chunk of 16 has two.
 INTERPRETED = {
-    "tpu": functools.partial(tpu.chunked_gla, sub_chunk=8, interpret=True),
-    "gpu": functools.partial(gpu.chunked_gla, sub_chunk=8, value_block=16, interpret=True),
+    "tpu": functools.partial(
+        chunked_gla_kernels.chunked_gla, platform="tpu", sub_chunk=8, interpret=True
+    ),
+    "gpu": functools.partial(
+        chunked_gla_kernels.chunked_gla, platform="gpu", sub_chunk=8, value_block=16, interpret=True
+    ),
 }
 
 
@@ -55,7 +58,8 @@ def test_kernel_equals_the_reference(platform, decay, dtype):
 def test_kernels_lower_forward_and_backward(target):
     """Lowering runs the Mosaic or Triton lowering of the forward, state-gradient and
     input-gradient kernels, which rejects tiles and operations the target lacks."""
-    kernel = tpu.chunked_gla if target == "tpu" else gpu.chunked_gla
+    platform = "tpu" if target == "tpu" else "gpu"
+    kernel = functools.partial(chunked_gla_kernels.chunked_gla, platform=platform)
     call = "tpu_custom_call" if target == "tpu" else "triton"
     batch, length, heads, key_size, value_size = 2, 1000, 4, 128, 64
 
@@ -92,11 +96,11 @@ def test_op_dispatches_to_the_kernel_on_accelerators(monkeypatch):
         gated_linear_attention(**arrays, implementation="pallas")
     calls = []
 
-    def interpreted_gpu_kernel(*args, **options):
+    def interpreted_kernel(*args, platform, **options):
         calls.append(options)
-        return INTERPRETED["gpu"](*args, **options)
+        return INTERPRETED[platform](*args, **options)
 
-    monkeypatch.setitem(chunked_gla_kernels.PLATFORMS, "gpu", interpreted_gpu_kernel)
+    monkeypatch.setattr(chunked_gla_kernels, "chunked_gla", interpreted_kernel)
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     actual = jax.jit(functools.partial(gated_linear_attention, chunk_size=16))(**arrays)
     assert len(calls) == 1

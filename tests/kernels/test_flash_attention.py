@@ -14,13 +14,15 @@ import pytest
 from tolerances import BFLOAT16, FLOAT32
 
 import kernels_pallas.flash_attention as flash_attention_kernels
-from kernels_pallas.flash_attention import gpu, tpu
 from seqjax.ops.attention import softmax_attention
 
 # Blocks of 16 rows, so the lengths below span ragged last blocks and several block pairs.
+BLOCKS = dict(query_block=16, key_block=16)
 INTERPRETED = {
-    "tpu": functools.partial(tpu.flash_attention, query_block=16, key_block=16, interpret=True),
-    "gpu": functools.partial(gpu.flash_attention, query_block=16, key_block=16, interpret=True),
+    platform: functools.partial(
+        flash_attention_kernels.flash_attention, platform=platform, interpret=True, **BLOCKS
+    )
+    for platform in ("tpu", "gpu")
 }
 
 
@@ -124,7 +126,8 @@ def test_kernels_equal_reference(case, dtype):
 def test_kernels_lower_forward_and_backward(target):
     """Lowering runs the Mosaic or Triton lowering of the forward, dq and dk/dv kernels,
     which rejects tiles and operations the target lacks."""
-    kernel = tpu.flash_attention if target == "tpu" else gpu.flash_attention
+    platform = "tpu" if target == "tpu" else "gpu"
+    kernel = functools.partial(flash_attention_kernels.flash_attention, platform=platform)
     call = "tpu_custom_call" if target == "tpu" else "triton"
     batch, length, heads, groups, head_size = 2, 1000, 8, 2, 128
     positions = jax.ShapeDtypeStruct((batch, length), jnp.int32)
@@ -166,11 +169,11 @@ def test_op_dispatches_to_the_kernel_on_accelerators(monkeypatch):
         softmax_attention(**arrays, **options, implementation="pallas")
     calls = []
 
-    def interpreted_gpu_kernel(*args, **kernel_options):
+    def interpreted_kernel(*args, platform, **kernel_options):
         calls.append(kernel_options)
-        return INTERPRETED["gpu"](*args, **kernel_options)
+        return INTERPRETED[platform](*args, **kernel_options)
 
-    monkeypatch.setitem(flash_attention_kernels.PLATFORMS, "gpu", interpreted_gpu_kernel)
+    monkeypatch.setattr(flash_attention_kernels, "flash_attention", interpreted_kernel)
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     actual = jax.jit(functools.partial(softmax_attention, **options))(**arrays)
     assert len(calls) == 1 and calls[0]["window"] == 7

@@ -13,13 +13,16 @@ import pytest
 from tolerances import BFLOAT16, FLOAT32
 
 import kernels_pallas.linear_scan as linear_scan_kernels
-from kernels_pallas.linear_scan import gpu, tpu
 from seqjax.ops.scan import linear_recurrence
 
 # Small blocks, so that T = 21 spans a ragged last time block and F = 135 a ragged tile.
 INTERPRETED = {
-    "tpu": functools.partial(tpu.linear_scan, time_block=8, interpret=True),
-    "gpu": functools.partial(gpu.linear_scan, feature_block=64, interpret=True),
+    "tpu": functools.partial(
+        linear_scan_kernels.linear_scan, platform="tpu", time_block=8, interpret=True
+    ),
+    "gpu": functools.partial(
+        linear_scan_kernels.linear_scan, platform="gpu", feature_block=64, interpret=True
+    ),
 }
 
 
@@ -86,7 +89,8 @@ def test_kernel_equals_the_reference(platform, dtype, reverse, shape):
 def test_kernels_lower_forward_and_backward(target):
     """Lowering runs the Mosaic or Triton lowering of every kernel, which rejects block
     shapes and operations the target does not support."""
-    kernel = tpu.linear_scan if target == "tpu" else gpu.linear_scan
+    platform = "tpu" if target == "tpu" else "gpu"
+    kernel = functools.partial(linear_scan_kernels.linear_scan, platform=platform)
     call = "tpu_custom_call" if target == "tpu" else "triton"
 
     def forward(a, x, h0):
@@ -120,11 +124,11 @@ def test_op_dispatches_to_the_kernel_on_accelerators(monkeypatch):
         linear_recurrence(a, x, implementation="pallas")
     calls = []
 
-    def interpreted_tpu_kernel(*args, **options):
+    def interpreted_kernel(*args, platform, **options):
         calls.append(options)
-        return INTERPRETED["tpu"](*args, **options)
+        return INTERPRETED[platform](*args, **options)
 
-    monkeypatch.setitem(linear_scan_kernels.PLATFORMS, "tpu", interpreted_tpu_kernel)
+    monkeypatch.setattr(linear_scan_kernels, "linear_scan", interpreted_kernel)
     monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
     actual = linear_recurrence(a, x, initial_state=h0, segment_starts=starts)
     assert len(calls) == 1
