@@ -44,7 +44,7 @@ def kernels(
     return vjp.Kernels(
         forward=functools.partial(_forward, sub=sub_chunk, value_block=value_block, **options),
         state_gradients=functools.partial(_state_gradients, value_block=value_block, **options),
-        input_gradients=functools.partial(_input_gradients, sub=sub_chunk, **options),
+        input_gradients=functools.partial(vjp.input_gradients, sub=sub_chunk, **options),
         padded_size=lambda size: max(16, pl.next_power_of_2(size)),
         sub_chunk=sub_chunk,
     )
@@ -133,34 +133,3 @@ def _state_gradients(q, b, do, final_grad, *, chunk, value_block, params, interp
         interpret=interpret,
         name="chunked_gla_state_gradients",
     )(q, b, do, final_grad)
-
-
-def _input_gradients(q, k, v, b, do, entering, leaving_grads, *, chunk, sub, params, interpret):
-    batch, heads, length, key_size = q.shape
-    value_size = v.shape[-1]
-
-    def kernel(q_ref, k_ref, v_ref, b_ref, do_ref, state_ref, state_grad_ref, *out_refs):
-        refs = (q_ref, k_ref, v_ref, b_ref, do_ref, *out_refs)
-        chunk_math.input_gradients(refs, state_ref[...], state_grad_ref[...], chunk=chunk, sub=sub)
-
-    def chunk_spec(size):
-        return pl.BlockSpec((None, None, chunk, size), lambda b, h, n: (b, h, n, 0))
-
-    state_spec = pl.BlockSpec(
-        (None, None, None, value_size, key_size), lambda b, h, n: (b, h, n, 0, 0)
-    )
-    key_spec, value_spec = chunk_spec(key_size), chunk_spec(value_size)
-    return pl.pallas_call(
-        kernel,
-        grid=(batch, heads, length // chunk),
-        in_specs=[key_spec, key_spec, value_spec, key_spec, value_spec, state_spec, state_spec],
-        out_specs=[key_spec, key_spec, value_spec],
-        out_shape=[
-            jax.ShapeDtypeStruct(q.shape, jnp.float32),
-            jax.ShapeDtypeStruct(k.shape, jnp.float32),
-            jax.ShapeDtypeStruct(v.shape, jnp.float32),
-        ],
-        compiler_params=params,
-        interpret=interpret,
-        name="chunked_gla_input_gradients",
-    )(q, k, v, b, do, entering, leaving_grads)

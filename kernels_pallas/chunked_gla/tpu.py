@@ -31,7 +31,9 @@ def kernels(*, sub_chunk: int = DEFAULT_SUB_CHUNK, interpret: bool = False) -> v
     return vjp.Kernels(
         forward=functools.partial(_forward, **options),
         state_gradients=functools.partial(_state_gradients, interpret=interpret),
-        input_gradients=functools.partial(_input_gradients, **options),
+        input_gradients=functools.partial(
+            vjp.input_gradients, params=_sequential("parallel", "parallel", "parallel"), **options
+        ),
         padded_size=lambda size: size,
         sub_chunk=sub_chunk,
     )
@@ -137,29 +139,3 @@ def _state_gradients(q, b, do, final_grad, *, chunk, interpret):
         interpret=interpret,
         name="chunked_gla_state_gradients",
     )(q, b, do, final_grad)
-
-
-def _input_gradients(q, k, v, b, do, entering, leaving_grads, *, chunk, sub, interpret):
-    batch, heads, length, key_size = q.shape
-    value_size = v.shape[-1]
-
-    def kernel(q_ref, k_ref, v_ref, b_ref, do_ref, state_ref, state_grad_ref, *out_refs):
-        refs = (q_ref, k_ref, v_ref, b_ref, do_ref, *out_refs)
-        chunk_math.input_gradients(refs, state_ref[...], state_grad_ref[...], chunk=chunk, sub=sub)
-
-    key_spec, value_spec = _chunk_spec(chunk, key_size), _chunk_spec(chunk, value_size)
-    state_spec = _per_chunk_state_spec(value_size, key_size)
-    return pl.pallas_call(
-        kernel,
-        grid=(batch, heads, length // chunk),
-        in_specs=[key_spec, key_spec, value_spec, key_spec, value_spec, state_spec, state_spec],
-        out_specs=[key_spec, key_spec, value_spec],
-        out_shape=[
-            jax.ShapeDtypeStruct(q.shape, jnp.float32),
-            jax.ShapeDtypeStruct(k.shape, jnp.float32),
-            jax.ShapeDtypeStruct(v.shape, jnp.float32),
-        ],
-        compiler_params=_sequential("parallel", "parallel", "parallel"),
-        interpret=interpret,
-        name="chunked_gla_input_gradients",
-    )(q, k, v, b, do, entering, leaving_grads)

@@ -19,7 +19,9 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.experimental import pallas as pl
 
+from kernels_pallas.chunked_gla import chunk as chunk_math
 from kernels_pallas.common import chunk_size_unsupported, pad_axis, pad_to
 
 
@@ -74,6 +76,36 @@ def gated_linear_attention(kernels, q, k, v, log_decay, initial_state, scale, ch
     output = jnp.swapaxes(output[:, :, :length, :value_size], 1, 2).astype(v.dtype)
     final_state = jnp.swapaxes(final_state[:, :, :value_size, :key_size], 2, 3)
     return output, final_state
+
+
+def input_gradients(q, k, v, b, do, entering, leaving_grads, *, chunk, sub, params, interpret):
+    """The input-gradient kernel of both backends: every chunk on its own over the grid
+    (B, H, chunks), from the states saved at the chunk starts and the gradients of the
+    states leaving them; ``params`` are the backend's compiler parameters."""
+    batch, heads, length, key_size = q.shape
+    value_size = v.shape[-1]
+
+    def kernel(q_ref, k_ref, v_ref, b_ref, do_ref, state_ref, state_grad_ref, *out_refs):
+        refs = (q_ref, k_ref, v_ref, b_ref, do_ref, *out_refs)
+        chunk_math.input_gradients(refs, state_ref[...], state_grad_ref[...], chunk=chunk, sub=sub)
+
+    def chunk_spec(size):
+        return pl.BlockSpec((None, None, chunk, size), lambda b, h, n: (b, h, n, 0))
+
+    state_spec = pl.BlockSpec(
+        (None, None, None, value_size, key_size), lambda b, h, n: (b, h, n, 0, 0)
+    )
+    key_spec, value_spec = chunk_spec(key_size), chunk_spec(value_size)
+    return pl.pallas_call(
+        kernel,
+        grid=(batch, heads, length // chunk),
+        in_specs=[key_spec, key_spec, value_spec, key_spec, value_spec, state_spec, state_spec],
+        out_specs=[key_spec, key_spec, value_spec],
+        out_shape=[jax.ShapeDtypeStruct(x.shape, jnp.float32) for x in (q, k, v)],
+        compiler_params=params,
+        interpret=interpret,
+        name="chunked_gla_input_gradients",
+    )(q, k, v, b, do, entering, leaving_grads)
 
 
 def _within_chunks(log_decay, chunk_size):

@@ -14,7 +14,8 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from kernels_pallas.common import multiply_planes, pad_axis
+from kernels_pallas.common import pad_axis
+from kernels_pallas.linear_scan import recurrence
 
 DEFAULT_FEATURE_BLOCK = 128
 
@@ -73,12 +74,7 @@ def _scan_kernel(*refs, planes, reverse, adjoint):
         t = length - 1 - i if reverse else i
         a_t = [ref[t, :].astype(jnp.float32) for ref in a_refs]
         x_t = [ref[t, :].astype(jnp.float32) for ref in x_refs]
-        if adjoint:
-            out = [x + c for x, c in zip(x_t, carry, strict=True)]
-            carry = multiply_planes(a_t, out)
-        else:
-            carry = [p + x for p, x in zip(multiply_planes(a_t, carry), x_t, strict=True)]
-            out = carry
+        out, carry = recurrence.step(a_t, x_t, carry, adjoint=adjoint)
         for ref, value in zip(out_refs, out, strict=True):
             ref[t, :] = value.astype(ref.dtype)
         return carry

@@ -18,7 +18,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from kernels_pallas.common import from_planes, to_planes
+from kernels_pallas.common import from_planes, multiply_planes, to_planes
 
 ScanKernel = Callable[..., tuple[tuple[jax.Array, ...], tuple[jax.Array, ...]]]
 """``kernel(a, x, initial, *, reverse, adjoint, out_dtype) -> (out, final)`` over planes."""
@@ -57,6 +57,15 @@ def scan(
             reset = jnp.concatenate([reset[:, 1:], jnp.zeros_like(reset[:, :1])], axis=1)
         a = jnp.where(reset.reshape(reset.shape + (1,) * (x.ndim - 2)), 0, a)
     return _scan(kernel, reverse, a, x, initial_state.astype(state_dtype))
+
+
+def step(a_t: list, x_t: list, carry: list, *, adjoint: bool) -> tuple[list, list]:
+    """One step of a scan kernel on planes: the output and the next carry (module docstring)."""
+    if adjoint:
+        out = [x + c for x, c in zip(x_t, carry, strict=True)]
+        return out, multiply_planes(a_t, out)
+    carry = [p + x for p, x in zip(multiply_planes(a_t, carry), x_t, strict=True)]
+    return carry, carry
 
 
 def _run(kernel, a, x, initial, reverse, adjoint, out_dtype):
