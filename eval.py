@@ -5,10 +5,13 @@
     python eval.py --suite chomsky_regular [--models lstm,attention] [--tasks parity_check]
                    [--workdir DIR] [--config.<key>=<value> ...]
 
-The model and task are rebuilt from the workdir's saved config.json; the report is written to
-<workdir>/eval/step_<N>.json. A suite (configs/suites.py) trains each model on each of its
-tasks into DIR/<task>/<model> (default DIR: runs/suites/<suite>), resuming unfinished runs,
-and writes DIR/results.md, DIR/results.json and DIR/plots/*.png.
+The model and task are rebuilt from the workdir's saved config.json (importing the modules
+of its ``imports`` first); the report is written to <workdir>/eval/step_<N>.json. A
+checkpoint that is corrupt or holds non-finite values, or metrics that are not finite, are an
+error, never a result. A suite (configs/suites.py) trains each model on each of its tasks
+into DIR/<task>/<model> (default DIR: runs/suites/<suite>), resuming unfinished runs, and
+writes DIR/results.md, DIR/results.json and DIR/plots/*.png; rows of models or tasks not run
+this time are kept from the earlier results.json.
 """
 
 import argparse
@@ -34,31 +37,28 @@ def parse_arguments(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--tasks", default=None, help="comma-separated tasks of the suite")
     parser.add_argument("--suites_file", default=str(SUITES_FILE), help="where suites are")
     arguments, rest = parser.parse_known_args(argv)
-    overrides, index = [], 0
-    while index < len(rest):
-        item = rest[index]
-        if arguments.suite is None or not item.startswith("--config."):
-            parser.error(f"unrecognized argument {item!r} (--config.* overrides need --suite)")
-        key_value = item.removeprefix("--config.")
-        if "=" not in key_value:
-            if index + 1 == len(rest):
-                parser.error(f"{item} needs a value")
-            key_value, index = f"{key_value}={rest[index + 1]}", index + 1
-        overrides.append(key_value)
-        index += 1
+    from seqjax.training.config import ConfigError, parse_overrides
+
+    if rest and arguments.suite is None:
+        parser.error(f"unrecognized argument {rest[0]!r} (--config.* overrides need --suite)")
+    try:
+        overrides = parse_overrides(rest)
+    except ConfigError as error:
+        parser.error(str(error))
     if arguments.suite is None and arguments.workdir is None:
         parser.error("give --workdir (a training run) or --suite NAME")
     return arguments, overrides
 
 
 def run_suite(arguments: argparse.Namespace, overrides: list[str]) -> int:
-    from absl import logging
-
-    logging.set_verbosity(logging.ERROR)  # orbax warns that a read-only checkpoint is read-only
     from seqjax import suites
-    from seqjax.training.checkpoint import CheckpointError
+    from seqjax.evaluation import NonFiniteResultError
+    from seqjax.training.checkpoint import CheckpointError, quiet_background_failures
     from seqjax.training.config import ConfigError
+    from seqjax.training.files import WriteError
+    from seqjax.training.loop import NonFiniteError
 
+    quiet_background_failures()  # and orbax's warning that a read-only checkpoint is read-only
     try:
         available = suites.load_suites(arguments.suites_file)
         if arguments.suite not in available:
@@ -75,7 +75,10 @@ def run_suite(arguments: argparse.Namespace, overrides: list[str]) -> int:
             overrides=overrides,
             root=Path(__file__).resolve().parent,
         )
-    except (ConfigError, ValueError, FileNotFoundError, CheckpointError) as error:
+    except (NonFiniteError, NonFiniteResultError, CheckpointError, WriteError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except (ConfigError, ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print((workdir / suites.RESULTS_MARKDOWN).read_text() if results else "no run finished")
@@ -93,17 +96,14 @@ def main(argv: list[str]) -> int:
     if arguments.suite is not None:
         return run_suite(arguments, overrides)
     import jax
-    from absl import logging
 
-    logging.set_verbosity(logging.ERROR)  # orbax warns that a read-only checkpoint is read-only
-    from flax import nnx
-
-    from seqjax.evaluation import evaluate, load_run
+    from seqjax.evaluation import NonFiniteResultError, evaluate_run, load_run
     from seqjax.models import generate
-    from seqjax.training.checkpoint import CheckpointError
-    from seqjax.training.files import write_atomically
+    from seqjax.training.checkpoint import CheckpointError, quiet_background_failures
+    from seqjax.training.files import WriteError, write_atomically
     from seqjax.training.workdir import EVAL_DIR
 
+    quiet_background_failures()  # and orbax's warning that a read-only checkpoint is read-only
     workdir = Path(arguments.workdir)
     try:
         run = load_run(workdir, step=arguments.step)
@@ -124,14 +124,16 @@ def main(argv: list[str]) -> int:
             )
             print(bytes(int(t) for t in tokens[0]).decode("utf-8", errors="replace"))
             return 0
-        graphdef, params = nnx.split(run.model)
-        metrics = evaluate(graphdef, params, run.task, batch_size=arguments.batch_size)
-    except (ValueError, FileNotFoundError, CheckpointError) as error:
+        metrics = evaluate_run(run, batch_size=arguments.batch_size)
+        report = {"step": run.step, "task": run.task.name, "split": "test", "metrics": metrics}
+        path = workdir / EVAL_DIR / f"step_{run.step}.json"
+        write_atomically(path, json.dumps(report, indent=2) + "\n")
+    except (CheckpointError, NonFiniteResultError, WriteError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    report = {"step": run.step, "task": run.task.name, "split": "test", "metrics": metrics}
-    path = workdir / EVAL_DIR / f"step_{run.step}.json"
-    write_atomically(path, json.dumps(report, indent=2) + "\n")
     print(f"{run.task.name} test split ({run.task.num_test_examples} examples), step {run.step}")
     print(markdown_table(metrics))
     print(f"saved {path}")
@@ -139,4 +141,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    from seqjax.training.checkpoint import exit_process
+
+    exit_process(main(sys.argv[1:]))

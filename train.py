@@ -3,7 +3,12 @@
     python train.py [--config configs/mqar.py[:arg]] [--config.<key>=<value> ...] [--workdir DIR]
 
 With no arguments it trains the default MQAR config into runs/<config name>. Running the
-same command again resumes from the latest checkpoint in the workdir.
+same command again resumes from the newest intact checkpoint in the workdir.
+
+Exit status: 0 when done (or stopped at --until_step), 2 for a bad command line or config,
+1 when training diverged (a non-finite loss or gradient), a file of the run cannot be
+written or no checkpoint is intact, 143 / 130 when stopped by SIGTERM / Ctrl-C (after
+saving a checkpoint). Every error is one line on stderr.
 
 On several hosts, run the same command on each with the coordinator's address, the number
 of processes and this process's id (or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
@@ -41,19 +46,12 @@ def parse_arguments(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         help="this process's index in [0, num_processes) (with --coordinator_address)",
     )  # fmt: skip
     arguments, rest = parser.parse_known_args(argv)
-    overrides, index = [], 0
-    while index < len(rest):
-        item = rest[index]
-        if not item.startswith("--config."):
-            parser.error(f"unrecognized argument {item!r}")
-        key_value = item.removeprefix("--config.")
-        if "=" not in key_value:
-            if index + 1 == len(rest):
-                parser.error(f"{item} needs a value")
-            key_value, index = f"{key_value}={rest[index + 1]}", index + 1
-        overrides.append(key_value)
-        index += 1
-    return arguments, overrides
+    from seqjax.training.config import ConfigError, parse_overrides
+
+    try:
+        return arguments, parse_overrides(rest)
+    except ConfigError as error:
+        parser.error(str(error))
 
 
 def _environment_int(name: str) -> int | None:
@@ -88,8 +86,12 @@ def main(argv: list[str]) -> int:
         return 2
     import jax
 
-    from seqjax.training import ConfigError, load_config, train
+    from seqjax.training import load_config, train
+    from seqjax.training.checkpoint import CheckpointError, quiet_background_failures
+    from seqjax.training.files import WriteError
+    from seqjax.training.loop import NonFiniteError
 
+    quiet_background_failures()
     say = print if jax.process_index() == 0 else lambda *_: None
     try:
         config = load_config(arguments.config, overrides)
@@ -97,7 +99,10 @@ def main(argv: list[str]) -> int:
         workdir = Path(arguments.workdir or Path("runs") / config_name)
         say(f"training {config.model.mixer} on {config.task.name}; outputs in {workdir}/")
         result = train(config, workdir, until_step=arguments.until_step)
-    except (ConfigError, ValueError, FileNotFoundError) as error:
+    except (NonFiniteError, CheckpointError, WriteError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if result.stopped_by:
@@ -112,4 +117,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    from seqjax.training.checkpoint import exit_process
+
+    exit_process(main(sys.argv[1:]))

@@ -8,8 +8,9 @@ every (task, model, variant) through the normal training loop into
 finished ones), scores it on the task's test split and, for a length-generalization task, on
 the test split of every length in ``test_lengths``, then writes ``DIR/results.json``,
 ``DIR/results.md`` and PNG plots under ``DIR/plots/``: accuracy against test length (or
-against the variant), and training loss curves. Every file is written to a temporary name and
-renamed, so none is ever half-written.
+against the variant), and training loss curves. The rows of an earlier ``results.json`` that
+this run does not redo (other models or tasks) are kept. Every file is written to a temporary
+name and renamed, so none is ever half-written.
 """
 
 from __future__ import annotations
@@ -24,11 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import ml_collections
-from flax import nnx
 
 from seqjax import layers
 from seqjax.data import LengthGeneralizationTask, default_options
-from seqjax.evaluation import evaluate, load_run
+from seqjax.evaluation import evaluate_run, load_run
 from seqjax.training import config as config_lib
 from seqjax.training import train
 from seqjax.training.files import write_atomically
@@ -125,24 +125,25 @@ def run_config(
 ) -> ml_collections.ConfigDict:
     """The training config of one run: the base config with the task's options (defaults
     filled in), then the suite's, the model's and the variant's overrides, then the command
-    line's ``key=value`` overrides."""
+    line's ``key=value`` overrides (whose ``imports`` are imported first, so a model may be a
+    mixer they register)."""
     base = Path(suite.base_config)
-    config = config_lib.load_config(str(base if base.is_absolute() else root / base))
+    imports = [override for override in overrides if override.partition("=")[0] == "imports"]
+    config = config_lib.load_config(str(base if base.is_absolute() else root / base), imports)
     if "name" not in task_options:
         raise ValueError(f"suite {suite.name!r}: task options {dict(task_options)} have no 'name'")
     task_name = task_options["name"]
     config.task = {"name": task_name, **default_options(task_name), **task_options}
-    for key, value in {
+    suite_overrides = {
         **suite.overrides,
         **model_overrides(suite, model),
         **suite.variants[variant],
-    }.items():
-        config_lib.set_value(config, key, value if isinstance(value, str) else repr(value))
-    for override in overrides:
-        key, separator, value = override.partition("=")
-        if not separator:
-            raise config_lib.ConfigError(f"config override {override!r} must look like key=value")
-        config_lib.set_value(config, key, value)
+    }
+    as_text = [
+        f"{key}={value if isinstance(value, str) else repr(value)}"
+        for key, value in suite_overrides.items()
+    ]
+    config_lib.apply_overrides(config, [*as_text, *(o for o in overrides if o not in imports)])
     return config
 
 
@@ -163,8 +164,6 @@ def run_suite(
     the suite after writing the report of the runs done so far.
     """
     models = tuple(models or suite.default_models)
-    for model in models:
-        model_overrides(suite, model)  # an unknown model fails before anything trains
     unknown_tasks = sorted(set(tasks or ()) - set(suite.tasks))
     if unknown_tasks:
         raise ValueError(
@@ -172,25 +171,55 @@ def run_suite(
             f"its tasks: {', '.join(suite.tasks)}"
         )
     workdir, root = Path(workdir), Path(root)
+    # Every config is built, so every error is raised, before anything trains.
+    runs = [
+        (label, model, variant, run_config(suite, options, model, variant, overrides, root=root))
+        for label, options in suite.tasks.items()
+        if not tasks or label in tasks
+        for model in models
+        for variant in suite.variants
+    ]
+    used = set().union(*(config_lib.used_mixers(config.model) for *_, config in runs))
+    config_lib.check_mixer_overrides([o.partition("=")[0] for o in overrides], used)
+    earlier = earlier_results(suite, workdir)
     results = []
-    for task_label, task_options in suite.tasks.items():
-        if tasks and task_label not in tasks:
-            continue
-        for model in models:
-            for variant in suite.variants:
-                label = f"{model}@{variant}" if variant else model
-                config = run_config(suite, task_options, model, variant, overrides, root=root)
-                run_dir = workdir / task_label / label
-                if not is_finished(run_dir, config):
-                    log(f"[{suite.name}] {task_label} / {label}: training into {run_dir}")
-                    if train(config, run_dir, interactive=False).stopped_by:
-                        write_report(suite, results, workdir)
-                        return results
-                result = score_run(run_dir, task_label, model, variant, workdir=workdir)
-                log(f"[{suite.name}] {task_label} / {label}: {summary(result)}")
-                results.append(result)
-                write_report(suite, results, workdir)
+    for task_label, model, variant, config in runs:
+        label = f"{model}@{variant}" if variant else model
+        run_dir = workdir / task_label / label
+        if not is_finished(run_dir, config):
+            log(f"[{suite.name}] {task_label} / {label}: training into {run_dir}")
+            if train(config, run_dir, interactive=False).stopped_by:
+                write_report(suite, merged(earlier, results), workdir)
+                return results
+        result = score_run(run_dir, task_label, model, variant, workdir=workdir)
+        log(f"[{suite.name}] {task_label} / {label}: {summary(result)}")
+        results.append(result)
+        write_report(suite, merged(earlier, results), workdir)
     return results
+
+
+def earlier_results(suite: Suite, workdir: Path) -> list[RunResult]:
+    """The runs of the results.json that an earlier run of ``suite`` wrote in ``workdir``."""
+    path = workdir / RESULTS_JSON
+    if not path.exists():
+        return []
+    report = json.loads(path.read_text())
+    if report.get("suite") != suite.name:
+        raise ValueError(
+            f"{path} holds the results of suite {report.get('suite')!r}, not {suite.name!r}; "
+            "use another --workdir"
+        )
+    return [
+        RunResult(**{**run, "train_loss": [tuple(point) for point in run["train_loss"]]})
+        for run in report["runs"]
+    ]
+
+
+def merged(earlier: Sequence[RunResult], results: Sequence[RunResult]) -> list[RunResult]:
+    """``earlier`` with each run that ``results`` redid replaced, then the new runs."""
+    runs = {(run.task, run.model, run.variant): run for run in earlier}
+    runs.update({(run.task, run.model, run.variant): run for run in results})
+    return list(runs.values())
 
 
 def is_finished(run_dir: Path, config: ml_collections.ConfigDict) -> bool:
@@ -214,12 +243,9 @@ def score_run(run_dir: Path, task: str, model: str, variant: str, *, workdir: Pa
     if cached.get("step") == run.step and cached.get("lengths") == lengths:
         test, by_length = cached["test"], cached["by_length"]
     else:
-        graphdef, params = nnx.split(run.model)
-        test = evaluate(graphdef, params, run.task, batch_size=batch_size)
+        test = evaluate_run(run, batch_size=batch_size)
         by_length = {
-            str(length): evaluate(
-                graphdef, params, run.task.at_length(length), batch_size=batch_size
-            )
+            str(length): evaluate_run(run, batch_size=batch_size, task=run.task.at_length(length))
             for length in lengths
         }
         cache = {"step": run.step, "lengths": lengths, "test": test, "by_length": by_length}
@@ -323,8 +349,9 @@ def write_plots(suite: Suite, results: Sequence[RunResult], plots_dir: Path) -> 
             _save(figure, axes, plots_dir / f"{task}_accuracy_by_{suite.variant_axis}.png")
         figure, axes = plt.subplots(figsize=(6, 4))
         for run in runs:
-            if run.train_loss:
-                axes.plot(*zip(*run.train_loss, strict=True), label=run.label)
+            points = [(step, loss) for step, loss in run.train_loss if loss is not None]
+            if points:  # a skipped non-finite step's loss is null
+                axes.plot(*zip(*points, strict=True), label=run.label)
         axes.set(xlabel="step", ylabel="training loss", yscale="log")
         axes.set_title(f"{suite.name}: {task}")
         _save(figure, axes, plots_dir / f"{task}_loss.png")

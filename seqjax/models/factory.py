@@ -6,7 +6,8 @@ model.d_model        width D
 model.mlp_expansion  gated MLP width as a multiple of D (0: no MLP)
 model.norm           "rms" or "layer"
 model.mixers.<name>  options for mixer <name>, passed to its constructor
-model.pooling        "last" or "mean", for classifiers
+model.pooling        "last" or "mean": how a classifier reads its sequence (a classifier's
+                     key only; a language model reads every position)
 
 ``remat`` (a training option, "none", "full" or "dots") recomputes block activations in the
 backward pass; it changes no parameter.
@@ -19,7 +20,8 @@ from flax import nnx
 
 from seqjax.models.backbone import Backbone, Classifier, LanguageModel
 
-MODEL_KEYS = ("mixer", "num_layers", "d_model", "mlp_expansion", "norm", "mixers", "pooling")
+MODEL_KEYS = ("mixer", "num_layers", "d_model", "mlp_expansion", "norm", "mixers")
+CLASSIFIER_KEYS = (*MODEL_KEYS, "pooling")
 
 
 def create_model(
@@ -36,10 +38,16 @@ def create_model(
     With ``input_dim`` the inputs are real-valued features [B, T, input_dim], projected instead
     of embedded, and ``vocab_size`` is the number of output classes at each position.
     """
-    unknown = sorted(set(model_config) - set(MODEL_KEYS))
+    keys = MODEL_KEYS if num_classes is None else CLASSIFIER_KEYS
+    unknown = sorted(set(model_config) - set(keys))
+    if "pooling" in unknown:
+        raise ValueError(
+            "model.pooling is set, but this model is a language model (an output at every "
+            "position) and has no pooling; pooling is for a classifier (num_classes)"
+        )
     if unknown:
         raise ValueError(
-            f"unknown model config key(s) {', '.join(unknown)}; expected {', '.join(MODEL_KEYS)}"
+            f"unknown model config key(s) {', '.join(unknown)}; expected {', '.join(keys)}"
         )
     mixers = model_config.get("mixers", {})
     backbone = Backbone(

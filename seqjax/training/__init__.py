@@ -8,10 +8,11 @@ from seqjax.training.config import (
     optimizer_defaults,
     training_defaults,
 )
-from seqjax.training.loop import TrainResult, train
+from seqjax.training.loop import NonFiniteError, TrainResult, train
 
 __all__ = [
     "ConfigError",
+    "NonFiniteError",
     "TrainResult",
     "load_config",
     "mixer_defaults",

@@ -3,24 +3,49 @@
 ``load_config("configs/mqar.py:arg", ["model.mixer=gru"])`` imports the file, calls its
 ``get_config(arg)`` and applies ``key=value`` overrides, each checked against the keys and
 types the config already has, so a misspelt key fails with the keys that do exist.
+``check_config`` then refuses every key that nothing reads and every value out of range:
+no setting is accepted and ignored.
+
+``config.imports`` names modules (comma-separated) imported before anything is built, so a
+mixer or task that a user's package registers can be trained and evaluated by name.
 """
 
 import ast
 import difflib
+import importlib
 import importlib.util
 import json
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import ml_collections
 
 from seqjax import layers
+from seqjax.models.backbone import REMAT_POLICIES
 from seqjax.training.sharding import mesh_defaults
 
 SECTIONS_THAT_MUST_MATCH_ON_RESUME = ("model", "task")
+TOP_LEVEL_KEYS = ("seed", "imports", "task", "model", "optimizer", "training", "mesh")
+# The training options every config must set.
+TRAINING_KEYS = (
+    "batch_size",
+    "num_steps",
+    "log_every",
+    "eval_every",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "eval_batch_size",
+)
 # Training options every config has, with these values unless it sets them.
-TRAINING_DEFAULTS = dict(grad_accumulation_steps=1, compute_dtype="float32", remat="none")
+TRAINING_DEFAULTS = dict(
+    grad_accumulation_steps=1,
+    compute_dtype="float32",
+    remat="none",
+    skip_nonfinite_updates=False,
+)
+COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
 class ConfigError(ValueError):
@@ -43,15 +68,14 @@ def mixer_defaults(**overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
 
 def model_defaults(mixer: str, **overrides: Any) -> dict[str, Any]:
     """The ``model`` section most configs share, for ``mixer`` (a name, or comma-separated
-    names one per layer), updated by ``overrides``: 2 layers of width 64 with RMS norm, the
-    output read at the last position, and every mixer's options (attention with 2 heads)."""
+    names one per layer), updated by ``overrides``: 2 layers of width 64 with RMS norm, and
+    every mixer's options (attention with 2 heads)."""
     model = dict(
         mixer=mixer,
         num_layers=2,
         d_model=64,
         mlp_expansion=2,
         norm="rms",
-        pooling="last",
         mixers=mixer_defaults(attention=dict(num_heads=2)),
     )
     return _updated("model", model, overrides)
@@ -112,25 +136,213 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
     if not isinstance(config, ml_collections.ConfigDict):
         raise ConfigError(f"{path}: get_config() must return an ml_collections.ConfigDict")
     config = with_defaults(config)
+    keys = apply_overrides(config, overrides)
+    if "model" in config:
+        check_mixer_overrides(keys, used_mixers(config.model))
+    return config
+
+
+def parse_overrides(arguments: Sequence[str]) -> list[str]:
+    """Command-line ``--config.<key>=<value>`` or ``--config.<key> <value>`` items ->
+    ``key=value`` strings; anything else is a ConfigError naming it."""
+    overrides, index = [], 0
+    while index < len(arguments):
+        item = arguments[index]
+        if not item.startswith("--config."):
+            raise ConfigError(
+                f"unrecognized argument {item!r} (overrides look like --config.KEY=VALUE)"
+            )
+        key_value = item.removeprefix("--config.")
+        if "=" not in key_value:
+            if index + 1 == len(arguments):
+                raise ConfigError(f"{item} needs a value (--config.KEY=VALUE)")
+            index += 1
+            key_value = f"{key_value}={arguments[index]}"
+        overrides.append(key_value)
+        index += 1
+    return overrides
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> list[str]:
+    """Applies ``key=value`` overrides; returns the keys set.
+
+    ``imports`` is applied first and its modules imported, so that the other overrides can
+    name the mixers those modules register (``model.mixers.<name>.<option>``).
+    """
+    pairs = []
     for override in overrides:
         key, separator, value = override.partition("=")
         if not separator:
             raise ConfigError(f"config override {override!r} must look like key=value")
-        set_value(config, key, value)
-    return config
+        pairs.append((key, value))
+    for key, value in pairs:
+        if key == "imports":
+            set_value(config, key, value)
+    import_modules(config)
+    for key, value in pairs:
+        if key != "imports":
+            set_value(config, key, value)
+    return [key for key, _ in pairs]
+
+
+def module_names(imports: Any) -> list[str]:
+    """The module names of ``config.imports``: a string of comma-separated dotted names."""
+    if not isinstance(imports, str):
+        raise ConfigError(
+            f"config.imports must be a string of comma-separated module names, got {imports!r}"
+        )
+    names = [name.strip() for name in imports.split(",") if name.strip()]
+    for name in names:
+        if not all(part.isidentifier() for part in name.split(".")):
+            raise ConfigError(f"config.imports: {name!r} is not a module name (pkg.module)")
+    return names
+
+
+def import_modules(config: ml_collections.ConfigDict) -> None:
+    """Imports the modules of ``config.imports`` (their mixers and tasks register themselves)
+    and gives every mixer registered since the config was built its options section in
+    ``config.model.mixers``."""
+    for name in module_names(config.get("imports", "")):
+        try:
+            importlib.import_module(name)
+        except ImportError as error:
+            raise ConfigError(f"config.imports: cannot import {name!r}: {error}") from None
+    if "model" in config and isinstance(config.model.get("mixers"), ml_collections.ConfigDict):
+        for mixer in layers.available():
+            if mixer not in config.model.mixers:
+                config.model.mixers[mixer] = layers.default_options(mixer)
+
+
+def used_mixers(model: Mapping[str, Any]) -> set[str]:
+    """The mixer names of the ``model.mixer`` pattern (comma-separated)."""
+    return {name.strip() for name in str(model.get("mixer", "")).split(",")}
+
+
+def check_mixer_overrides(keys: Sequence[str], used: set[str]) -> None:
+    """An override of ``model.mixers.<name>.*`` for a mixer that no model uses would be
+    ignored: it is an error instead."""
+    for key in keys:
+        parts = key.split(".")
+        if len(parts) > 3 and parts[:2] == ["model", "mixers"] and parts[2] not in used:
+            raise ConfigError(
+                f"config override {key!r} sets an option of mixer {parts[2]!r}, which the "
+                f"model does not use (its mixers: {', '.join(sorted(used))})"
+            )
 
 
 def with_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """A copy of ``config`` with the sections and keys it leaves out at their defaults:
-    ``mesh`` (every device on the data axis) and the training options of TRAINING_DEFAULTS."""
+    ``mesh`` (every device on the data axis), ``imports`` (none) and the training options of
+    TRAINING_DEFAULTS."""
     config = ml_collections.ConfigDict(config.to_dict())
     if "mesh" not in config:
         config.mesh = mesh_defaults()
+    if "imports" not in config:
+        config.imports = ""
     if "training" in config:
         for key, value in TRAINING_DEFAULTS.items():
             if key not in config.training:
                 config.training[key] = value
     return config
+
+
+# A rule for a config value: a test, and what it expects (for the error message).
+Rule = tuple[Callable[[Any], bool], str]
+
+
+def integer_at_least(minimum: int) -> Rule:
+    return (
+        lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= minimum,
+        f"an integer >= {minimum}",
+    )
+
+
+def number_in(low: float, high: float, *, low_included: bool, high_included: bool) -> Rule:
+    """A finite real number between ``low`` and ``high`` (which may be infinite)."""
+
+    def holds(v):
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+            return False
+        above = v >= low if low_included else v > low
+        below = v <= high if high_included else v < high
+        return above and below
+
+    if math.isinf(high):
+        return holds, f"a finite number {'>=' if low_included else '>'} {low}"
+    interval = "[("[not low_included] + f"{low}, {high}" + "])"[not high_included]
+    return holds, f"a number in {interval}"
+
+
+def one_of(*choices: str) -> Rule:
+    return lambda v: v in choices, "one of " + ", ".join(map(repr, choices))
+
+
+BOOLEAN: Rule = (lambda v: isinstance(v, bool), "True or False")
+TRAINING_RULES: dict[str, Rule] = {
+    "batch_size": integer_at_least(1),
+    "num_steps": integer_at_least(1),
+    "log_every": integer_at_least(1),
+    "eval_every": integer_at_least(0),  # 0: evaluate only at the end
+    "checkpoint_every": integer_at_least(0),  # 0: checkpoint only at the end and when stopped
+    "keep_checkpoints": integer_at_least(1),
+    "eval_batch_size": integer_at_least(1),
+    "grad_accumulation_steps": integer_at_least(1),
+    "compute_dtype": one_of(*COMPUTE_DTYPES),
+    "remat": one_of(*REMAT_POLICIES),
+    "skip_nonfinite_updates": BOOLEAN,
+}
+OPTIMIZER_RULES: dict[str, Rule] = {
+    "learning_rate": number_in(0, math.inf, low_included=False, high_included=False),
+    "warmup_steps": integer_at_least(0),
+    "end_learning_rate_ratio": number_in(0, 1, low_included=True, high_included=True),
+    "b1": number_in(0, 1, low_included=True, high_included=False),
+    "b2": number_in(0, 1, low_included=True, high_included=False),
+    "eps": number_in(0, math.inf, low_included=False, high_included=False),
+    "weight_decay": number_in(0, math.inf, low_included=True, high_included=False),
+    "grad_clip_norm": number_in(0, math.inf, low_included=True, high_included=False),  # 0: off
+}
+
+
+def check_section(config: Mapping[str, Any], section: str, rules: Mapping[str, Rule]) -> None:
+    """``config[section]`` has exactly the keys of ``rules``, each value passing its rule."""
+    if section not in config:
+        raise ConfigError(f"config has no {section!r} section")
+    values = config[section]
+    unknown = sorted(set(values) - set(rules))
+    if unknown:
+        raise ConfigError(
+            f"unknown config key(s) {', '.join(f'{section}.{key}' for key in unknown)}; "
+            f"config.{section} has {', '.join(rules)}"
+        )
+    missing = [key for key in rules if key not in values]
+    if missing:
+        raise ConfigError(f"config.{section} is missing {', '.join(missing)}")
+    for key, (holds, expected) in rules.items():
+        if not holds(values[key]):
+            raise ConfigError(f"config.{section}.{key} must be {expected}, got {values[key]!r}")
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Every top-level key known, ``seed`` and ``imports`` well-formed, and the ``training``
+    and ``optimizer`` sections complete and in range (the model, task and mesh sections are
+    checked by what builds them)."""
+    unknown = sorted(set(config) - set(TOP_LEVEL_KEYS))
+    if unknown:
+        raise ConfigError(
+            f"unknown top-level config key(s) {', '.join(unknown)}; a config has "
+            f"{', '.join(TOP_LEVEL_KEYS)}"
+        )
+    for section in ("task", "model"):
+        if section not in config:
+            raise ConfigError(f"config has no {section!r} section")
+    if "name" not in config.task:
+        raise ConfigError("config.task.name is missing (the task to train on)")
+    holds, expected = integer_at_least(0)
+    if not holds(config.get("seed")):
+        raise ConfigError(f"config.seed must be {expected}, got {config.get('seed')!r}")
+    module_names(config.get("imports", ""))
+    check_section(config, "training", TRAINING_RULES)
+    check_section(config, "optimizer", OPTIMIZER_RULES)
 
 
 def set_value(config: ml_collections.ConfigDict, dotted_key: str, text: str) -> None:
@@ -248,6 +460,6 @@ def _fill_options_added_since(saved: dict, current: dict) -> None:
 def _relevant(section: dict) -> dict:
     if "mixers" not in section or "mixer" not in section:
         return section
-    used = {name.strip() for name in str(section["mixer"]).split(",")}
+    used = used_mixers(section)
     mixers = {name: options for name, options in section["mixers"].items() if name in used}
     return {**section, "mixers": mixers}

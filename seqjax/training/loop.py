@@ -1,49 +1,56 @@
 """The training loop: build, restore, step, log, evaluate, checkpoint, stop cleanly.
 
     task, mesh <- config;  model and optimizer state created sharded on the mesh, or
-    restored onto it from the latest checkpoint in workdir (saved on any mesh)
+    restored onto it from the newest intact checkpoint in workdir (saved on any mesh)
     for step in [start, num_steps):  state = train_step(state, task.train_batch(step))
         every log_every: metrics line;  every eval_every: test-split metrics
         every checkpoint_every, at the end, and on SIGTERM / Ctrl-C: checkpoint
 
 Every batch is a function of (task seed, step), so stopping at step N and resuming gives the
 same parameters and losses as running straight through.
+
+A step with a non-finite loss or gradient changes nothing (train_step guards it). By default
+the run then stops with a NonFiniteError naming that step and the last good checkpoint, and
+saves nothing after it; with ``training.skip_nonfinite_updates`` it carries on and counts
+the skipped updates in the metrics (``skipped_updates``). The loop learns of both, and of a
+stop signal on any process, from each step's report, read one step behind (and at log,
+eval and checkpoint steps), so the device never waits on the host.
 """
 
+import contextlib
 import dataclasses
 import signal
 import sys
 import threading
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 import ml_collections
-import numpy as np
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from seqjax.data import create_task
 from seqjax.layers.partitioning import BATCH, SEQUENCE
-from seqjax.models.backbone import REMAT_POLICIES
 from seqjax.training import config as config_lib
 from seqjax.training import sharding
 from seqjax.training.checkpoint import Checkpoints
 from seqjax.training.evaluate import evaluate
+from seqjax.training.files import writable_directory
 from seqjax.training.metrics import MetricsWriter
-from seqjax.training.step import TrainState
-from seqjax.training.trainer import COMPUTE_DTYPES, Trainer
-from seqjax.training.workdir import CHECKPOINT_DIR, prepare_workdir
-
-TRAINING_KEYS = (
-    "batch_size",
-    "num_steps",
-    "log_every",
-    "eval_every",
-    "checkpoint_every",
-    "keep_checkpoints",
-    "eval_batch_size",
+from seqjax.training.trainer import (
+    REPORT,
+    REPORT_FIRST_NONFINITE_STEP,
+    REPORT_SKIPPED_UPDATES,
+    REPORT_STOP_SIGNAL,
+    Trainer,
+)
+from seqjax.training.workdir import (
+    CHECKPOINT_DIR,
+    CONFIG_HISTORY_FILE,
+    CORRUPT_CHECKPOINT_DIR,
+    check_resume,
+    save_config,
 )
 
 
@@ -51,23 +58,46 @@ TRAINING_KEYS = (
 class TrainResult:
     step: int  # steps completed
     eval_metrics: dict[str, float]  # the latest test-split metrics (empty if none were run)
-    stopped_by: str | None  # the signal that stopped training early, if any
+    stopped_by: str | None  # the signal that stopped training early (on any process), if any
+    skipped_updates: int = 0  # non-finite updates skipped (training.skip_nonfinite_updates)
+
+
+class NonFiniteError(RuntimeError):
+    """Training reached a non-finite loss or gradient (and was not told to skip it)."""
+
+
+class Report(NamedTuple):
+    """A step's report (Trainer.step), read back from the device."""
+
+    stop_signal: int  # the largest signal number any process had received; 0: none
+    first_nonfinite_step: int  # -1: none yet
+    skipped_updates: int
+
+    @classmethod
+    def read(cls, report: jax.Array) -> "Report":
+        values = [int(value) for value in jax.device_get(report)]
+        return cls(
+            stop_signal=values[REPORT_STOP_SIGNAL],
+            first_nonfinite_step=values[REPORT_FIRST_NONFINITE_STEP],
+            skipped_updates=values[REPORT_SKIPPED_UPDATES],
+        )
 
 
 class StopSignals:
     """Turns SIGTERM and the first Ctrl-C into a request to checkpoint and stop.
 
     A second Ctrl-C interrupts at once. Handlers are only installed in the main thread.
+    ``number`` is the signal received (0: none), which every step reports to every process.
     """
 
     def __init__(self):
-        self.received: str | None = None
+        self.number = 0
         self._previous = {}
 
     def _handle(self, signum, frame):
-        if self.received and signum == signal.SIGINT:
+        if self.number and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        self.received = signal.Signals(signum).name
+        self.number = signum
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
@@ -75,47 +105,19 @@ class StopSignals:
                 self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
-    def agreed(self) -> bool:
-        """Whether to stop now: with several processes, whether any of them was signalled,
-        so that all stop at the same step (one that stopped alone would hang the others)."""
-        if jax.process_count() == 1:
-            return self.received is not None
-        flags = multihost_utils.process_allgather(np.int32(self.received is not None))
-        return bool(np.any(flags))
-
     def __exit__(self, *exc_info):
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
 
 
-def check_training_config(config: ml_collections.ConfigDict) -> None:
-    """Clear errors for missing sections and bad values before anything is built."""
-    for section in ("task", "model", "optimizer", "training"):
-        if section not in config:
-            raise config_lib.ConfigError(f"config has no {section!r} section")
-    missing = [key for key in TRAINING_KEYS if key not in config.training]
-    if missing:
-        raise config_lib.ConfigError(f"config.training is missing {', '.join(missing)}")
-    for key in (
-        "batch_size", "num_steps", "log_every", "eval_batch_size", "keep_checkpoints",
-        "grad_accumulation_steps",
-    ):  # fmt: skip
-        if config.training[key] < 1:
-            raise config_lib.ConfigError(
-                f"config.training.{key} must be at least 1, got {config.training[key]}"
-            )
-    if config.training.compute_dtype not in COMPUTE_DTYPES:
+def check_until_step(until_step: int | None, num_steps: int) -> None:
+    if until_step is not None and not (
+        isinstance(until_step, int) and 1 <= until_step <= num_steps
+    ):
         raise config_lib.ConfigError(
-            f"config.training.compute_dtype must be one of {', '.join(COMPUTE_DTYPES)}, "
-            f"got {config.training.compute_dtype!r}"
+            f"until_step must be an integer in [1, training.num_steps={num_steps}], "
+            f"got {until_step!r}"
         )
-    if config.training.remat not in REMAT_POLICIES:
-        raise config_lib.ConfigError(
-            f"config.training.remat must be one of {', '.join(REMAT_POLICIES)}, "
-            f"got {config.training.remat!r}"
-        )
-    if "name" not in config.task:
-        raise config_lib.ConfigError("config.task.name is missing (the task to train on)")
 
 
 def check_fits_mesh(config: ml_collections.ConfigDict, mesh: Mesh, task) -> None:
@@ -207,28 +209,45 @@ def train(
     With several processes (``jax.distributed``), every process runs this with the same
     config and workdir: each loads its own rows of every batch, all write the checkpoints
     together, and only process 0 writes the config and metrics and prints progress.
+
+    Raises NonFiniteError when training diverges, CheckpointError when no checkpoint is
+    intact, WriteError when a file of the run cannot be written.
     """
     config = config_lib.with_defaults(config)
-    check_training_config(config)
+    config_lib.import_modules(config)
+    config_lib.check_config(config)
     training = config.training
+    check_until_step(until_step, training.num_steps)
     task = create_task(**config.task)
     mesh = sharding.create_mesh(config.mesh) if mesh is None else mesh
     check_fits_mesh(config, mesh, task)
-    is_main = jax.process_index() == 0
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(config, task, mesh)
-
+    is_main = jax.process_index() == 0
+    workdir = writable_directory(workdir)
     checkpoints = Checkpoints(workdir / CHECKPOINT_DIR, keep=training.keep_checkpoints)
-    start = checkpoints.latest_step() or 0
-    prepare_workdir(workdir, config, has_checkpoint=bool(start), write=is_main)
-    if start:
-        like = trainer.abstract_state
-        params, opt_state = checkpoints.restore(start, like.params, like.opt_state)
-        state = TrainState(
-            step=jax.device_put(jnp.asarray(start, jnp.int32), like.step.sharding),
-            params=params,
-            opt_state=opt_state,
+    try:
+        return _train(config, workdir, trainer, checkpoints, is_main, interactive, until_step)
+    except BaseException:
+        with contextlib.suppress(Exception):  # the error being raised is the one to report
+            checkpoints.close()
+        raise
+
+
+def _train(config, workdir, trainer, checkpoints, is_main, interactive, until_step):
+    training, task = config.training, trainer.task
+    check_resume(workdir, config, has_checkpoint=bool(checkpoints.all_steps()))
+    like = trainer.abstract_state
+    restored, corrupt = checkpoints.restore_newest_intact(like.params, like.opt_state)
+    start = restored.step if restored else 0
+    if until_step is not None and until_step < start:
+        raise config_lib.ConfigError(
+            f"until_step ({until_step}) is before step {start} of the checkpoint in {workdir}"
+        )
+    set_aside = checkpoints.set_aside(sorted(corrupt), workdir / CORRUPT_CHECKPOINT_DIR)
+    changes = save_config(workdir, config, start) if is_main else []
+    if restored:
+        state = trainer.restored_state(
+            start, restored.params, restored.opt_state, skipped_updates=restored.skipped_updates
         )
     else:
         state = trainer.initial_state()
@@ -238,55 +257,122 @@ def train(
     progress = Progress(
         total=training.num_steps, initial=start, interactive=interactive and is_main
     )
+    for (_, problem), moved in zip(sorted(corrupt.items()), set_aside, strict=True):
+        progress.message(f"{problem}; moved it to {moved}")
     if start:
         progress.message(f"resumed from the checkpoint at step {start} in {workdir}")
+    if changes:
+        progress.message(
+            f"config changed since step {start} (the earlier one is kept in "
+            f"{workdir / CONFIG_HISTORY_FILE}): " + "; ".join(changes)
+        )
     tokens_per_step = training.batch_size * task.seq_len
     eval_metrics, last_saved, last_eval = {}, start, None
 
+    def checked(report: Report) -> Report:
+        """``report``, unless it shows a non-finite step that is not to be skipped."""
+        if report.first_nonfinite_step >= 0 and not training.skip_nonfinite_updates:
+            saved = (
+                f"the last good checkpoint is step {last_saved} in {checkpoints.directory}"
+                if last_saved
+                else "no checkpoint was saved"
+            )
+            raise NonFiniteError(
+                f"non-finite loss or gradient at step {report.first_nonfinite_step}: training "
+                f"stopped without saving; {saved}. Lower optimizer.learning_rate, or set "
+                "training.skip_nonfinite_updates=True to skip such steps"
+            )
+        return report
+
     def run_eval(step: int) -> dict[str, float]:
         metrics = evaluate(
-            trainer.graphdef, state.params, task, batch_size=training.eval_batch_size, mesh=mesh
+            trainer.graphdef,
+            state.params,
+            task,
+            batch_size=training.eval_batch_size,
+            mesh=trainer.mesh,
         )
         if writer:
             writer.write(step, "eval", metrics)
             progress.message(f"eval at step {step}: {_format_metrics(metrics)}")
         return metrics
 
-    step, last_step = start, min(training.num_steps, until_step or training.num_steps)
-    with StopSignals() as stop:
-        interval_start, interval_steps = time.perf_counter(), 0
-        while step < last_step and not stop.agreed():
-            state, metrics = trainer.step(state, trainer.batch(step))
-            step += 1
-            interval_steps += 1
-            if step % training.log_every == 0 or step == training.num_steps:
-                metrics = {name: float(value) for name, value in metrics.items()}
-                elapsed = time.perf_counter() - interval_start
-                rate = interval_steps / elapsed
-                if writer:
-                    writer.write(step, "train", metrics)
-                    progress.update(
-                        step, interval_steps,
-                        {**metrics, "tokens_per_second": rate * tokens_per_step}, rate,
-                    )  # fmt: skip
-                interval_start, interval_steps = time.perf_counter(), 0
-            if training.eval_every and step % training.eval_every == 0:
-                eval_metrics, last_eval = run_eval(step), step
-            if training.checkpoint_every and step % training.checkpoint_every == 0:
-                checkpoints.save(step, state.params, state.opt_state)
-                last_saved = step
-        if step != last_saved:
-            checkpoints.save(step, state.params, state.opt_state)
-        checkpoints.close()
-    if step == training.num_steps and last_eval != step:
-        eval_metrics = run_eval(step)
+    step, last_step = start, until_step or training.num_steps
+    skipped = restored.skipped_updates if restored else 0
+    report = Report(stop_signal=0, first_nonfinite_step=-1, skipped_updates=skipped)
+    pending = None  # the latest step's report, not yet read
+    try:
+        with StopSignals() as stop:
+            interval_start, interval_steps = time.perf_counter(), 0
+            while step < last_step and not report.stop_signal:
+                state, metrics = trainer.step(
+                    state, trainer.batch(step), trainer.stop_signal(stop.number)
+                )
+                latest = metrics.pop(REPORT)
+                step += 1
+                interval_steps += 1
+                if pending is not None:  # that step is done, or nearly
+                    report = checked(Report.read(pending))
+                pending = latest
+                logs = step % training.log_every == 0 or step == training.num_steps
+                evaluates = training.eval_every and step % training.eval_every == 0
+                saves = training.checkpoint_every and step % training.checkpoint_every == 0
+                if logs or evaluates or saves:
+                    report, pending = Report.read(latest), None
+                if logs:
+                    metrics = {name: float(value) for name, value in metrics.items()}
+                    if training.skip_nonfinite_updates:
+                        metrics["skipped_updates"] = report.skipped_updates
+                    elapsed = time.perf_counter() - interval_start
+                    rate = interval_steps / elapsed
+                    if writer:  # written before the check: a non-finite step has its line
+                        writer.write(step, "train", metrics)
+                        progress.update(
+                            step, interval_steps,
+                            {**metrics, "tokens_per_second": rate * tokens_per_step}, rate,
+                        )  # fmt: skip
+                    interval_start, interval_steps = time.perf_counter(), 0
+                report = checked(report)
+                if evaluates:
+                    eval_metrics, last_eval = run_eval(step), step
+                if saves:
+                    checkpoints.save(
+                        step, state.params, state.opt_state, skipped_updates=report.skipped_updates
+                    )
+                    last_saved = step
+            if pending is not None:
+                report = checked(Report.read(pending))
+            if step != last_saved:
+                checkpoints.save(
+                    step, state.params, state.opt_state, skipped_updates=report.skipped_updates
+                )
+            checkpoints.close()
+        if step == training.num_steps and last_eval != step:
+            eval_metrics = run_eval(step)
+    except BaseException:
+        progress.close()
+        if writer:
+            with contextlib.suppress(OSError):  # the error being raised is the one to report
+                writer.close()
+        raise
     progress.close()
     if writer:
         writer.close()
-    if stop.received and is_main:
+    stopped_by = signal.Signals(report.stop_signal).name if report.stop_signal else None
+    if stopped_by and is_main:
         print(
-            f"stopped by {stop.received} at step {step}; checkpoint saved in "
+            f"stopped by {stopped_by} at step {step}; checkpoint saved in "
             f"{workdir / CHECKPOINT_DIR}. Run the same command to resume.",
             flush=True,
         )
-    return TrainResult(step=step, eval_metrics=eval_metrics, stopped_by=stop.received)
+    if report.skipped_updates and is_main:
+        print(
+            f"skipped {report.skipped_updates} updates with a non-finite loss or gradient",
+            flush=True,
+        )
+    return TrainResult(
+        step=step,
+        eval_metrics=eval_metrics,
+        stopped_by=stopped_by,
+        skipped_updates=report.skipped_updates,
+    )

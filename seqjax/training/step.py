@@ -2,6 +2,11 @@
 
 The loss is the weighted mean token cross-entropy: ``weights`` [B, T] select the positions
 that count (MQAR answers, selective-copy outputs, every byte of text).
+
+A step whose loss, gradient norm or updated parameters are not all finite changes neither
+the parameters nor the optimizer state (as ``optax.apply_if_finite``); the state counts such
+steps and records the first, so the loop can stop or carry on without reading anything back
+from the device at every step.
 """
 
 from collections.abc import Callable
@@ -17,11 +22,21 @@ from seqjax.typing import Array, DType, PyTree
 
 
 class TrainState(struct.PyTreeNode):
-    """Everything a training step updates: the step count, parameters, optimizer state."""
+    """Everything a training step updates: the step count, parameters, optimizer state, and
+    the number of non-finite steps whose update was not applied and the first of them (its
+    1-based step number as the loop counts it; -1 while there is none)."""
 
     step: Array
     params: PyTree
     opt_state: PyTree
+    skipped_updates: Array | int = 0
+    first_nonfinite_step: Array | int = -1
+
+
+def all_finite(tree: PyTree) -> Array:
+    """Whether every floating-point value of ``tree`` is finite (a scalar bool)."""
+    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
 def weighted_token_sums(logits: Array, batch: dict[str, Array]) -> dict[str, Array]:
@@ -105,13 +120,30 @@ def train_step(
     grads = jax.tree.map(lambda g: g / total_weight, grad_sums)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    loss, grad_norm = sums["loss_sum"] / total_weight, optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & all_finite(params)
+    params, opt_state = jax.tree.map(
+        lambda new, old: jnp.where(finite, new, old),
+        (params, opt_state),
+        (state.params, state.opt_state),
+    )
+    step = state.step + 1
+    first_nonfinite = state.first_nonfinite_step
     metrics = {
-        "loss": sums["loss_sum"] / total_weight,
+        "loss": loss,
         "accuracy": sums["correct_sum"] / total_weight,
-        "grad_norm": optax.tree.norm(grads),
-        "learning_rate": schedule(state.step),
+        "grad_norm": grad_norm,
+        # The optimizer's schedule advances only with the updates applied.
+        "learning_rate": schedule(state.step - state.skipped_updates),
     }
-    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    new_state = TrainState(
+        step=step,
+        params=params,
+        opt_state=opt_state,
+        skipped_updates=state.skipped_updates + (~finite).astype(jnp.int32),
+        first_nonfinite_step=jnp.where(~finite & (first_nonfinite < 0), step, first_nonfinite),
+    )
+    return new_state, metrics
 
 
 def eval_step(graphdef: nnx.GraphDef, params: PyTree, batch: dict[str, Array]) -> dict[str, Any]:

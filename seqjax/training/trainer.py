@@ -2,13 +2,19 @@
 
     trainer = Trainer(config, task, mesh)
     state = trainer.initial_state()           # each device creates only its shards
-    state, metrics = trainer.step(state, trainer.batch(step))
+    state, metrics = trainer.step(state, trainer.batch(step), trainer.stop_signal(signum))
 
 The state is created by a jitted function whose outputs carry the shardings of the
 parameters' logical axes, so no parameter is ever whole on one device. The step is jitted
 with the state's shardings in and out (the state donated) and the batch split over the batch
 and sequence axes; inside it, activations follow the same rules and the recurrences run
 sequence-parallel when the sequence axis is split.
+
+Every process passes its stop signal (0 when none arrived) into the step, and the step's
+metrics hold, replicated on every device, its ``report``: the largest signal of any process,
+and the state's first non-finite step and skipped-update count. Reading the report of a step
+that has already finished tells every process the same thing at the same step, without a
+blocking all-gather.
 """
 
 import contextlib
@@ -16,6 +22,7 @@ import contextlib
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -23,12 +30,15 @@ from seqjax.data import Task
 from seqjax.layers.partitioning import BATCH, SEQUENCE, axis_rules
 from seqjax.models import create_model
 from seqjax.ops.sequence_parallel import split_sequence
+from seqjax.training import config as config_lib
 from seqjax.training import sharding
 from seqjax.training.optimizer import create_optimizer, learning_rate_schedule
 from seqjax.training.step import TrainState, train_step
 from seqjax.typing import PyTree
 
-COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+COMPUTE_DTYPES = {name: jnp.dtype(name) for name in config_lib.COMPUTE_DTYPES}
+REPORT = "report"  # the metric that holds a step's report, int32 [3]:
+REPORT_STOP_SIGNAL, REPORT_FIRST_NONFINITE_STEP, REPORT_SKIPPED_UPDATES = range(3)
 
 
 class Trainer:
@@ -55,8 +65,13 @@ class Trainer:
 
         def create_state():
             _, params = nnx.split(create_model_now())
-            step = jnp.zeros((), jnp.int32)
-            return TrainState(step=step, params=params, opt_state=self.optimizer.init(params))
+            return TrainState(
+                step=jnp.zeros((), jnp.int32),
+                params=params,
+                opt_state=self.optimizer.init(params),
+                skipped_updates=jnp.zeros((), jnp.int32),
+                first_nonfinite_step=jnp.full((), -1, jnp.int32),
+            )
 
         self.graphdef = nnx.graphdef(nnx.eval_shape(create_model_now))
         shapes = jax.eval_shape(create_state)
@@ -68,6 +83,9 @@ class Trainer:
         )
         self._create_state = jax.jit(create_state, out_shardings=self.state_shardings)
         self._replicated = NamedSharding(mesh, PartitionSpec())
+        # One entry per device, so each process sets only its own.
+        self._per_device = NamedSharding(mesh, PartitionSpec(*mesh.axis_names))
+        self._signals = {}
         self._steps = {}
 
     def initial_state(self) -> TrainState:
@@ -84,22 +102,59 @@ class Trainer:
         )
         return sharding.global_batch(rows, self.mesh, self.rules, self.batch_size)
 
-    def step(self, state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, PyTree]:
-        """One optimizer step; ``state`` is donated (its buffers are reused)."""
+    def restored_state(
+        self, step: int, params: PyTree, opt_state: PyTree, *, skipped_updates: int
+    ) -> TrainState:
+        """The state of a run restored from its checkpoint at ``step``."""
+        step, skipped, none = jax.device_put(
+            (np.int32(step), np.int32(skipped_updates), np.int32(-1)), self._replicated
+        )
+        return TrainState(
+            step=step,
+            params=params,
+            opt_state=opt_state,
+            skipped_updates=skipped,
+            first_nonfinite_step=none,
+        )
+
+    def stop_signal(self, signal_number: int) -> jax.Array:
+        """This process's stop signal (0: none) as the step's per-device input."""
+        if signal_number not in self._signals:
+            shape = self.mesh.devices.shape
+            self._signals[signal_number] = jax.make_array_from_callback(
+                shape,
+                self._per_device,
+                lambda _: np.full((1,) * len(shape), signal_number, np.int32),
+            )
+        return self._signals[signal_number]
+
+    def step(
+        self,
+        state: TrainState,
+        batch: dict[str, jax.Array],
+        stop_signal: jax.Array | None = None,
+    ) -> tuple[TrainState, PyTree]:
+        """One optimizer step; ``state`` is donated (its buffers are reused). Returns the new
+        state and the step's metrics, with its report (see the module docstring)."""
+        stop_signal = self.stop_signal(0) if stop_signal is None else stop_signal
         key = tuple(sorted(batch))
         if key not in self._steps:
             self._steps[key] = jax.jit(
                 self._traced_step,
-                in_shardings=(self.state_shardings, {k: v.sharding for k, v in batch.items()}),
+                in_shardings=(
+                    self.state_shardings,
+                    {k: v.sharding for k, v in batch.items()},
+                    self._per_device,
+                ),
                 out_shardings=(self.state_shardings, self._replicated),
                 donate_argnums=0,
             )
         with jax.set_mesh(self.mesh):
-            return self._steps[key](state, batch)
+            return self._steps[key](state, batch, stop_signal)
 
-    def _traced_step(self, state, batch):
+    def _traced_step(self, state, batch, stop_signal):
         with self.sharding_context():
-            return train_step(
+            state, metrics = train_step(
                 self.graphdef,
                 self.optimizer,
                 self.schedule,
@@ -108,6 +163,10 @@ class Trainer:
                 accumulation_steps=self.accumulation_steps,
                 compute_dtype=self.compute_dtype,
             )
+        metrics[REPORT] = jnp.stack(
+            [jnp.max(stop_signal), state.first_nonfinite_step, state.skipped_updates]
+        )
+        return state, metrics
 
     @contextlib.contextmanager
     def sharding_context(self):

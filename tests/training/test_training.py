@@ -8,70 +8,30 @@ import sys
 import textwrap
 from pathlib import Path
 
-import jax
-import numpy as np
 import pytest
-from flax import nnx
+from tiny_run import (
+    ROOT,
+    TINY,
+    assert_same_params,
+    checkpoint_steps,
+    params_of,
+    tiny_config,
+    train_losses,
+)
 
-from seqjax.evaluation import load_run
 from seqjax.training import ConfigError, load_config, train, training_defaults
-from seqjax.training.checkpoint import Checkpoints
 from seqjax.training.metrics import read_metrics
 
-ROOT = Path(__file__).resolve().parents[2]
-TINY = [
-    "model.mixer=gru",
-    "model.d_model=16",
-    "model.num_layers=1",
-    "model.mlp_expansion=1",
-    "task.vocab_size=32",
-    "task.seq_len=16",
-    "task.num_kv_pairs=2",
-    "task.num_train_examples=256",
-    "task.num_test_examples=40",
-    "training.batch_size=8",
-    "training.num_steps=8",
-    "training.log_every=1",
-    "training.eval_every=4",
-    "training.checkpoint_every=4",
-    "training.eval_batch_size=16",
-    "optimizer.warmup_steps=2",
-]
 
-
-def tiny_config(*overrides):
-    return load_config(str(ROOT / "configs" / "mqar.py"), [*TINY, *overrides])
-
-
-def params_of(workdir):
-    return nnx.state(load_run(workdir).model)
-
-
-def checkpoint_steps(workdir):
-    checkpoints = Checkpoints(workdir / "checkpoints", read_only=True)
-    steps = checkpoints.all_steps()
-    checkpoints.close()
-    return steps
-
-
-def train_losses(workdir):
-    return [(r["step"], r["loss"]) for r in read_metrics(workdir) if r["split"] == "train"]
-
-
-def assert_same_params(a, b):
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-
-
-def test_resume_is_bit_identical_to_a_straight_run(tmp_path):
-    straight = train(tiny_config(), tmp_path / "straight", interactive=False)
+def test_resume_is_bit_identical_to_a_straight_run(tmp_path, trained_run):
+    straight_dir, straight = trained_run
     first = train(tiny_config(), tmp_path / "resumed", interactive=False, until_step=3)
     assert first.step == 3
     assert checkpoint_steps(tmp_path / "resumed") == [3]
     resumed = train(tiny_config(), tmp_path / "resumed", interactive=False)
     assert straight.step == resumed.step == 8
-    assert_same_params(params_of(tmp_path / "straight"), params_of(tmp_path / "resumed"))
-    assert train_losses(tmp_path / "straight") == train_losses(tmp_path / "resumed")
+    assert_same_params(params_of(straight_dir), params_of(tmp_path / "resumed"))
+    assert train_losses(straight_dir) == train_losses(tmp_path / "resumed")
     assert [s for s, _ in train_losses(tmp_path / "resumed")] == list(range(1, 9))
     assert straight.eval_metrics == resumed.eval_metrics
 
@@ -112,7 +72,7 @@ KILLED_DURING_COMMIT = textwrap.dedent(
     from orbax.checkpoint._src.path import atomicity
     sys.path.insert(0, {root!r})
     sys.path.insert(0, {tests!r})
-    from test_training import tiny_config
+    from tiny_run import tiny_config
     from seqjax.training import train
 
     async def die_while_committing(self, *args, **kwargs):
@@ -124,7 +84,7 @@ KILLED_DURING_COMMIT = textwrap.dedent(
 )
 
 
-def test_a_checkpoint_killed_while_written_never_replaces_the_last_good_one(tmp_path):
+def test_a_checkpoint_killed_while_written_never_replaces_the_last_good_one(tmp_path, trained_run):
     workdir = tmp_path / "run"
     train(tiny_config(), workdir, interactive=False, until_step=4)
     script = KILLED_DURING_COMMIT.format(
@@ -135,9 +95,7 @@ def test_a_checkpoint_killed_while_written_never_replaces_the_last_good_one(tmp_
     assert checkpoint_steps(workdir) == [4]
     result = train(tiny_config(), workdir, interactive=False)
     assert result.step == 8
-    straight = tmp_path / "straight"
-    train(tiny_config(), straight, interactive=False)
-    assert_same_params(params_of(workdir), params_of(straight))
+    assert_same_params(params_of(workdir), params_of(trained_run[0]))
 
 
 def test_sigterm_checkpoints_and_exits_then_resumes(tmp_path):
@@ -168,9 +126,8 @@ def test_sigterm_checkpoints_and_exits_then_resumes(tmp_path):
     assert max(checkpoint_steps(workdir)) == stopped + 2
 
 
-def test_eval_cli_reports_the_same_accuracy_as_training(tmp_path):
-    workdir = tmp_path / "run"
-    result = train(tiny_config(), workdir, interactive=False)
+def test_eval_cli_reports_the_same_accuracy_as_training(copy_of_trained_run, trained_run):
+    workdir, result = copy_of_trained_run, trained_run[1]
     completed = subprocess.run(
         [sys.executable, "eval.py", "--workdir", str(workdir)],
         cwd=ROOT, capture_output=True, text=True,
