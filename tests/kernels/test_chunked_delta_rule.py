@@ -10,20 +10,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from kernel_testing import PLATFORMS, assert_chunked_op_dispatches, assert_lowers, interpreted
 from parity import assert_relative, outputs_and_grads
 from tolerances import CHUNKED_BFLOAT16_RELATIVE, CHUNKED_FLOAT32_RELATIVE
 
 import kernels_pallas.chunked_delta_rule as chunked_delta_rule_kernels
 from seqjax.ops.delta_rule import delta_rule
 
-INTERPRETED = {
-    "tpu": functools.partial(
-        chunked_delta_rule_kernels.chunked_delta_rule, platform="tpu", interpret=True
-    ),
-    "gpu": functools.partial(
-        chunked_delta_rule_kernels.chunked_delta_rule, platform="gpu", interpret=True
-    ),
-}
+INTERPRETED = interpreted(chunked_delta_rule_kernels.chunked_delta_rule, tpu={}, gpu={})
 
 
 def inputs(seed, decay, dtype, batch=2, length=37, heads=2, key_size=12, value_size=20):
@@ -58,9 +52,9 @@ def test_kernels_equal_the_reference(decay, dtype):
 def test_kernels_lower_forward_and_backward(target):
     """Lowering runs the Mosaic or Triton lowering of the forward and backward kernels,
     which rejects tiles and operations the target lacks."""
-    platform = "tpu" if target == "tpu" else "gpu"
-    kernel = functools.partial(chunked_delta_rule_kernels.chunked_delta_rule, platform=platform)
-    call = "tpu_custom_call" if target == "tpu" else "triton"
+    kernel = functools.partial(
+        chunked_delta_rule_kernels.chunked_delta_rule, platform=PLATFORMS[target]
+    )
     batch, length, heads, key_size, value_size = 2, 1000, 4, 128, 128
 
     def forward(q, k, v, beta, log_decay):
@@ -79,32 +73,16 @@ def test_kernels_lower_forward_and_backward(target):
         beta = jax.ShapeDtypeStruct((batch, length, heads), dtype)
         log_decay = jax.ShapeDtypeStruct((batch, length, heads), jnp.float32)
         for function, kernels in ((forward, 1), (backward, 2)):
-            lowered = jax.jit(function).trace(q, k, v, beta, log_decay)
-            text = lowered.lower(lowering_platforms=(target,)).as_text()
-            assert text.count(call) >= kernels, (dtype, function.__name__)
+            assert_lowers(function, (q, k, v, beta, log_decay), target, kernels)
 
 
 def test_op_dispatches_to_the_kernel_on_accelerators(monkeypatch):
-    """With implementation None on a GPU backend, delta_rule runs the GPU kernel (here in the
-    interpreter), unless segment_starts asks for packing; on CPU, asking for 'pallas' is an
-    error."""
     arrays = inputs(1, True, jnp.float32, length=20)
-    expected = delta_rule(**arrays, implementation="reference")
-    with pytest.raises(ValueError, match="'pallas' cannot run: .* not on cpu"):
-        delta_rule(**arrays, implementation="pallas")
-    calls = []
-
-    def interpreted_kernel(*args, platform, **options):
-        calls.append(options)
-        return INTERPRETED[platform](*args, **options)
-
-    monkeypatch.setattr(chunked_delta_rule_kernels, "chunked_delta_rule", interpreted_kernel)
-    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-    actual = jax.jit(functools.partial(delta_rule, chunk_size=16))(**arrays)
-    assert len(calls) == 1
-    assert_relative(actual, expected, CHUNKED_FLOAT32_RELATIVE)
-    starts = np.zeros(arrays["q"].shape[:2], bool)
-    jax.eval_shape(functools.partial(delta_rule, segment_starts=starts), **arrays)
-    assert len(calls) == 1
-    with pytest.raises(ValueError, match="'pallas' cannot run: the kernels take no segment"):
-        delta_rule(**arrays, segment_starts=starts, implementation="pallas")
+    assert_chunked_op_dispatches(
+        monkeypatch,
+        delta_rule,
+        arrays,
+        chunked_delta_rule_kernels,
+        "chunked_delta_rule",
+        INTERPRETED,
+    )

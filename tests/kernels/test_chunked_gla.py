@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from kernel_testing import PLATFORMS, assert_chunked_op_dispatches, assert_lowers, interpreted
 from parity import assert_relative, outputs_and_grads
 from tolerances import CHUNKED_BFLOAT16_RELATIVE, CHUNKED_FLOAT32_RELATIVE
 
@@ -17,14 +18,9 @@ import kernels_pallas.chunked_gla as chunked_gla_kernels
 from seqjax.ops.linear_attention import gated_linear_attention
 
 # Sub-chunks of 8 rows in the interpreter (Triton on a GPU needs 16), so a chunk of 16 has two.
-INTERPRETED = {
-    "tpu": functools.partial(
-        chunked_gla_kernels.chunked_gla, platform="tpu", sub_chunk=8, interpret=True
-    ),
-    "gpu": functools.partial(
-        chunked_gla_kernels.chunked_gla, platform="gpu", sub_chunk=8, value_block=16, interpret=True
-    ),
-}
+INTERPRETED = interpreted(
+    chunked_gla_kernels.chunked_gla, tpu=dict(sub_chunk=8), gpu=dict(sub_chunk=8, value_block=16)
+)
 
 
 def inputs(seed, decay, dtype, batch=2, length=37, heads=2, key_size=12, value_size=20):
@@ -58,9 +54,7 @@ def test_kernel_equals_the_reference(platform, decay, dtype):
 def test_kernels_lower_forward_and_backward(target):
     """Lowering runs the Mosaic or Triton lowering of the forward, state-gradient and
     input-gradient kernels, which rejects tiles and operations the target lacks."""
-    platform = "tpu" if target == "tpu" else "gpu"
-    kernel = functools.partial(chunked_gla_kernels.chunked_gla, platform=platform)
-    call = "tpu_custom_call" if target == "tpu" else "triton"
+    kernel = functools.partial(chunked_gla_kernels.chunked_gla, platform=PLATFORMS[target])
     batch, length, heads, key_size, value_size = 2, 1000, 4, 128, 64
 
     def forward(q, k, v, log_decay):
@@ -81,32 +75,11 @@ def test_kernels_lower_forward_and_backward(target):
         v = jax.ShapeDtypeStruct((batch, length, heads, value_size), dtype)
         log_decay = jax.ShapeDtypeStruct(decay_shape, jnp.float32)
         for function, kernels in ((forward, 1), (backward, 3)):
-            lowered = jax.jit(function).trace(q, k, v, log_decay)
-            text = lowered.lower(lowering_platforms=(target,)).as_text()
-            assert text.count(call) >= kernels, (dtype, function.__name__)
+            assert_lowers(function, (q, k, v, log_decay), target, kernels)
 
 
 def test_op_dispatches_to_the_kernel_on_accelerators(monkeypatch):
-    """With implementation None on a GPU backend, gated_linear_attention runs the GPU kernel
-    (here in the interpreter), unless segment_starts asks for packing; on CPU, asking for
-    'pallas' is an error."""
     arrays = inputs(1, "key", jnp.float32, length=20)
-    expected = gated_linear_attention(**arrays, implementation="reference")
-    with pytest.raises(ValueError, match="'pallas' cannot run: .* not on cpu"):
-        gated_linear_attention(**arrays, implementation="pallas")
-    calls = []
-
-    def interpreted_kernel(*args, platform, **options):
-        calls.append(options)
-        return INTERPRETED[platform](*args, **options)
-
-    monkeypatch.setattr(chunked_gla_kernels, "chunked_gla", interpreted_kernel)
-    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-    actual = jax.jit(functools.partial(gated_linear_attention, chunk_size=16))(**arrays)
-    assert len(calls) == 1
-    assert_relative(actual, expected, CHUNKED_FLOAT32_RELATIVE)
-    starts = np.zeros(arrays["q"].shape[:2], bool)
-    jax.eval_shape(functools.partial(gated_linear_attention, segment_starts=starts), **arrays)
-    assert len(calls) == 1
-    with pytest.raises(ValueError, match="'pallas' cannot run: the kernels take no segment"):
-        gated_linear_attention(**arrays, segment_starts=starts, implementation="pallas")
+    assert_chunked_op_dispatches(
+        monkeypatch, gated_linear_attention, arrays, chunked_gla_kernels, "chunked_gla", INTERPRETED
+    )

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from kernel_testing import PLATFORMS, assert_lowers, interpret_dispatch, interpreted
 from tolerances import BFLOAT16, FLOAT32
 
 import kernels_pallas.flash_attention as flash_attention_kernels
@@ -18,12 +19,7 @@ from seqjax.ops.attention import softmax_attention
 
 # Blocks of 16 rows, so the lengths below span ragged last blocks and several block pairs.
 BLOCKS = dict(query_block=16, key_block=16)
-INTERPRETED = {
-    platform: functools.partial(
-        flash_attention_kernels.flash_attention, platform=platform, interpret=True, **BLOCKS
-    )
-    for platform in ("tpu", "gpu")
-}
+INTERPRETED = interpreted(flash_attention_kernels.flash_attention, tpu=BLOCKS, gpu=BLOCKS)
 
 
 def inputs(seed, dtype, query_length=37, key_length=37, heads=4, groups=2, key_size=12):
@@ -126,9 +122,7 @@ def test_kernels_equal_reference(case, dtype):
 def test_kernels_lower_forward_and_backward(target):
     """Lowering runs the Mosaic or Triton lowering of the forward, dq and dk/dv kernels,
     which rejects tiles and operations the target lacks."""
-    platform = "tpu" if target == "tpu" else "gpu"
-    kernel = functools.partial(flash_attention_kernels.flash_attention, platform=platform)
-    call = "tpu_custom_call" if target == "tpu" else "triton"
+    kernel = functools.partial(flash_attention_kernels.flash_attention, platform=PLATFORMS[target])
     batch, length, heads, groups, head_size = 2, 1000, 8, 2, 128
     positions = jax.ShapeDtypeStruct((batch, length), jnp.int32)
     log_forget = jax.ShapeDtypeStruct((batch, length, heads), jnp.float32)
@@ -155,9 +149,7 @@ def test_kernels_lower_forward_and_backward(target):
         q = jax.ShapeDtypeStruct((batch, length, heads, head_size), dtype)
         k = v = jax.ShapeDtypeStruct((batch, length, groups, head_size), dtype)
         for function, kernels in ((forward, 1), (backward, 3)):
-            lowered = jax.jit(function).trace(q, k, v, *masking)
-            text = lowered.lower(lowering_platforms=(target,)).as_text()
-            assert text.count(call) >= kernels, (dtype, function.__name__)
+            assert_lowers(function, (q, k, v, *masking), target, kernels)
 
 
 def test_op_dispatches_to_the_kernel_on_accelerators(monkeypatch):
@@ -167,14 +159,9 @@ def test_op_dispatches_to_the_kernel_on_accelerators(monkeypatch):
     expected = softmax_attention(**arrays, **options, implementation="reference")
     with pytest.raises(ValueError, match="'pallas' cannot run: .* not on cpu"):
         softmax_attention(**arrays, **options, implementation="pallas")
-    calls = []
-
-    def interpreted_kernel(*args, platform, **kernel_options):
-        calls.append(kernel_options)
-        return INTERPRETED[platform](*args, **kernel_options)
-
-    monkeypatch.setattr(flash_attention_kernels, "flash_attention", interpreted_kernel)
-    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    calls = interpret_dispatch(
+        monkeypatch, flash_attention_kernels, "flash_attention", INTERPRETED, "gpu"
+    )
     actual = jax.jit(functools.partial(softmax_attention, **options))(**arrays)
     assert len(calls) == 1 and calls[0]["window"] == 7
     np.testing.assert_allclose(actual, expected, **FLOAT32)

@@ -10,20 +10,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from kernel_testing import PLATFORMS, assert_lowers, interpret_dispatch, interpreted
 from tolerances import BFLOAT16, FLOAT32
 
 import kernels_pallas.linear_scan as linear_scan_kernels
 from seqjax.ops.scan import linear_recurrence
 
 # Small blocks, so that T = 21 spans a ragged last time block and F = 135 a ragged tile.
-INTERPRETED = {
-    "tpu": functools.partial(
-        linear_scan_kernels.linear_scan, platform="tpu", time_block=8, interpret=True
-    ),
-    "gpu": functools.partial(
-        linear_scan_kernels.linear_scan, platform="gpu", feature_block=64, interpret=True
-    ),
-}
+INTERPRETED = interpreted(
+    linear_scan_kernels.linear_scan, tpu=dict(time_block=8), gpu=dict(feature_block=64)
+)
 
 
 def random_inputs(seed, shape, dtype=np.float32):
@@ -89,9 +85,7 @@ def test_kernel_equals_the_reference(platform, dtype, reverse, shape):
 def test_kernels_lower_forward_and_backward(target):
     """Lowering runs the Mosaic or Triton lowering of every kernel, which rejects block
     shapes and operations the target does not support."""
-    platform = "tpu" if target == "tpu" else "gpu"
-    kernel = functools.partial(linear_scan_kernels.linear_scan, platform=platform)
-    call = "tpu_custom_call" if target == "tpu" else "triton"
+    kernel = functools.partial(linear_scan_kernels.linear_scan, platform=PLATFORMS[target])
 
     def forward(a, x, h0):
         return kernel(a, x, initial_state=h0, reverse=True)
@@ -111,8 +105,7 @@ def test_kernels_lower_forward_and_backward(target):
         a = x = jax.ShapeDtypeStruct(shape, dtype)
         h0 = jax.ShapeDtypeStruct((shape[0], shape[2]), jnp.result_type(dtype, jnp.float32))
         for function in (forward, backward):
-            lowered = jax.jit(function).trace(a, x, h0).lower(lowering_platforms=(target,))
-            assert call in lowered.as_text(), (dtype, function.__name__)
+            assert_lowers(function, (a, x, h0), target, 1)
 
 
 def test_op_dispatches_to_the_kernel_on_accelerators(monkeypatch):
@@ -122,14 +115,7 @@ def test_op_dispatches_to_the_kernel_on_accelerators(monkeypatch):
     expected = reference(a, x, initial_state=h0, segment_starts=starts)
     with pytest.raises(ValueError, match="TPU or GPU, not on cpu"):
         linear_recurrence(a, x, implementation="pallas")
-    calls = []
-
-    def interpreted_kernel(*args, platform, **options):
-        calls.append(options)
-        return INTERPRETED[platform](*args, **options)
-
-    monkeypatch.setattr(linear_scan_kernels, "linear_scan", interpreted_kernel)
-    monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
+    calls = interpret_dispatch(monkeypatch, linear_scan_kernels, "linear_scan", INTERPRETED, "tpu")
     actual = linear_recurrence(a, x, initial_state=h0, segment_starts=starts)
     assert len(calls) == 1
     assert_close(actual, expected, FLOAT32)
