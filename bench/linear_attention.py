@@ -1,12 +1,12 @@
-"""Benchmark of the matrix-state ops against their recurrent form and softmax attention.
+"""Benchmark of the matrix-state ops against their reference form and softmax attention.
 
     python bench/linear_attention.py [--lengths 1024,4096,16384] [--out DIR]
 
 Forward+backward time and compiled memory (arguments, outputs, temporaries) of
-gated_linear_attention (chunked and recurrent, with a decay per head and per key),
+gated_linear_attention (chunked and reference, with a decay per head and per key),
 delta_rule and generalized_delta_rule with a decay per key (RWKV-7's form), chunked and
-recurrent, and causal softmax attention (chunked flash form), at
-B=2, H=4, K=V=64, float32, all in the same run. Prints the chunked/recurrent speed-up and
+reference, and causal softmax attention (chunked flash form), at
+B=2, H=4, K=V=64, float32, all in the same run. Prints the chunked/reference speed-up and
 writes linear_attention.json and linear_attention.png to --out (default bench/results).
 """
 
@@ -73,13 +73,13 @@ def cases(arrays: dict) -> dict:
 
     return {
         ("gla, decay per head", "chunked"): gla("chunked", "head_decay"),
-        ("gla, decay per head", "recurrent"): gla("recurrent", "head_decay"),
+        ("gla, decay per head", "reference"): gla("reference", "head_decay"),
         ("gla, decay per key", "chunked"): gla("chunked", "key_decay"),
-        ("gla, decay per key", "recurrent"): gla("recurrent", "key_decay"),
+        ("gla, decay per key", "reference"): gla("reference", "key_decay"),
         ("gated delta rule", "chunked"): delta("chunked"),
-        ("gated delta rule", "recurrent"): delta("recurrent"),
+        ("gated delta rule", "reference"): delta("reference"),
         ("generalized delta rule, decay per key", "chunked"): generalized("chunked"),
-        ("generalized delta rule, decay per key", "recurrent"): generalized("recurrent"),
+        ("generalized delta rule, decay per key", "reference"): generalized("reference"),
         ("softmax attention", "chunked"): ((q, k, v), lambda q, k, v: softmax_attention(q, k, v)),
     }
 
@@ -109,12 +109,12 @@ def measure(length: int, repeats: int) -> list[dict]:
                 "one_TKV_buffer_MiB": BATCH * HEADS * length * KEY_SIZE * VALUE_SIZE * 4 / 2**20,
             }
         )
-    recurrent = {
+    reference = {
         r["op"]: r["forward_backward_ms"] for r in rows if r["implementation"] != "chunked"
     }
     for row in rows:
-        faster = recurrent.get(row["op"])
-        row["recurrent_over_chunked"] = (
+        faster = reference.get(row["op"])
+        row["reference_over_chunked"] = (
             faster / row["forward_backward_ms"]
             if faster and row["implementation"] == "chunked"
             else float("nan")
