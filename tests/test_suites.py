@@ -108,6 +108,11 @@ def test_tiny_suite_writes_table_json_and_plots_then_resumes(tmp_path, capsys):
     assert metrics_file.read_text() == before
     assert json.loads((workdir / "results.json").read_text()) == report
 
+    fewer = [argument if argument != "lstm,attention" else "lstm" for argument in arguments]
+    assert eval_script.main(fewer) == 0  # the attention row, not run again, is kept
+    assert json.loads((workdir / "results.json").read_text()) == report
+    assert (workdir / "results.md").read_text() == table
+
 
 def test_eval_rejects_unknown_suites_models_and_keys(tmp_path, capsys):
     suites_file = write_tiny_suites_file(tmp_path / "suites.py")

@@ -1,9 +1,10 @@
 """Two processes joined by jax.distributed on 127.0.0.1 (CPU collectives), two devices each,
 train on a (data=2, fsdp=2) mesh the same run as one process on one device with the same
 global batch: the same losses, one metrics file written by process 0, and checkpoints written
-by both that restore in a single process."""
+by both that restore in a single process. A signal to one process stops both at one step."""
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -52,9 +53,9 @@ def train_losses(workdir):
     return [record["loss"] for record in read_metrics(workdir) if record["split"] == "train"]
 
 
-def test_two_processes_train_the_same_run_as_one(tmp_path):
-    workdir = tmp_path / "two_processes"
-    command = [sys.executable, "train.py", *(f"--config.{o}" for o in TINY)]
+def start_two_processes(workdir, *overrides):
+    """train.py on the tiny run in two processes of two devices each, on a (2, 2) mesh."""
+    command = [sys.executable, "train.py", *(f"--config.{o}" for o in [*TINY, *overrides])]
     command += ["--config.mesh.data=2", "--config.mesh.fsdp=2", "--workdir", str(workdir)]
     environment = {
         **os.environ,
@@ -62,7 +63,7 @@ def test_two_processes_train_the_same_run_as_one(tmp_path):
         "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{free_port()}",
         "JAX_NUM_PROCESSES": "2",
     }
-    processes = [
+    return [
         subprocess.Popen(
             command,
             cwd=ROOT,
@@ -73,6 +74,11 @@ def test_two_processes_train_the_same_run_as_one(tmp_path):
         )  # fmt: skip
         for index in range(2)
     ]
+
+
+def test_two_processes_train_the_same_run_as_one(tmp_path):
+    workdir = tmp_path / "two_processes"
+    processes = start_two_processes(workdir)
     config = load_config(str(ROOT / "configs" / "mqar.py"), [*TINY, "mesh.data=1"])
     single = tmp_path / "one_process"
     train(config, single, interactive=False, mesh=create_mesh(config.mesh, jax.devices()[:1]))
@@ -88,3 +94,20 @@ def test_two_processes_train_the_same_run_as_one(tmp_path):
     assert len(restored) == 17
     for actual, wanted in zip(restored, expected, strict=True):
         np.testing.assert_allclose(np.asarray(actual), np.asarray(wanted), **SHARDED_FLOAT32)
+
+
+def test_a_signal_to_one_process_stops_both_at_the_same_step(tmp_path):
+    workdir = tmp_path / "run"
+    first, second = start_two_processes(
+        workdir, "training.num_steps=100000", "training.checkpoint_every=0"
+    )
+    for line in first.stdout:  # only process 0 prints progress
+        if line.startswith("step 3/"):
+            second.send_signal(signal.SIGTERM)
+            break
+    outputs = [first.communicate(timeout=300)[0], second.communicate(timeout=300)[0]]
+    assert [first.returncode, second.returncode] == [128 + signal.SIGTERM] * 2, outputs
+    [stopped] = [int(p.name) for p in (workdir / "checkpoints").iterdir()]
+    assert f"stopped by SIGTERM at step {stopped}" in outputs[0]
+    assert max(record["step"] for record in read_metrics(workdir)) == stopped
+    assert len(jax.tree.leaves(nnx.state(load_run(workdir).model))) == 17
