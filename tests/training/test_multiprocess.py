@@ -8,11 +8,12 @@ import signal
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import jax
 import numpy as np
+import tiny_run
 from flax import nnx
+from tiny_run import ROOT
 from tolerances import SHARDED_FLOAT32
 
 from seqjax.evaluation import load_run
@@ -20,26 +21,19 @@ from seqjax.training import load_config, train
 from seqjax.training.metrics import read_metrics
 from seqjax.training.sharding import create_mesh
 
-ROOT = Path(__file__).resolve().parents[2]
+# The tiny run with a GLA model on a batch that splits over the 4 devices of the mesh.
 TINY = [
+    *tiny_run.TINY,
     "model.mixer=gla",
     "model.d_model=32",
-    "model.num_layers=1",
     "model.mlp_expansion=2",
     "model.mixers.gla.num_heads=2",
-    "model.mixers.gla.implementation=recurrent",
-    "task.vocab_size=32",
-    "task.seq_len=16",
-    "task.num_kv_pairs=2",
-    "task.num_train_examples=256",
+    "model.mixers.gla.implementation=reference",
     "task.num_test_examples=16",
     "training.batch_size=16",
     "training.num_steps=6",
-    "training.log_every=1",
     "training.eval_every=0",
     "training.checkpoint_every=3",
-    "training.eval_batch_size=16",
-    "optimizer.warmup_steps=2",
 ]
 
 
