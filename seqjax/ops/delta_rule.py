@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import kernels_pallas.chunked_delta_rule as chunked_delta_rule_kernels
 from seqjax.ops import checks, implementations, sequence_parallel
 from seqjax.ops.chunking import cumulative_sum, scan_over_chunks
+from seqjax.ops.decayed_scores import decayed_scores
 from seqjax.ops.implementations import REFERENCE
 from seqjax.ops.sequence_parallel import SequenceSplit
 from seqjax.typing import Array
@@ -242,7 +243,7 @@ def generalized_delta_rule(
 
     (inverted by block doubling in matmuls, ``_unit_lower_triangular_inverse``), after which
     outputs and the leaving state are those of gated linear attention with both pairs. Every
-    decay factor is formed with no positive exponent (``_decayed_scores``).
+    decay factor is formed with no positive exponent (seqjax.ops.decayed_scores).
 
     Args:
       q, k, removal_key, removal_direction: [B, T, H, K].  v: [B, T, H, V].
@@ -322,20 +323,22 @@ def _generalized_chunk(state, q, k, v, removal_key, removal_direction, log_decay
     lower = (positions[:, None] >= positions[None, :]) & same_segment
     carried = (segment == 0)[..., None, None]  # [B, C, 1, 1]
 
-    # The four score matrices in one call, stacked along heads: Σ_k x_ik y_jk exp(c_ik - b_jk)
-    # for (x, c, y) = (e, b_{i-1}, d), (e, b_{i-1}, k) with j < i and (q, b_i, k), (q, b_i, d)
-    # with j <= i.
+    # The four score matrices in one call, stacked along heads, the chunk as one block
+    # (seqjax.ops.decayed_scores): Σ_k x_ik y_jk exp(c_ik - b_jk) for (x, c, y) =
+    # (e, b_{i-1}, d), (e, b_{i-1}, k) with j < i and (q, b_i, k), (q, b_i, d) with j <= i.
     heads = q.shape[2]
-    stack = functools.partial(jnp.concatenate, axis=2)
+
+    def stack(arrays):  # four [B, C, H, ·] -> [B, 1, C, 4H, ·]
+        return jnp.concatenate(arrays, axis=2)[:, None]
+
     mask = jnp.repeat(jnp.stack([strictly_lower, lower], axis=-1), 2 * heads, axis=-1)
-    all_scores = _decayed_scores(
+    all_scores = decayed_scores(
         stack([removal_key, removal_key, q, q]),
         stack([exclusive, exclusive, inclusive, inclusive]),
         stack([removal_direction, k, k, removal_direction]),
         stack([inclusive] * 4),
-        stack([exclusive] * 4),
-        mask,
-    )
+        mask[:, None],
+    )[:, 0]
     removal_scores, key_scores, query_key_scores, query_removal_scores = jnp.split(
         all_scores, 4, axis=-1
     )
@@ -362,55 +365,6 @@ def _generalized_chunk(state, q, k, v, removal_key, removal_direction, log_decay
     state += jnp.einsum("bjhk,bjhv->bhkv", k * to_end, v)
     state -= jnp.einsum("bjhk,bjhv->bhkv", removal_direction * to_end, u)
     return output, state
-
-
-def _decayed_scores(queries, query_cumulative, keys, key_cumulative, exclusive, mask):
-    """Σ_k q_ik k_jk exp(c_ik - b_jk) where ``mask`` [B, Ci, Cj, H] holds, else 0: [B, Ci, Cj, H].
-
-    ``query_cumulative`` c is the inclusive (b_i) or exclusive (b_{i-1}) cumulative log decay
-    and ``key_cumulative`` the inclusive b_j; ``mask`` may hold only where c_i - b_j <= 0
-    (j <= i for inclusive, j < i for exclusive). A decay per head factors out of the sum over
-    k. A decay per key uses sub-chunks (GLA's secondary chunking): for j in an earlier
-    sub-chunk than i, the factor splits at p = b_{r-1}, the exclusive cumulative at the first
-    step r of i's sub-chunk, as exp(c_i - p) · exp(p - b_j). Both exponents are <= 0 (c_i is
-    b_i or b_{i-1} with i >= r, and j <= r - 1), so the sum is a matmul. (GLA's pivot b_r
-    would give a positive exponent b_{r-1} - b_r for the exclusive query at i = r.) Inside a
-    sub-chunk the product is formed directly, masked before exp.
-    """
-    batch, chunk_size, heads, key_size = queries.shape
-    if query_cumulative.shape[-1] == 1:
-        exponent = query_cumulative[:, :, None, :, 0] - key_cumulative[:, None, :, :, 0]
-        decay = jnp.exp(jnp.where(mask, exponent, -jnp.inf))  # [B, Ci, Cj, H]
-        return jnp.einsum("bihk,bjhk->bijh", queries, keys) * decay
-
-    sub_chunk = max(size for size in range(1, min(8, chunk_size) + 1) if chunk_size % size == 0)
-    num_sub = chunk_size // sub_chunk
-    shape = (batch, num_sub, sub_chunk, heads, key_size)
-    q_sub, c_sub, k_sub, b_sub = (
-        t.reshape(shape) for t in (queries, query_cumulative, keys, key_cumulative)
-    )
-    # b_{r-1} at each sub-chunk's first step r [B, S, 1, H, K]; it cancels in every product,
-    # so no gradient flows through it.
-    pivot = jax.lax.stop_gradient(exclusive.reshape(shape)[:, :, :1])
-
-    # Earlier sub-chunks: q̃_i = q_i exp(c_i - p(i)),  k̃_j = k_j exp(p(i) - b_j).
-    decayed_queries = q_sub * jnp.exp(c_sub - pivot)
-    earlier = jnp.arange(num_sub)[None, :] < jnp.arange(num_sub)[:, None]  # [S(i), S(j)]
-    exponent = pivot[:, :, None] - b_sub[:, None]  # [B, S(i), S(j), c, H, K]
-    exponent = jnp.where(earlier[:, :, None, None, None], exponent, -jnp.inf)
-    decayed_keys = k_sub[:, None] * jnp.exp(exponent)
-    across = jnp.einsum("bIihk,bIJjhk->bIiJjh", decayed_queries, decayed_keys)
-
-    # The same sub-chunk: the direct product, masked (by the caller's mask) before exp.
-    diagonal = jnp.arange(num_sub)[:, None] == jnp.arange(num_sub)[None, :]
-    local_mask = mask.reshape(batch, num_sub, sub_chunk, num_sub, sub_chunk, heads)
-    local_mask = jnp.moveaxis(jnp.diagonal(local_mask, axis1=1, axis2=3), -1, 1)  # [B,S,ci,cj,H]
-    inside = c_sub[:, :, :, None] - b_sub[:, :, None, :]  # [B, S, ci, cj, H, K]
-    inside = jnp.exp(jnp.where(local_mask[..., None], inside, -jnp.inf))
-    within = jnp.einsum("bSihk,bSjhk,bSijhk->bSijh", q_sub, k_sub, inside)
-    diagonal_blocks = jnp.einsum("IJ,bIijh->bIiJjh", diagonal.astype(within.dtype), within)
-    combined = (across + diagonal_blocks).reshape(batch, chunk_size, chunk_size, heads)
-    return jnp.where(mask, combined, 0.0)
 
 
 def _unit_lower_triangular_inverse(strictly_lower: Array) -> Array:

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import kernels_pallas.chunked_gla as chunked_gla_kernels
 from seqjax.ops import checks, implementations, sequence_parallel
 from seqjax.ops.chunking import cumulative_sum, scan_over_chunks
+from seqjax.ops.decayed_scores import decayed_scores
 from seqjax.ops.implementations import REFERENCE
 from seqjax.ops.sequence_parallel import SequenceSplit
 from seqjax.typing import Array
@@ -34,9 +35,6 @@ from seqjax.typing import Array
 IMPLEMENTATIONS = (REFERENCE, "chunked", "pallas")
 # Steps per sub-chunk of the chunked form with a decay per key.
 PER_KEY_SUB_CHUNK = 16
-# Blocks of at most this many steps form their per-key scores one product per key; larger
-# blocks are halved (``_halved_scores``).
-PER_KEY_LEAF = 4
 
 
 def gated_linear_attention(
@@ -144,7 +142,7 @@ def _chunk(state, q, k, v, log_decay, starts):
     A scalar decay factors out of the sum over k, so the whole chunk is one block of
     attention-like scores. A decay per key does not: the chunk is cut into sub-chunks of at
     most ``PER_KEY_SUB_CHUNK`` steps (GLA's secondary chunking), scores are formed inside
-    each sub-chunk (``_halved_scores``), and the state is carried from sub-chunk to
+    each sub-chunk (``decayed_scores``), and the state is carried from sub-chunk to
     sub-chunk, so no tensor larger than [C, c, K] or [C / c, K, V] appears and no exponent
     is positive.
     """
@@ -193,74 +191,10 @@ def _largest_divisor(size: int, bound: int) -> int:
 
 def _intra_chunk(q, k, v, cumulative, segment):
     """o_i = Σ_{j ≤ i, same segment} (Σ_k q_ik k_jk exp(b_ik - b_jk)) v_j within each
-    block of [B, S, c, H, ·] arrays. A scalar decay factors out of the sum over k; with a
-    decay per key the product is formed before the sum, masked before the exp."""
+    block of [B, S, c, H, ·] arrays (seqjax.ops.decayed_scores)."""
     size = q.shape[2]
     positions = jnp.arange(size)
     causal = positions[:, None] >= positions[None, :]
     mask = causal & (segment[..., :, None] == segment[..., None, :])  # [B, S, ci, cj]
-    if cumulative.shape[-1] > 1:
-        return jnp.einsum("bsijh,bsjhv->bsihv", _halved_scores(q, k, cumulative, mask), v)
-    exponent = cumulative[:, :, :, None, :, 0] - cumulative[:, :, None, :, :, 0]
-    decay = jnp.exp(jnp.where(mask[..., None], exponent, -jnp.inf))  # [B, S, ci, cj, H]
-    scores = jnp.einsum("bsihk,bsjhk->bsijh", q, k) * decay
+    scores = decayed_scores(q, cumulative, k, cumulative, mask[..., None])
     return jnp.einsum("bsijh,bsjhv->bsihv", scores, v)
-
-
-def _halved_scores(q, k, cumulative, mask):
-    """A_ij = Σ_k q_ik k_jk exp(b_ik - b_jk) within [B, S, c, H, K] blocks: [B, S, ci, cj, H].
-
-    Across the two halves of a block every pair has j < m ≤ i, with m the first step of the
-    second half, so exp(b_i - b_j) = exp(b_i - b_{m-1}) · exp(b_{m-1} - b_j), both exponents
-    ≤ 0: that quarter is a matmul of rescaled queries and keys. Each half recurses, down to
-    blocks of ``PER_KEY_LEAF`` steps formed directly (``_per_key_scores``), so a sub-chunk
-    of 16 takes 96 exponentials per key dimension where forming it directly takes 256.
-    """
-    size = q.shape[2]
-    if size <= PER_KEY_LEAF or size % 2:
-        return _per_key_scores(q, k, cumulative, mask)
-    first, second = slice(None, size // 2), slice(size // 2, None)
-    upper = _halved_scores(*(t[:, :, first] for t in (q, k, cumulative)), mask[:, :, first, first])
-    lower = _halved_scores(
-        *(t[:, :, second] for t in (q, k, cumulative)), mask[:, :, second, second]
-    )
-    boundary = cumulative[:, :, size // 2 - 1 : size // 2]  # b_{m-1}
-    query = q[:, :, second] * jnp.exp(cumulative[:, :, second] - boundary)
-    key = k[:, :, first] * jnp.exp(boundary - cumulative[:, :, first])
-    across = jnp.einsum("bsihk,bsjhk->bsijh", query, key)
-    across = jnp.where(mask[:, :, second, first, None], across, 0.0)
-    top = jnp.concatenate([upper, jnp.zeros_like(upper)], axis=3)
-    return jnp.concatenate([top, jnp.concatenate([across, lower], axis=3)], axis=2)
-
-
-def _masked_decays(cumulative, mask):
-    """D_ijk = exp(b_ik - b_jk) where ``mask`` [B, S, ci, cj] holds, else 0 (masked before
-    the exp, so no exponent is positive): [B, S, ci, cj, H, K]."""
-    exponent = cumulative[:, :, :, None] - cumulative[:, :, None, :]
-    return jnp.exp(jnp.where(mask[..., None, None], exponent, -jnp.inf))
-
-
-@jax.custom_vjp
-def _per_key_scores(q, k, cumulative, mask):
-    """A_ij = Σ_k q_ik k_jk D_ijk (``_masked_decays``) over [B, S, c, H, K] blocks, as one
-    product and sum (as an einsum XLA transposes the 6-d factor): [B, S, ci, cj, H]."""
-    return jnp.sum(q[:, :, :, None] * k[:, :, None, :] * _masked_decays(cumulative, mask), -1)
-
-
-def _per_key_scores_forward(q, k, cumulative, mask):
-    decay = _masked_decays(cumulative, mask)
-    return jnp.sum(q[:, :, :, None] * k[:, :, None, :] * decay, -1), (q, k, decay)
-
-
-def _per_key_scores_backward(residuals, scores_cotangent):
-    """With P_ijk = dA_ij D_ijk: dq_ik = Σ_j P_ijk k_jk and dk_jk = Σ_i P_ijk q_ik, and as D
-    depends on b only through b_i - b_j, db = q ⊙ dq - k ⊙ dk: two reductions of the 6-d
-    product where autodiff takes four."""
-    q, k, decay = residuals
-    weighted = scores_cotangent[..., None] * decay
-    dq = jnp.sum(weighted * k[:, :, None, :], axis=3)
-    dk = jnp.sum(weighted * q[:, :, :, None], axis=2)
-    return dq, dk, q * dq - k * dk, None
-
-
-_per_key_scores.defvjp(_per_key_scores_forward, _per_key_scores_backward)
