@@ -153,7 +153,8 @@ _chunk_loop.defvjp(_chunk_loop_forward, _chunk_loop_backward)
 def cumulative_sum(x: Array) -> Array:
     """Σ_{s <= i} x_s along axis 1 (a chunk's steps), as a matmul with a lower-triangular
     matrix of ones: XLA on CPU lowers ``jnp.cumsum`` to a reduce-window, which took about a
-    tenth of all op time in a profile of chunked gated linear attention's forward+backward."""
+    tenth of all op time in a profile of chunked gated linear attention's forward+backward.
+    Its zeros multiply later steps, so x must be finite (as it is in ``scan_over_chunks``)."""
     size = x.shape[1]
     lower = jnp.tril(jnp.ones((size, size), x.dtype))
     return jnp.einsum("ij,bj...->bi...", lower, x, precision=jax.lax.Precision.HIGHEST)

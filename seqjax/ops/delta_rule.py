@@ -170,8 +170,9 @@ def _chunk(state, q, k, v, beta, log_decay, starts):
     same_segment = segment[:, :, None] == segment[:, None, :]  # [B, Ci, Cj]
     exponent = cumulative[:, :, None] - cumulative[:, None, :]  # b_i - b_j [B, Ci, Cj, H]
 
-    def decay_where(mask):  # exp(b_i - b_j) on mask, 0 elsewhere (never a positive exponent)
-        return jnp.exp(jnp.where(mask[..., None], exponent, -jnp.inf))
+    def decayed(products, mask):  # [B, H, Ci, Cj] · exp(b_i - b_j) on mask, 0 elsewhere
+        decay = jnp.moveaxis(jnp.exp(jnp.where(mask[..., None], exponent, -jnp.inf)), 3, 1)
+        return jnp.where(mask[:, None], products * decay, 0.0)  # no positive exponent
 
     strictly_lower = (positions[:, None] > positions[None, :]) & same_segment
     lower = (positions[:, None] >= positions[None, :]) & same_segment
@@ -180,12 +181,12 @@ def _chunk(state, q, k, v, beta, log_decay, starts):
 
     # (I + A) U = diag(β) (V - diag(exp(b)) K S₀), solved per batch and head.
     key_products = jnp.einsum("bihk,bjhk->bhij", k, k)
-    a = jnp.moveaxis(beta[:, :, None] * decay_where(strictly_lower), 3, 1) * key_products
+    a = decayed(jnp.moveaxis(beta, 2, 1)[..., None] * key_products, strictly_lower)
     right = beta[..., None] * (v - jnp.einsum("bihk,bhkv->bihv", decayed_keys, state))
     u = jnp.einsum("bhij,bjhv->bhiv", _unit_lower_triangular_inverse(a), right)  # [B, H, C, V]
 
     # Outputs and leaving state of gated linear attention with values U.
-    scores = jnp.einsum("bihk,bjhk->bhij", q, k) * jnp.moveaxis(decay_where(lower), 3, 1)
+    scores = decayed(jnp.einsum("bihk,bjhk->bhij", q, k), lower)
     decayed_queries = jnp.where(carried, q * jnp.exp(cumulative)[..., None], 0.0)
     output = jnp.einsum("bhij,bhjv->bihv", scores, u)
     output += jnp.einsum("bihk,bhkv->bihv", decayed_queries, state)

@@ -244,7 +244,8 @@ def _chunk(state, q, k, v, input_gate, log_forget, starts, valid):
     log_weights = jnp.where(mask[..., None], log_weights, -jnp.inf)  # [B, Li, Lj, H]
     stabilizer = jnp.maximum(start_log_weight, jnp.max(log_weights, axis=2))  # [B, L, H]
 
-    scores = jnp.einsum("bihk,bjhk->bijh", q, k) * jnp.exp(log_weights - stabilizer[:, :, None])
+    weights = jnp.exp(log_weights - stabilizer[:, :, None])
+    scores = jnp.where(mask[..., None], jnp.einsum("bihk,bjhk->bijh", q, k) * weights, 0.0)
     numerator = jnp.einsum("bijh,bjhv->bihv", scores, v)
     query_normalizer = jnp.sum(scores, axis=2)
     # Rows of the carried segment also read the entering state.

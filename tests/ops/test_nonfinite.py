@@ -12,6 +12,7 @@ import functools
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from tolerances import FLOAT32
@@ -279,3 +280,53 @@ def test_a_nonfinite_last_input_reaches_no_earlier_output(name):
             assert_nonfinite(output[:, -1] if corrupted in case.unbatched else output[0, -1], what)
             if state is not None and corrupted not in case.reads_only:
                 assert_nonfinite(jax.tree.map(lambda s: s[0], state), what)
+
+
+# One case for each form that puts NaN back.
+NAN_FORMS = (
+    "gated_linear_attention-chunked-key-decay",
+    "delta_rule-chunked",
+    "generalized_delta_rule-chunked",
+    "mlstm-chunked",
+    "mlstm-parallel",
+    "softmax_attention-reference-forget gate",
+    "softmax_attention-chunked-forget gate",
+    "s4-causal_fft_convolution",
+)
+
+
+@pytest.mark.parametrize("name", NAN_FORMS)
+def test_a_loss_masking_the_nan_outputs_gets_the_prefix_gradients(name):
+    """With a NaN input at the last position, a loss that masks the outputs there out with
+    ``where`` has, at every earlier position, the gradients it has without the NaN; a loss
+    that reads them (and the final state) has NaN gradients in that batch row."""
+    case = build(name)
+    differentiable = [n for n in case.arrays if n not in case.constants and "ids" not in n]
+
+    def loss(arrays, masked):
+        output, state = case.run(arrays)
+        weights = np.random.default_rng(10).normal(size=output.shape).astype(np.float32)
+        earlier = (np.arange(LENGTH) < LENGTH - 1).reshape(1, -1, *(1,) * (output.ndim - 2))
+        if masked:
+            return jnp.sum(jnp.where(earlier, output * weights, 0.0))
+        return jnp.sum(output * weights) + sum(jnp.sum(s) for s in jax.tree.leaves(state))
+
+    @jax.jit
+    def gradients(arrays):
+        def of(masked):
+            return jax.grad(lambda inputs: loss({**arrays, **inputs}, masked))(
+                {n: arrays[n] for n in differentiable}
+            )
+
+        return of(True), of(False)
+
+    expected, _ = gradients(case.arrays)
+    for corrupted in case.corrupted:
+        masked, read = gradients(with_last(case, corrupted, np.nan))
+        for n in differentiable:  # at the prefix's positions
+            earlier = (slice(None, -1),) if n in case.unbatched else (slice(None), slice(None, -1))
+            np.testing.assert_allclose(
+                masked[n][earlier], expected[n][earlier], **FLOAT32, err_msg=corrupted
+            )
+        rows = read if corrupted in case.unbatched else jax.tree.map(lambda g: g[0], read)
+        assert_nonfinite(rows, corrupted)
