@@ -22,20 +22,49 @@ from pathlib import Path
 SUITES_FILE = Path(__file__).resolve().parent / "configs" / "suites.py"
 
 
+# What eval.py does (suite, metrics or generate), the options each reads (any other given is
+# an error: it would be ignored) and their defaults.
+USES = {"suite": "--suite", "metrics": "test-split metrics", "generate": "--generate"}
+READ_BY = dict(
+    models={"suite"},
+    tasks={"suite"},
+    suites_file={"suite"},
+    step={"metrics", "generate"},
+    batch_size={"metrics"},
+    max_new_tokens={"generate"},
+    temperature={"generate"},
+    top_k={"generate"},
+    seed={"generate"},
+)
+DEFAULTS = dict(
+    batch_size=250, max_new_tokens=200, temperature=0.0, seed=0, suites_file=str(SUITES_FILE)
+)
+
+
+def at_least(minimum: float, kind: type = int):
+    def parse(text: str):
+        value = kind(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {text}")
+        return value
+
+    return parse
+
+
 def parse_arguments(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", default=None, help="a train.py output directory")
-    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default latest)")
-    parser.add_argument("--batch_size", type=int, default=250, help="evaluation batch size")
+    parser.add_argument("--step", type=at_least(0), help="checkpoint step (default latest)")
+    parser.add_argument("--batch_size", type=at_least(1), help="evaluation batch size (250)")
     parser.add_argument("--generate", metavar="PROMPT", default=None, help="text to continue")
-    parser.add_argument("--max_new_tokens", type=int, default=200)
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 is greedy decoding")
-    parser.add_argument("--top_k", type=int, default=None, help="sample from the k most likely")
-    parser.add_argument("--seed", type=int, default=0, help="sampling seed")
+    parser.add_argument("--max_new_tokens", type=at_least(1), help="tokens to generate (200)")
+    parser.add_argument("--temperature", type=at_least(0, float), help="0 (default): greedy")
+    parser.add_argument("--top_k", type=at_least(1), help="sample from the k most likely")
+    parser.add_argument("--seed", type=at_least(0), help="sampling seed (0)")
     parser.add_argument("--suite", default=None, help="train and compare models on a suite")
     parser.add_argument("--models", default=None, help="comma-separated models for --suite")
     parser.add_argument("--tasks", default=None, help="comma-separated tasks of the suite")
-    parser.add_argument("--suites_file", default=str(SUITES_FILE), help="where suites are")
+    parser.add_argument("--suites_file", help="where suites are (configs/suites.py)")
     arguments, rest = parser.parse_known_args(argv)
     from seqjax.training.config import ConfigError, parse_overrides
 
@@ -47,6 +76,16 @@ def parse_arguments(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         parser.error(str(error))
     if arguments.suite is None and arguments.workdir is None:
         parser.error("give --workdir (a training run) or --suite NAME")
+    if arguments.suite is not None and arguments.generate is not None:
+        parser.error("give --suite or --generate, not both")
+    use = (
+        "suite" if arguments.suite else "generate" if arguments.generate is not None else "metrics"
+    )
+    for name, uses in READ_BY.items():
+        if getattr(arguments, name) is not None and use not in uses:
+            parser.error(f"--{name} applies only to {' or '.join(USES[u] for u in sorted(uses))}")
+        if getattr(arguments, name) is None and name in DEFAULTS:
+            setattr(arguments, name, DEFAULTS[name])
     return arguments, overrides
 
 

@@ -14,6 +14,7 @@ with the step, the directory and the cause. The directories are created synchron
 such a failure is raised in the caller and no background thread is left waiting.
 """
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -156,7 +157,11 @@ def nonfinite_leaves(tree: PyTree) -> list[str]:
 
 
 class Checkpoints:
-    """The checkpoints in ``directory``: save every step asked, keep the last ``keep``."""
+    """The checkpoints in ``directory``: save every step asked, keep the last ``keep``.
+
+    As a context manager it closes on exit; leaving with an exception, it closes without
+    raising another (the error already raised is the one to report).
+    """
 
     def __init__(self, directory: str | Path, *, keep: int = 3, read_only: bool = False):
         self.directory = Path(directory).absolute()
@@ -173,6 +178,7 @@ class Checkpoints:
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
         self._saving: int | None = None  # the step being written in the background
+        self._closed = False
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -284,6 +290,8 @@ class Checkpoints:
     def set_aside(self, steps: list[int], destination: Path) -> list[Path]:
         """Moves the checkpoints of ``steps`` into ``destination`` (process 0 moves, every
         process waits), out of the way of the checkpoints that resume will write."""
+        if not steps:
+            return []
         moved = []
         for step in steps:
             # A step set aside before (corrupted twice) keeps its earlier copy.
@@ -313,7 +321,20 @@ class Checkpoints:
         )
 
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         try:
             self.wait()
         finally:
             self.manager.close()
+
+    def __enter__(self) -> "Checkpoints":
+        return self
+
+    def __exit__(self, exc_type, *_) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        with contextlib.suppress(Exception):
+            self.close()

@@ -222,19 +222,15 @@ def train(
     mesh = sharding.create_mesh(config.mesh) if mesh is None else mesh
     check_fits_mesh(config, mesh, task)
     trainer = Trainer(config, task, mesh)
-    is_main = jax.process_index() == 0
     workdir = writable_directory(workdir)
     checkpoints = Checkpoints(workdir / CHECKPOINT_DIR, keep=training.keep_checkpoints)
-    try:
-        return _train(config, workdir, trainer, checkpoints, is_main, interactive, until_step)
-    except BaseException:
-        with contextlib.suppress(Exception):  # the error being raised is the one to report
-            checkpoints.close()
-        raise
+    with checkpoints:
+        return _train(config, workdir, trainer, checkpoints, interactive, until_step)
 
 
-def _train(config, workdir, trainer, checkpoints, is_main, interactive, until_step):
+def _train(config, workdir, trainer, checkpoints, interactive, until_step) -> TrainResult:
     training, task = config.training, trainer.task
+    is_main = jax.process_index() == 0
     check_resume(workdir, config, has_checkpoint=bool(checkpoints.all_steps()))
     like = trainer.abstract_state
     restored, corrupt = checkpoints.restore_newest_intact(like.params, like.opt_state)

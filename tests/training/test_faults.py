@@ -16,6 +16,7 @@ import pytest
 from tiny_run import (
     assert_same_params,
     checkpoint_steps,
+    load_script,
     params_of,
     strict_json_lines,
     tiny_config,
@@ -199,7 +200,9 @@ def test_a_corrupt_latest_checkpoint_is_named_and_resume_falls_back(
         problem = f"file {name} does not match its checksum"
     named = f"the checkpoint at step 8 in {workdir / 'checkpoints'} is corrupt: {problem}"
     with pytest.raises(CheckpointError, match=re.escape(named)):
-        load_run(workdir)  # eval.py refuses it
+        load_run(workdir)
+    assert load_script("eval").main(["--workdir", str(workdir)]) == 1
+    assert capsys.readouterr().err == f"error: {named}\n"
     result = train(tiny_config(), workdir, interactive=False)
     output = capsys.readouterr().out
     assert f"{named}; moved it to {workdir / 'corrupt_checkpoints' / '8'}" in output

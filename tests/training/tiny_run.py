@@ -1,6 +1,7 @@
 """A tiny MQAR run (a one-layer GRU of width 16, 8 steps, checkpoints at 4 and 8) and the
 helpers the training tests share to start, inspect and compare such runs."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -48,6 +49,14 @@ def train_cli(workdir, *arguments, timeout=300, **options):
         cwd=ROOT, capture_output=True, text=True, timeout=timeout, **options,
     )  # fmt: skip
     return completed.returncode, completed.stdout, completed.stderr
+
+
+def load_script(name):
+    """train.py or eval.py as a module, to call its main() in this process."""
+    spec = importlib.util.spec_from_file_location(f"{name}_script", ROOT / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def params_of(workdir, step=None):
