@@ -147,19 +147,6 @@ def _run(state, q, k, v, input_gate, forget_gate, starts, *, implementation, chu
     return scan_over_chunks(_chunk, state, (*arrays, jnp.ones_like(starts)), chunk_size=chunk_size)
 
 
-def _check_shapes(q, k, v, input_gate, forget_gate):
-    if q.ndim != 4:
-        raise ValueError(f"q must be [B, T, H, K], got shape {q.shape}")
-    if k.shape != q.shape:
-        raise ValueError(f"k must have q's shape [B, T, H, K] = {q.shape}, got {k.shape}")
-    if v.ndim != 4 or v.shape[:3] != q.shape[:3]:
-        raise ValueError(f"v must be [B, T, H, V] with [B, T, H] = {q.shape[:3]}, got {v.shape}")
-    for name, gate in (("input_gate", input_gate), ("forget_gate", forget_gate)):
-        if gate.shape != q.shape[:3]:
-            raise ValueError(f"{name} must be [B, T, H] = {q.shape[:3]}, got {gate.shape}")
-    return q.shape
-
-
 def _check_state(state, batch, heads, key_size, value_size) -> MLSTMState:
     state = MLSTMState(*state)
     expected = MLSTMState(
