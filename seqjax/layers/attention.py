@@ -12,11 +12,15 @@ segment id, so a sequence fed in pieces, or one token at a time, equals the whol
 a window the cache must hold every token of the context (``cache_length``); with a window it
 only needs the last ``window`` tokens. ``rotary=False`` leaves positions out of the scores
 (no positional encoding; the forgetting-attention subclass in fox_attention.py uses this).
+``block_size`` and ``implementation`` are those of ``softmax_attention``.
 """
 
 import jax.numpy as jnp
 from flax import nnx
 
+from seqjax.layers.checks import check_divides, check_sizes
+from seqjax.layers.heads import merge_heads, split_heads
+from seqjax.layers.partitioning import EMBED, HEADS, linear
 from seqjax.layers.registry import register
 from seqjax.ops.attention import rotary_embedding, softmax_attention
 from seqjax.typing import Array, PyTree
@@ -38,26 +42,28 @@ class Attention(nnx.Module):
         cache_length: int = 2048,
         rotary: bool = True,
         rotary_base: float = 10_000.0,
+        block_size: int = 128,
         implementation: str | None = None,
     ):
+        check_sizes(num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim)
+        check_sizes(window=window, cache_length=cache_length, block_size=block_size)
         num_kv_heads = num_kv_heads or num_heads
-        head_dim = head_dim or d_model // num_heads
-        if num_heads % num_kv_heads:
-            raise ValueError(
-                f"num_heads ({num_heads}) must be a multiple of num_kv_heads ({num_kv_heads})"
-            )
+        check_divides("num_kv_heads", num_kv_heads, "num_heads", num_heads)
+        if head_dim is None:
+            check_divides("num_heads", num_heads, "d_model", d_model)
+            head_dim = d_model // num_heads
         if rotary and head_dim % 2:
             raise ValueError(f"head_dim must be even for rotary positions, got {head_dim}")
-        if window is not None and window < 1:
-            raise ValueError(f"window must be a positive number of tokens or None, got {window}")
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.window = window
         self.cache_length = min(cache_length, window) if window else cache_length
         self.rotary, self.rotary_base = rotary, rotary_base
-        self.implementation = implementation
-        self.query = nnx.Linear(d_model, num_heads * head_dim, use_bias=False, rngs=rngs)
-        self.key_value = nnx.Linear(d_model, 2 * num_kv_heads * head_dim, use_bias=False, rngs=rngs)
-        self.output = nnx.Linear(num_heads * head_dim, d_model, use_bias=False, rngs=rngs)
+        self.block_size, self.implementation = block_size, implementation
+        self.query = linear(d_model, num_heads * head_dim, EMBED, HEADS, use_bias=False, rngs=rngs)
+        self.key_value = linear(
+            d_model, 2 * num_kv_heads * head_dim, EMBED, HEADS, use_bias=False, rngs=rngs
+        )
+        self.output = linear(num_heads * head_dim, d_model, HEADS, EMBED, use_bias=False, rngs=rngs)
 
     @property
     def context_limit(self) -> int | None:
@@ -78,9 +84,8 @@ class Attention(nnx.Module):
     def __call__(
         self, x: Array, *, state: PyTree | None = None, segment_starts: Array | None = None
     ) -> tuple[Array, PyTree]:
-        batch, length, _ = x.shape
         attended, new_state = self.attend(x, state=state, segment_starts=segment_starts)
-        return self.output(attended.reshape(batch, length, -1)), new_state
+        return self.output(merge_heads(attended)), new_state
 
     def attend(
         self,
@@ -105,12 +110,8 @@ class Attention(nnx.Module):
         )
         segment_ids = cache["segment_id"][:, None] + jnp.cumsum(starts, axis=1)
 
-        queries = self.query(x).reshape(batch, length, self.num_heads, self.head_dim)
-        keys, values = jnp.split(
-            self.key_value(x).reshape(batch, length, 2 * self.num_kv_heads, self.head_dim),
-            2,
-            axis=2,
-        )
+        queries = split_heads(self.query(x), self.num_heads)
+        keys, values = jnp.split(split_heads(self.key_value(x), 2 * self.num_kv_heads), 2, axis=2)
         if self.rotary:
             queries = rotary_embedding(queries, positions, base=self.rotary_base)
             keys = rotary_embedding(keys, positions, base=self.rotary_base)
@@ -137,6 +138,7 @@ class Attention(nnx.Module):
             causal=True,
             window=self.window,
             log_forget=attend_to.get("log_forget"),
+            block_size=self.block_size,
             implementation=self.implementation,
         )
 

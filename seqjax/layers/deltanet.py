@@ -23,14 +23,19 @@ State: {"conv": the last W - 1 conv inputs [B, W-1, 2HK + HV], "recurrent": S [B
 DeltaProduct (deltaproduct.py) reuses this block with several keys and values per token.
 """
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from seqjax.layers.mamba import step_size_bias
+from seqjax.layers.checks import check_divides, check_sizes
+from seqjax.layers.conv import ShortConv
+from seqjax.layers.heads import merge_heads, split_heads
+from seqjax.layers.mamba2 import ssd_decay_parameters, ssd_log_decay
 from seqjax.layers.norms import RMSNorm
+from seqjax.layers.partitioning import EMBED, HEADS, linear
 from seqjax.layers.registry import register
-from seqjax.ops.conv import causal_conv1d
 from seqjax.ops.delta_rule import delta_rule
 from seqjax.typing import Array, PyTree
 
@@ -54,13 +59,13 @@ def gated_delta_log_decay(decay_logits: Array, log_decay_rate: Array, dt_bias: A
     """log α_t = -exp(A_log) softplus(logits + b_Δ) <= 0 (Mamba-2's scalar decay); float32
     [B, T, H] from logits [B, T, H], A_log [H] and b_Δ [H]."""
     step = jax.nn.softplus(decay_logits.astype(jnp.float32) + dt_bias.astype(jnp.float32))
-    return -jnp.exp(log_decay_rate.astype(jnp.float32)) * step
+    return ssd_log_decay(step, log_decay_rate)
 
 
-def _conv_taps(key: Array, width: int, channels: int) -> Array:
-    """Depthwise conv taps [W, C], uniform in ±W^-1/2 like PyTorch's Conv1d (fan-in W)."""
-    bound = width**-0.5
-    return jax.random.uniform(key, (width, channels), minval=-bound, maxval=bound)
+def single_factor_delta_rule(q: Array, k: Array, v: Array, beta: Array, **op_options):
+    """``delta_rule`` over k [B, T, 1, H, K], v [B, T, 1, H, V] and β [B, T, 1, H]: one key,
+    value and β per token, in the layout DeltaProduct gives n_h of them."""
+    return delta_rule(q, k[:, :, 0], v[:, :, 0], beta[:, :, 0], **op_options)
 
 
 @register("deltanet")
@@ -74,6 +79,10 @@ class DeltaNet(nnx.Module):
     ``implementation`` of ``delta_rule`` (chunks of 16 were the fastest of 8 to 64 on CPU for
     T = 64: the XLA triangular solve of a 64-step chunk is slow there).
     """
+
+    # Keys, values and β per token: DeltaProduct's n_h Householder factors.
+    num_householder = 1
+    recurrence = staticmethod(single_factor_delta_rule)
 
     def __init__(
         self,
@@ -89,80 +98,43 @@ class DeltaNet(nnx.Module):
         chunk_size: int = 16,
         implementation: str | None = None,
     ):
-        self._build(
-            d_model,
-            rngs,
-            num_heads=num_heads,
-            head_dim=head_dim,
-            value_dim=value_dim,
-            conv_width=conv_width,
-            negative_eigenvalues=negative_eigenvalues,
-            output_gate=output_gate,
-            chunk_size=chunk_size,
-            implementation=implementation,
+        check_sizes(
+            num_heads=num_heads, head_dim=head_dim, value_dim=value_dim, chunk_size=chunk_size
         )
-
-    def _build(
-        self,
-        d_model: int,
-        rngs: nnx.Rngs,
-        *,
-        num_heads: int,
-        head_dim: int | None,
-        value_dim: int | None,
-        conv_width: int,
-        negative_eigenvalues: bool,
-        output_gate: bool,
-        chunk_size: int,
-        implementation: str | None,
-        num_householder: int = 1,
-        gated: bool = False,
-        dt_min: float = 0.001,
-        dt_max: float = 0.1,
-    ) -> None:
-        """The parameters of the delta-rule block, shared with Gated DeltaNet and
-        DeltaProduct (``num_householder`` keys, values and β per token)."""
-        if conv_width < 1:
-            raise ValueError(f"conv_width must be at least 1, got {conv_width}")
-        if num_householder < 1:
-            raise ValueError(f"num_householder must be at least 1, got {num_householder}")
+        if head_dim is None:
+            check_divides("num_heads", num_heads, "d_model", d_model)
         self.num_heads = heads = num_heads
         self.head_dim = key_size = head_dim or d_model // num_heads
         self.value_dim = value_size = value_dim or key_size
-        if key_size < 1:
-            raise ValueError(f"head_dim must be positive, got {key_size} (d_model < num_heads?)")
-        self.conv_width = conv_width
-        self.num_householder = n = num_householder
         self.negative_eigenvalues = negative_eigenvalues
         self.chunk_size, self.implementation = chunk_size, implementation
+        n = self.num_householder
 
-        self.q_proj = nnx.Linear(d_model, heads * key_size, use_bias=False, rngs=rngs)
-        self.k_proj = nnx.Linear(d_model, n * heads * key_size, use_bias=False, rngs=rngs)
-        self.v_proj = nnx.Linear(d_model, n * heads * value_size, use_bias=False, rngs=rngs)
-        self.beta_proj = nnx.Linear(d_model, n * heads, use_bias=False, rngs=rngs)
+        def projection(width):
+            return linear(d_model, width, EMBED, HEADS, use_bias=False, rngs=rngs)
+
+        self.q_proj = projection(heads * key_size)
+        self.k_proj = projection(n * heads * key_size)
+        self.v_proj = projection(n * heads * value_size)
+        self.beta_proj = projection(n * heads)
         # One depthwise conv over the concatenated q, k, v channels (three separate ones).
-        self.conv_channels = (1 + n) * heads * key_size + n * heads * value_size
-        self.conv_kernel = nnx.Param(_conv_taps(rngs.params(), conv_width, self.conv_channels))
-        if gated:
-            self.decay_proj = nnx.Linear(d_model, heads, use_bias=False, rngs=rngs)
-            # A = exp(A_log) uniform in [1, 16] and softplus(b_Δ) log-uniform in
-            # [dt_min, dt_max], as Mamba-2 and Gated DeltaNet initialize them.
-            rates = jax.random.uniform(rngs.params(), (heads,), minval=1.0, maxval=16.0)
-            self.log_decay_rate = nnx.Param(jnp.log(rates))
-            self.dt_bias = nnx.Param(step_size_bias(rngs.params(), heads, dt_min, dt_max))
-        else:
-            self.decay_proj = None
-        self.norm = RMSNorm(value_size, epsilon=OUTPUT_NORM_EPSILON)
-        self.gate_proj = (
-            nnx.Linear(d_model, heads * value_size, use_bias=False, rngs=rngs)
-            if output_gate
-            else None
+        channels = (1 + n) * heads * key_size + n * heads * value_size
+        self.conv = ShortConv(conv_width, channels, bias=None, rngs=rngs)
+        self.norm = RMSNorm(value_size, logical_axis=None, epsilon=OUTPUT_NORM_EPSILON)
+        self.gate_proj = projection(heads * value_size) if output_gate else None
+        self.out_proj = linear(heads * value_size, d_model, HEADS, EMBED, use_bias=False, rngs=rngs)
+        self.decay_proj = nnx.data(None)  # set by _add_decay
+
+    def _add_decay(self, d_model: int, dt_min: float, dt_max: float, rngs: nnx.Rngs) -> None:
+        """Gated DeltaNet's decay: logits W_α x, and A_log, b_Δ initialized as Mamba-2's."""
+        self.decay_proj = linear(d_model, self.num_heads, EMBED, HEADS, use_bias=False, rngs=rngs)
+        self.log_decay_rate, self.dt_bias = ssd_decay_parameters(
+            rngs, self.num_heads, dt_min, dt_max
         )
-        self.out_proj = nnx.Linear(heads * value_size, d_model, use_bias=False, rngs=rngs)
 
     def init_state(self, batch_size: int) -> PyTree:
         return {
-            "conv": jnp.zeros((batch_size, self.conv_width - 1, self.conv_channels), jnp.float32),
+            "conv": self.conv.init_state(batch_size),
             "recurrent": jnp.zeros(
                 (batch_size, self.num_heads, self.head_dim, self.value_dim), jnp.float32
             ),
@@ -171,25 +143,19 @@ class DeltaNet(nnx.Module):
     def __call__(
         self, x: Array, *, state: PyTree | None = None, segment_starts: Array | None = None
     ) -> tuple[Array, PyTree]:
-        batch, length, _ = x.shape
         heads, n = self.num_heads, self.num_householder
         if state is None:
-            state = self.init_state(batch)
+            state = self.init_state(x.shape[0])
         features = jnp.concatenate([self.q_proj(x), self.k_proj(x), self.v_proj(x)], axis=-1)
-        features, conv_state = causal_conv1d(
-            features,
-            self.conv_kernel[...],
-            initial_state=state["conv"],
-            segment_starts=segment_starts,
-        )
+        features, conv_state = self.conv(features, state["conv"], segment_starts)
         q, k, v = jnp.split(
             jax.nn.silu(features), [heads * self.head_dim, (1 + n) * heads * self.head_dim], -1
         )
-        q = l2_normalize(q.reshape(batch, length, heads, self.head_dim))
-        k = l2_normalize(k.reshape(batch, length, n, heads, self.head_dim))
-        v = v.reshape(batch, length, n, heads, self.value_dim)
+        q = l2_normalize(split_heads(q, heads))
+        k = l2_normalize(k.reshape(*k.shape[:2], n, heads, self.head_dim))
+        v = v.reshape(*v.shape[:2], n, heads, self.value_dim)
         beta = delta_beta(
-            self.beta_proj(x).reshape(batch, length, n, heads),
+            split_heads(self.beta_proj(x), n),
             negative_eigenvalues=self.negative_eigenvalues,
         )
         log_decay = None
@@ -197,40 +163,24 @@ class DeltaNet(nnx.Module):
             log_decay = gated_delta_log_decay(
                 self.decay_proj(x), self.log_decay_rate[...], self.dt_bias[...]
             )
-        o, recurrent_state = self._recurrence(
-            q, k, v, beta, log_decay, state["recurrent"], segment_starts
-        )
-        o = self.norm(o)
-        if self.gate_proj is not None:
-            gate = self.gate_proj(x).reshape(batch, length, heads, self.value_dim)
-            o = o * jax.nn.silu(gate.astype(jnp.float32))
-        y = self.out_proj(o.reshape(batch, length, heads * self.value_dim).astype(x.dtype))
-        return y, {"conv": conv_state, "recurrent": recurrent_state}
-
-    def _recurrence(
-        self,
-        q: Array,
-        k: Array,
-        v: Array,
-        beta: Array,
-        log_decay: Array | None,
-        initial_state: Array,
-        segment_starts: Array | None,
-    ) -> tuple[Array, Array]:
-        """The delta rule over q [B, T, H, K], k [B, T, 1, H, K], v [B, T, 1, H, V] and
-        β [B, T, 1, H] (one key, value and β per token); returns (o [B, T, H, V], S_T)."""
-        return delta_rule(
+        o, recurrent_state = self.recurrence(
             q,
-            k[:, :, 0],
-            v[:, :, 0],
-            beta[:, :, 0],
+            k,
+            v,
+            beta,
             log_decay=log_decay,
-            initial_state=initial_state,
+            initial_state=state["recurrent"],
             segment_starts=segment_starts,
             scale=self.head_dim**-0.5,
             chunk_size=self.chunk_size,
             implementation=self.implementation,
         )
+        o = self.norm(o)
+        if self.gate_proj is not None:
+            gate = split_heads(self.gate_proj(x), heads)
+            o = o * jax.nn.silu(gate.astype(jnp.float32))
+        y = self.out_proj(merge_heads(o).astype(x.dtype))
+        return y, {"conv": conv_state, "recurrent": recurrent_state}
 
 
 @register("gated_deltanet")
@@ -246,29 +196,10 @@ class GatedDeltaNet(DeltaNet):
         d_model: int,
         *,
         rngs: nnx.Rngs,
-        num_heads: int = 2,
-        head_dim: int | None = None,
-        value_dim: int | None = None,
-        conv_width: int = 4,
-        negative_eigenvalues: bool = False,
         output_gate: bool = True,
         dt_min: float = 0.001,
         dt_max: float = 0.1,
-        chunk_size: int = 16,
-        implementation: str | None = None,
+        **deltanet_options: Any,
     ):
-        self._build(
-            d_model,
-            rngs,
-            num_heads=num_heads,
-            head_dim=head_dim,
-            value_dim=value_dim,
-            conv_width=conv_width,
-            negative_eigenvalues=negative_eigenvalues,
-            output_gate=output_gate,
-            chunk_size=chunk_size,
-            implementation=implementation,
-            gated=True,
-            dt_min=dt_min,
-            dt_max=dt_max,
-        )
+        super().__init__(d_model, rngs=rngs, output_gate=output_gate, **deltanet_options)
+        self._add_decay(d_model, dt_min, dt_max, rngs)

@@ -21,9 +21,12 @@ State: {"conv": the last W - 1 conv inputs [B, W-1, (1 + n_h) HK + n_h HV],
 "recurrent": S [B, H, K, V]}.
 """
 
+from typing import Any
+
 import jax.numpy as jnp
 from flax import nnx
 
+from seqjax.layers.checks import check_sizes
 from seqjax.layers.deltanet import DeltaNet
 from seqjax.layers.registry import register
 from seqjax.ops.delta_rule import delta_rule
@@ -37,11 +40,8 @@ def householder_product_delta_rule(
     beta: Array,
     *,
     log_decay: Array | None = None,
-    initial_state: Array | None = None,
     segment_starts: Array | None = None,
-    scale: float | None = None,
-    chunk_size: int = 64,
-    implementation: str | None = None,
+    **op_options,
 ) -> tuple[Array, Array]:
     """The DeltaProduct recurrence of the module docstring, as n_h delta-rule micro-steps
     per token; returns (o [B, T, H, V], S_T [B, H, K, V]).
@@ -49,8 +49,9 @@ def householder_product_delta_rule(
     Args:
       q: [B, T, H, K].  k: [B, T, n_h, H, K].  v: [B, T, n_h, H, V].  beta: [B, T, n_h, H].
       log_decay: None or log α_t [B, T, H] (<= 0).
-      initial_state, segment_starts, scale, chunk_size, implementation: as ``delta_rule``
-        (the chunk size counts micro-steps).
+      segment_starts: bool [B, T]; the state is zeroed before each true position.
+      op_options: of ``delta_rule`` (initial_state, scale, chunk_size counting micro-steps,
+        implementation).
     """
     batch, length, n, heads, key_size = k.shape
     if q.shape != (batch, length, heads, key_size):
@@ -69,11 +70,8 @@ def householder_product_delta_rule(
         micro_steps(v),
         micro_steps(beta),
         log_decay=None if log_decay is None else at_step(log_decay, 0, jnp.float32),
-        initial_state=initial_state,
         segment_starts=None if segment_starts is None else at_step(segment_starts, 0, bool),
-        scale=scale,
-        chunk_size=chunk_size,
-        implementation=implementation,
+        **op_options,
     )
     return o.reshape(batch, length, n, heads, v.shape[-1])[:, :, -1], final_state
 
@@ -86,51 +84,21 @@ class DeltaProduct(DeltaNet):
     decay, with ``dt_min``/``dt_max``); ``chunk_size`` counts micro-steps.
     """
 
+    recurrence = staticmethod(householder_product_delta_rule)
+
     def __init__(
         self,
         d_model: int,
         *,
         rngs: nnx.Rngs,
         num_householder: int = 2,
-        num_heads: int = 2,
-        head_dim: int | None = None,
-        value_dim: int | None = None,
-        conv_width: int = 4,
-        negative_eigenvalues: bool = False,
         gated: bool = False,
-        output_gate: bool = False,
         dt_min: float = 0.001,
         dt_max: float = 0.1,
-        chunk_size: int = 16,
-        implementation: str | None = None,
+        **deltanet_options: Any,
     ):
-        self._build(
-            d_model,
-            rngs,
-            num_heads=num_heads,
-            head_dim=head_dim,
-            value_dim=value_dim,
-            conv_width=conv_width,
-            negative_eigenvalues=negative_eigenvalues,
-            output_gate=output_gate,
-            chunk_size=chunk_size,
-            implementation=implementation,
-            num_householder=num_householder,
-            gated=gated,
-            dt_min=dt_min,
-            dt_max=dt_max,
-        )
-
-    def _recurrence(self, q, k, v, beta, log_decay, initial_state, segment_starts):
-        return householder_product_delta_rule(
-            q,
-            k,
-            v,
-            beta,
-            log_decay=log_decay,
-            initial_state=initial_state,
-            segment_starts=segment_starts,
-            scale=self.head_dim**-0.5,
-            chunk_size=self.chunk_size,
-            implementation=self.implementation,
-        )
+        check_sizes(num_householder=num_householder)
+        self.num_householder = num_householder
+        super().__init__(d_model, rngs=rngs, **deltanet_options)
+        if gated:
+            self._add_decay(d_model, dt_min, dt_max, rngs)

@@ -4,19 +4,27 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from seqjax.layers.partitioning import EMBED, VOCAB, name_axes
+from seqjax.layers.checks import check_size
+from seqjax.layers.partitioning import EMBED, VOCAB, linear, param
 from seqjax.typing import Array
 
 
 def check_token_ids(tokens: Array, vocab_size: int, name: str = "tokens") -> None:
-    """Raises a ValueError if concrete ``tokens`` hold ids outside [0, vocab_size).
+    """Raises a ValueError unless ``tokens`` are integer ids [B, T] (B, T >= 1) in
+    [0, vocab_size).
 
-    Traced values cannot be inspected; callers check the data before it enters jit.
+    Traced values cannot be inspected, only their dtype and shape; callers check the data
+    before it enters jit.
     """
+    if not jnp.issubdtype(jnp.result_type(tokens), jnp.integer):
+        raise ValueError(f"{name} must be integer token ids, got dtype {jnp.result_type(tokens)}")
+    if jnp.ndim(tokens) != 2 or 0 in jnp.shape(tokens):
+        raise ValueError(
+            f"{name} must be [B, T] with at least one sequence and one position, got shape "
+            f"{jnp.shape(tokens)}"
+        )
     if isinstance(tokens, jax.core.Tracer):
         return
-    if not jnp.issubdtype(jnp.asarray(tokens).dtype, jnp.integer):
-        raise ValueError(f"{name} must be integer token ids, got dtype {tokens.dtype}")
     low, high = int(jnp.min(tokens)), int(jnp.max(tokens))
     if low < 0 or high >= vocab_size:
         raise ValueError(
@@ -28,11 +36,11 @@ class TokenEmbedding(nnx.Module):
     """A lookup table [vocab_size, D]; ``attend`` reuses it as a tied output layer."""
 
     def __init__(self, vocab_size: int, d_model: int, *, rngs: nnx.Rngs):
+        check_size("vocab_size", vocab_size)
+        check_size("d_model", d_model)
         self.vocab_size = vocab_size
-        self.embedding = nnx.Param(
-            nnx.initializers.normal(stddev=1.0)(rngs.params(), (vocab_size, d_model))
-        )
-        name_axes(self.embedding, VOCAB, EMBED)
+        table = nnx.initializers.normal(stddev=1.0)(rngs.params(), (vocab_size, d_model))
+        self.embedding = param(table, VOCAB, EMBED)
 
     def __call__(self, tokens: Array) -> Array:
         """tokens: int [B, T] -> [B, T, D]."""
@@ -48,15 +56,18 @@ class InputProjection(nnx.Module):
     """Real-valued features [B, T, F] -> [B, T, D] by a linear map."""
 
     def __init__(self, input_dim: int, d_model: int, *, rngs: nnx.Rngs):
+        check_size("input_dim", input_dim)
+        check_size("d_model", d_model)
         self.input_dim = input_dim
-        self.projection = nnx.Linear(input_dim, d_model, rngs=rngs)
-        name_axes(self.projection.kernel, None, EMBED)
-        name_axes(self.projection.bias, EMBED)
+        self.projection = linear(input_dim, d_model, None, EMBED, rngs=rngs)
 
     def __call__(self, features: Array) -> Array:
-        if features.shape[-1] != self.input_dim:
+        """features: floating point [B, T, F] -> [B, T, D]."""
+        if not jnp.issubdtype(jnp.result_type(features), jnp.floating):
+            raise ValueError(f"inputs must be floating point, got {jnp.result_type(features)}")
+        if jnp.ndim(features) != 3 or jnp.shape(features)[-1] != self.input_dim:
             raise ValueError(
-                f"inputs must have {self.input_dim} features in the last axis, "
-                f"got shape {features.shape}"
+                f"inputs must be [B, T, F] with F = {self.input_dim} features, "
+                f"got shape {jnp.shape(features)}"
             )
         return self.projection(features)

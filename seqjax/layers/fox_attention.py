@@ -25,11 +25,15 @@ State: the attention cache {"keys", "values": [B, L, G, K], "positions", "segmen
 [B, L], "log_forget": [B, L, H], "next_position", "segment_id": [B]}.
 """
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from seqjax.layers.attention import Attention
+from seqjax.layers.heads import merge_heads
+from seqjax.layers.partitioning import EMBED, HEADS, linear
 from seqjax.layers.registry import register
 from seqjax.typing import Array, PyTree
 
@@ -52,36 +56,23 @@ class ForgettingAttention(Attention):
         d_model: int,
         *,
         rngs: nnx.Rngs,
-        num_heads: int = 4,
-        num_kv_heads: int | None = None,
-        head_dim: int | None = None,
-        window: int | None = None,
-        cache_length: int = 2048,
         rotary: bool = False,
-        rotary_base: float = 10_000.0,
         output_gate: bool = False,
         forget_bias: float = 0.0,
-        implementation: str | None = None,
+        **attention_options: Any,
     ):
-        super().__init__(
+        super().__init__(d_model, rngs=rngs, rotary=rotary, **attention_options)
+        self.forget_gate = linear(
             d_model,
+            self.num_heads,
+            EMBED,
+            HEADS,
+            bias_init=nnx.initializers.constant(forget_bias),
             rngs=rngs,
-            num_heads=num_heads,
-            num_kv_heads=num_kv_heads,
-            head_dim=head_dim,
-            window=window,
-            cache_length=cache_length,
-            rotary=rotary,
-            rotary_base=rotary_base,
-            implementation=implementation,
         )
-        self.forget_gate = nnx.Linear(
-            d_model, num_heads, bias_init=nnx.initializers.constant(forget_bias), rngs=rngs
-        )
+        inner = self.num_heads * self.head_dim
         self.output_gate = (
-            nnx.Linear(d_model, num_heads * self.head_dim, use_bias=False, rngs=rngs)
-            if output_gate
-            else None
+            linear(d_model, inner, EMBED, HEADS, use_bias=False, rngs=rngs) if output_gate else None
         )
 
     def init_state(self, batch_size: int) -> PyTree:
@@ -92,14 +83,13 @@ class ForgettingAttention(Attention):
     def __call__(
         self, x: Array, *, state: PyTree | None = None, segment_starts: Array | None = None
     ) -> tuple[Array, PyTree]:
-        batch, length, _ = x.shape
         attended, new_state = self.attend(
             x,
             state=state,
             segment_starts=segment_starts,
             log_forget=forget_gate_log(self.forget_gate(x)),
         )
-        attended = attended.reshape(batch, length, -1)
+        attended = merge_heads(attended)
         if self.output_gate is not None:
             attended = attended * jax.nn.sigmoid(self.output_gate(x))
         return self.output(attended), new_state

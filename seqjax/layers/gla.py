@@ -20,7 +20,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from seqjax.layers.checks import check_divides, check_size, check_sizes
+from seqjax.layers.heads import merge_heads, split_heads
 from seqjax.layers.norms import RMSNorm
+from seqjax.layers.partitioning import EMBED, HEADS, linear
 from seqjax.layers.registry import register
 from seqjax.ops.linear_attention import gated_linear_attention
 from seqjax.typing import Array
@@ -34,16 +37,7 @@ def gla_log_decay(gate_logits: Array, normalizer: float = 16.0) -> Array:
 
 
 def gated_linear_attention_heads(
-    q: Array,
-    k: Array,
-    v: Array,
-    gate_logits: Array,
-    *,
-    normalizer: float = 16.0,
-    initial_state: Array | None = None,
-    segment_starts: Array | None = None,
-    chunk_size: int = 64,
-    implementation: str | None = None,
+    q: Array, k: Array, v: Array, gate_logits: Array, *, normalizer: float = 16.0, **op_options
 ) -> tuple[Array, Array]:
     """GLA's recurrence of the module docstring; returns ``(o [B, T, H, V], S_T)``.
 
@@ -51,20 +45,16 @@ def gated_linear_attention_heads(
       q, k: [B, T, H, K].  v: [B, T, H, V].
       gate_logits: W_α2 W_α1 x + b_α [B, T, H, K].
       normalizer: τ.
-      initial_state: S [B, H, K, V] (zeros if None).
-      segment_starts: bool [B, T]; the state is zeroed before each true position.
-      chunk_size, implementation: of ``gated_linear_attention``.
+      op_options: of ``gated_linear_attention`` (initial_state S [B, H, K, V],
+        segment_starts, chunk_size, implementation).
     """
     return gated_linear_attention(
         q,
         k,
         v,
         log_decay=gla_log_decay(gate_logits, normalizer),
-        initial_state=initial_state,
-        segment_starts=segment_starts,
         scale=q.shape[-1] ** -0.5,
-        chunk_size=chunk_size,
-        implementation=implementation,
+        **op_options,
     )
 
 
@@ -91,10 +81,11 @@ class GLA(nnx.Module):
         chunk_size: int = 64,
         implementation: str | None = None,
     ):
+        check_sizes(num_heads=num_heads, gate_low_rank_dim=gate_low_rank_dim, chunk_size=chunk_size)
         key_width, value_width = int(d_model * expand_k), int(d_model * expand_v)
         for name, width in (("expand_k * d_model", key_width), ("expand_v * d_model", value_width)):
-            if num_heads < 1 or width < num_heads or width % num_heads:
-                raise ValueError(f"num_heads ({num_heads}) must divide {name} ({width})")
+            check_size(name, width)
+            check_divides("num_heads", num_heads, name, width)
         if gate_logit_normalizer <= 0:
             raise ValueError(f"gate_logit_normalizer must be positive, got {gate_logit_normalizer}")
         self.num_heads = num_heads
@@ -102,15 +93,16 @@ class GLA(nnx.Module):
         self.gate_logit_normalizer = gate_logit_normalizer
         self.chunk_size, self.implementation = chunk_size, implementation
 
-        def linear(size_in, size_out, use_bias=False):
-            return nnx.Linear(size_in, size_out, use_bias=use_bias, rngs=rngs)
+        def projection(width):
+            return linear(d_model, width, EMBED, HEADS, use_bias=False, rngs=rngs)
 
-        self.query, self.key = linear(d_model, key_width), linear(d_model, key_width)
-        self.value, self.output_gate = linear(d_model, value_width), linear(d_model, value_width)
-        self.decay_down = linear(d_model, gate_low_rank_dim)
-        self.decay_up = linear(gate_low_rank_dim, key_width, use_bias=True)
-        self.norm = RMSNorm(self.value_size, epsilon=NORM_EPSILON)  # shared by the heads
-        self.output = linear(value_width, d_model)
+        self.query, self.key = projection(key_width), projection(key_width)
+        self.value, self.output_gate = projection(value_width), projection(value_width)
+        self.decay_down = linear(d_model, gate_low_rank_dim, EMBED, None, use_bias=False, rngs=rngs)
+        self.decay_up = linear(gate_low_rank_dim, key_width, None, HEADS, rngs=rngs)
+        # One scale for every head's outputs.
+        self.norm = RMSNorm(self.value_size, logical_axis=None, epsilon=NORM_EPSILON)
+        self.output = linear(value_width, d_model, HEADS, EMBED, use_bias=False, rngs=rngs)
 
     def init_state(self, batch_size: int) -> Array:
         shape = (batch_size, self.num_heads, self.key_size, self.value_size)
@@ -119,21 +111,16 @@ class GLA(nnx.Module):
     def __call__(
         self, x: Array, *, state: Array | None = None, segment_starts: Array | None = None
     ) -> tuple[Array, Array]:
-        batch, length, _ = x.shape
-
-        def heads(t, size):
-            return t.reshape(batch, length, self.num_heads, size)
-
         o, final_state = gated_linear_attention_heads(
-            heads(self.query(x), self.key_size),
-            heads(self.key(x), self.key_size),
-            heads(self.value(x), self.value_size),
-            heads(self.decay_up(self.decay_down(x)), self.key_size),
+            split_heads(self.query(x), self.num_heads),
+            split_heads(self.key(x), self.num_heads),
+            split_heads(self.value(x), self.num_heads),
+            split_heads(self.decay_up(self.decay_down(x)), self.num_heads),
             normalizer=self.gate_logit_normalizer,
             initial_state=state,
             segment_starts=segment_starts,
             chunk_size=self.chunk_size,
             implementation=self.implementation,
         )
-        normed = self.norm(o).reshape(batch, length, -1)
+        normed = merge_heads(self.norm(o))
         return self.output(jax.nn.silu(self.output_gate(x)) * normed), final_state

@@ -15,14 +15,27 @@ mixer its ``layer_index`` l of ``num_layers`` L), or a fixed ``forget_lower_boun
 State: h [B, N].
 """
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from seqjax.layers.min_rnn import InputGatedRNN
 from seqjax.layers.norms import LayerNorm
+from seqjax.layers.partitioning import HEADS
 from seqjax.layers.registry import register
 from seqjax.ops.scan import linear_recurrence
 from seqjax.typing import Array
+
+
+def depth_lower_bound(forget_lower_bound: float | None, layer_index: int, num_layers: int) -> float:
+    """γ: ``forget_lower_bound`` if given, else layer_index / num_layers; in [0, 1)."""
+    if forget_lower_bound is None:
+        forget_lower_bound = layer_index / num_layers
+    if not 0.0 <= forget_lower_bound < 1.0:
+        raise ValueError(f"forget_lower_bound must be in [0, 1), got {forget_lower_bound}")
+    return forget_lower_bound
 
 
 def hgrn_forget_gate(forget_logits: Array, lower_bound: float) -> Array:
@@ -31,13 +44,7 @@ def hgrn_forget_gate(forget_logits: Array, lower_bound: float) -> Array:
 
 
 def hgrn_recurrence(
-    candidate_logits: Array,
-    forget_logits: Array,
-    *,
-    lower_bound: float = 0.0,
-    initial_state: Array | None = None,
-    segment_starts: Array | None = None,
-    implementation: str | None = None,
+    candidate_logits: Array, forget_logits: Array, *, lower_bound: float = 0.0, **op_options
 ) -> tuple[Array, Array]:
     """h_t = f_t ⊙ h_{t-1} + (1 - f_t) ⊙ SiLU(candidate); returns ``(h, h_T)``.
 
@@ -45,54 +52,37 @@ def hgrn_recurrence(
       candidate_logits: W_c x + b_c [B, T, N].
       forget_logits: W_f x + b_f [B, T, N].
       lower_bound: γ, the least value of the forget gate.
-      initial_state: h [B, N] (zeros if None).
-      segment_starts: bool [B, T]; the state is zeroed before each true position.
-      implementation: passed to ``linear_recurrence``.
+      op_options: of ``linear_recurrence`` (initial_state h [B, N], segment_starts,
+        implementation).
     """
     forget = hgrn_forget_gate(forget_logits, lower_bound)
     candidate = jax.nn.silu(candidate_logits.astype(jnp.float32))
-    return linear_recurrence(
-        forget,
-        (1.0 - forget) * candidate,
-        initial_state=initial_state,
-        segment_starts=segment_starts,
-        implementation=implementation,
-    )
+    return linear_recurrence(forget, (1.0 - forget) * candidate, **op_options)
 
 
 @register("hgrn")
-class HGRN(nnx.Module):
+class HGRN(InputGatedRNN):
     """The HGRN token mixer (Qin et al., 2023); see the module docstring. x: [B, T, D].
 
-    Options: ``hidden_size`` N (None for D), ``forget_lower_bound`` γ (None: layer_index /
-    num_layers) and ``implementation`` (of ``linear_recurrence``).
+    Options: ``hidden_size`` N (None for D), ``implementation`` (of ``linear_recurrence``)
+    and ``forget_lower_bound`` γ (None: layer_index / num_layers).
     """
+
+    num_gates = 2  # forget and output gates, besides the candidate
 
     def __init__(
         self,
         d_model: int,
         *,
         rngs: nnx.Rngs,
-        hidden_size: int | None = None,
         forget_lower_bound: float | None = None,
-        implementation: str | None = None,
         layer_index: int = 0,
         num_layers: int = 1,
+        **rnn_options: Any,
     ):
-        if forget_lower_bound is None:
-            forget_lower_bound = layer_index / num_layers
-        if not 0.0 <= forget_lower_bound < 1.0:
-            raise ValueError(f"forget_lower_bound must be in [0, 1), got {forget_lower_bound}")
-        self.hidden_size = hidden = hidden_size or d_model
-        self.forget_lower_bound = forget_lower_bound
-        self.implementation = implementation
-        # Candidate, forget gate and output gate from one projection.
-        self.input_proj = nnx.Linear(d_model, 3 * hidden, rngs=rngs)
-        self.norm = LayerNorm(hidden)
-        self.out_proj = nnx.Linear(hidden, d_model, rngs=rngs)
-
-    def init_state(self, batch_size: int) -> Array:
-        return jnp.zeros((batch_size, self.hidden_size), jnp.float32)
+        super().__init__(d_model, rngs=rngs, **rnn_options)
+        self.forget_lower_bound = depth_lower_bound(forget_lower_bound, layer_index, num_layers)
+        self.norm = LayerNorm(self.hidden_size, logical_axis=HEADS)
 
     def __call__(
         self, x: Array, *, state: Array | None = None, segment_starts: Array | None = None

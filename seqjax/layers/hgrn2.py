@@ -25,7 +25,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from seqjax.layers.checks import check_divides, check_sizes
+from seqjax.layers.heads import merge_heads, split_heads
+from seqjax.layers.hgrn import depth_lower_bound
 from seqjax.layers.norms import LayerNorm
+from seqjax.layers.partitioning import EMBED, HEADS, linear
 from seqjax.layers.registry import register
 from seqjax.ops.linear_attention import gated_linear_attention
 from seqjax.typing import Array
@@ -50,10 +54,7 @@ def hgrn2_recurrence(
     input_logits: Array,
     *,
     lower_bound: float = 0.0,
-    initial_state: Array | None = None,
-    segment_starts: Array | None = None,
-    chunk_size: int = 64,
-    implementation: str | None = None,
+    **op_options,
 ) -> tuple[Array, Array]:
     """HGRN2's recurrence of the module docstring; returns ``(y [B, T, H, V], S_T)``.
 
@@ -62,9 +63,8 @@ def hgrn2_recurrence(
       forget_logits: W_f x [B, T, H, K].
       input_logits: W_i x [B, T, H, V] (i_t = SiLU of it).
       lower_bound: γ, the least value of the forget gate.
-      initial_state: S [B, H, K, V] (zeros if None).
-      segment_starts: bool [B, T]; the state is zeroed before each true position.
-      chunk_size, implementation: of ``gated_linear_attention``.
+      op_options: of ``gated_linear_attention`` (initial_state S [B, H, K, V],
+        segment_starts, chunk_size, implementation).
     """
     log_forget, key = hgrn2_gates(forget_logits, lower_bound)
     return gated_linear_attention(
@@ -72,10 +72,7 @@ def hgrn2_recurrence(
         key,
         jax.nn.silu(input_logits.astype(jnp.float32)),
         log_decay=log_forget,
-        initial_state=initial_state,
-        segment_starts=segment_starts,
-        chunk_size=chunk_size,
-        implementation=implementation,
+        **op_options,
     )
 
 
@@ -100,19 +97,15 @@ class HGRN2(nnx.Module):
         layer_index: int = 0,
         num_layers: int = 1,
     ):
-        if expand_ratio < 1 or d_model % expand_ratio:
-            raise ValueError(f"expand_ratio ({expand_ratio}) must divide d_model ({d_model})")
-        if forget_lower_bound is None:
-            forget_lower_bound = layer_index / num_layers
-        if not 0.0 <= forget_lower_bound < 1.0:
-            raise ValueError(f"forget_lower_bound must be in [0, 1), got {forget_lower_bound}")
+        check_sizes(expand_ratio=expand_ratio, chunk_size=chunk_size)
+        check_divides("expand_ratio", expand_ratio, "d_model", d_model)
         self.num_heads, self.expand_ratio = d_model // expand_ratio, expand_ratio
-        self.forget_lower_bound = forget_lower_bound
+        self.forget_lower_bound = depth_lower_bound(forget_lower_bound, layer_index, num_layers)
         self.chunk_size, self.implementation = chunk_size, implementation
         # Query (output gate), forget gate and input from one projection.
-        self.input_proj = nnx.Linear(d_model, 3 * d_model, rngs=rngs)
-        self.norm = LayerNorm(d_model)
-        self.out_proj = nnx.Linear(d_model, d_model, rngs=rngs)
+        self.input_proj = linear(d_model, 3 * d_model, EMBED, HEADS, rngs=rngs)
+        self.norm = LayerNorm(d_model, logical_axis=HEADS)
+        self.out_proj = linear(d_model, d_model, HEADS, EMBED, rngs=rngs)
 
     def init_state(self, batch_size: int) -> Array:
         size = self.expand_ratio
@@ -121,10 +114,8 @@ class HGRN2(nnx.Module):
     def __call__(
         self, x: Array, *, state: Array | None = None, segment_starts: Array | None = None
     ) -> tuple[Array, Array]:
-        batch, length, d_model = x.shape
-        heads = (batch, length, self.num_heads, self.expand_ratio)
         query_logits, forget_logits, input_logits = (
-            t.reshape(heads) for t in jnp.split(self.input_proj(x), 3, axis=-1)
+            split_heads(t, self.num_heads) for t in jnp.split(self.input_proj(x), 3, axis=-1)
         )
         y, final_state = hgrn2_recurrence(
             query_logits,
@@ -136,5 +127,5 @@ class HGRN2(nnx.Module):
             chunk_size=self.chunk_size,
             implementation=self.implementation,
         )
-        y = self.norm(y.reshape(batch, length, d_model)).astype(x.dtype)
+        y = self.norm(merge_heads(y)).astype(x.dtype)
         return self.out_proj(y), final_state

@@ -25,6 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from seqjax.layers.checks import check_size, check_sizes
+from seqjax.layers.partitioning import EMBED, HEADS, linear
 from seqjax.layers.registry import register
 from seqjax.ops.scan import linear_recurrence
 from seqjax.typing import Array
@@ -32,10 +34,9 @@ from seqjax.typing import Array
 
 def legendre_delay_system(order: int, theta: float) -> tuple[np.ndarray, np.ndarray]:
     """The continuous-time Legendre delay system (A / θ [q, q], B / θ [q]), float64."""
-    if order < 1:
-        raise ValueError(f"lmu: order must be at least 1, got {order}")
+    check_size("order", order)
     if theta <= 0:
-        raise ValueError(f"lmu: theta (the window, in steps) must be positive, got {theta}")
+        raise ValueError(f"theta (the window, in steps) must be positive, got {theta}")
     rows, cols = np.meshgrid(np.arange(order), np.arange(order), indexing="ij")
     scale = (2.0 * np.arange(order) + 1.0) / theta
     a = np.where(rows < cols, -1.0, (-1.0) ** (rows - cols + 1)) * scale[:, None]
@@ -59,15 +60,9 @@ def diagonal_legendre_memory(order: int, theta: float) -> tuple[np.ndarray, ...]
     return arrays
 
 
-def legendre_memory(
-    u: Array,
-    order: int,
-    theta: float,
-    *,
-    initial_state: Array | None = None,
-    segment_starts: Array | None = None,
-) -> tuple[Array, Array]:
-    """m_t = Ā m_{t-1} + B̄ u_t for every channel of u [B, T, M], run in the eigenbasis.
+def legendre_memory(u: Array, order: int, theta: float, **op_options) -> tuple[Array, Array]:
+    """m_t = Ā m_{t-1} + B̄ u_t for every channel of u [B, T, M], run in the eigenbasis;
+    op_options: of ``linear_recurrence`` (initial_state z [B, M, q], segment_starts).
 
     Returns the memory m [B, T, M, q] float32 and the eigenbasis state z_{T-1} [B, M, q]
     complex64 (m = Re(V z)).
@@ -76,8 +71,7 @@ def legendre_memory(
     z, final_state = linear_recurrence(
         jnp.asarray(decay, jnp.complex64),
         u[..., None] * jnp.asarray(input_vector, jnp.complex64),
-        initial_state=initial_state,
-        segment_starts=segment_starts,
+        **op_options,
     )
     # Re(V z) = V_re z_re - V_im z_im.
     memory = jnp.einsum("btmj,ij->btmi", z.real, eigenvectors.real.astype(np.float32))
@@ -103,11 +97,13 @@ class LMU(nnx.Module):
         theta: float = 64.0,
         memory_size: int | None = None,
     ):
+        check_sizes(memory_size=memory_size)
         self.order, self.theta = order, float(theta)
         self.memory_size = memory_size or max(1, d_model // 4)
         diagonal_legendre_memory(self.order, self.theta)  # validates order and theta
-        self.encoder = nnx.Linear(d_model, self.memory_size, use_bias=False, rngs=rngs)
-        self.output = nnx.Linear(self.memory_size * order + d_model, d_model, rngs=rngs)
+        self.encoder = linear(d_model, self.memory_size, EMBED, HEADS, use_bias=False, rngs=rngs)
+        # From the memory of every channel and x together: [M·q + D, D].
+        self.output = linear(self.memory_size * order + d_model, d_model, None, EMBED, rngs=rngs)
 
     def init_state(self, batch_size: int) -> Array:
         return jnp.zeros((batch_size, self.memory_size, self.order), jnp.complex64)

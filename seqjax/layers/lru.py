@@ -18,7 +18,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from seqjax.layers.checks import check_sizes
+from seqjax.layers.partitioning import EMBED, HEADS, param
 from seqjax.layers.registry import register
+from seqjax.layers.s4 import complex64
 from seqjax.ops.scan import linear_recurrence
 from seqjax.typing import Array
 
@@ -49,7 +52,7 @@ def ring_init(
 
 def lru_eigenvalues(nu: Array, theta: Array) -> Array:
     """λ = exp(-exp(ν) + i·exp(θ)), complex64 [N]; |λ| < 1 for any real ν."""
-    return jnp.exp(jax.lax.complex(-jnp.exp(nu), jnp.exp(theta)))
+    return jnp.exp(complex64(-jnp.exp(nu), jnp.exp(theta)))
 
 
 @register("lru")
@@ -73,19 +76,22 @@ class LRU(nnx.Module):
         r_max: float = 0.999,
         max_phase: float = math.pi / 10,
     ):
+        check_sizes(state_size=state_size)
         self.state_size = state_size = state_size or d_model
         nu, theta, log_gamma = ring_init(
             rngs.params(), state_size, r_min=r_min, r_max=r_max, max_phase=max_phase
         )
-        self.nu, self.theta, self.log_gamma = nnx.Param(nu), nnx.Param(theta), nnx.Param(log_gamma)
+        self.nu, self.theta = param(nu, HEADS), param(theta, HEADS)
+        self.log_gamma = param(log_gamma, HEADS)
         # As in the paper: B's parts N(0, 1 / 2D), so B x has unit variance; C's N(0, 1 / N).
         b_re, b_im, c_re, c_im = jax.random.split(rngs.params(), 4)
         b_std, c_std = (2 * d_model) ** -0.5, state_size**-0.5
-        self.input_real = nnx.Param(b_std * jax.random.normal(b_re, (d_model, state_size)))
-        self.input_imag = nnx.Param(b_std * jax.random.normal(b_im, (d_model, state_size)))
-        self.output_real = nnx.Param(c_std * jax.random.normal(c_re, (state_size, d_model)))
-        self.output_imag = nnx.Param(c_std * jax.random.normal(c_im, (state_size, d_model)))
-        self.skip = nnx.Param(jax.random.normal(rngs.params(), (d_model,)))
+        into, out_of = (d_model, state_size), (state_size, d_model)
+        self.input_real = param(b_std * jax.random.normal(b_re, into), EMBED, HEADS)
+        self.input_imag = param(b_std * jax.random.normal(b_im, into), EMBED, HEADS)
+        self.output_real = param(c_std * jax.random.normal(c_re, out_of), HEADS, EMBED)
+        self.output_imag = param(c_std * jax.random.normal(c_im, out_of), HEADS, EMBED)
+        self.skip = param(jax.random.normal(rngs.params(), (d_model,)), EMBED)
 
     def init_state(self, batch_size: int) -> Array:
         return jnp.zeros((batch_size, self.state_size), jnp.complex64)
@@ -95,9 +101,7 @@ class LRU(nnx.Module):
     ) -> tuple[Array, Array]:
         u = x.astype(jnp.float32)
         gamma = jnp.exp(self.log_gamma[...])
-        inputs = jax.lax.complex(
-            (u @ self.input_real[...]) * gamma, (u @ self.input_imag[...]) * gamma
-        )
+        inputs = complex64((u @ self.input_real[...]) * gamma, (u @ self.input_imag[...]) * gamma)
         h, final_state = linear_recurrence(
             lru_eigenvalues(self.nu[...], self.theta[...]),
             inputs,

@@ -23,8 +23,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from seqjax.layers.checks import check_sizes
+from seqjax.layers.conv import ShortConv
+from seqjax.layers.initializers import symmetric_uniform
+from seqjax.layers.partitioning import EMBED, HEADS, linear, param
 from seqjax.layers.registry import register
-from seqjax.ops.conv import causal_conv1d
 from seqjax.ops.scan import linear_recurrence
 from seqjax.typing import Array, PyTree
 
@@ -37,10 +40,8 @@ def selective_scan(
     output_matrix: Array,
     skip: Array,
     *,
-    initial_state: Array | None = None,
-    segment_starts: Array | None = None,
     negative_eigenvalues: bool = False,
-    implementation: str | None = None,
+    **op_options,
 ) -> tuple[Array, Array]:
     """The S6 recurrence of the module docstring; returns ``(y [B, T, E], h_T [B, E, N])``.
 
@@ -51,21 +52,14 @@ def selective_scan(
       input_matrix: B_t [B, T, N].
       output_matrix: C_t [B, T, N].
       skip: D [E].
-      initial_state: h [B, E, N] (zeros if None).
-      segment_starts: bool [B, T]; the state is zeroed before each true position.
       negative_eigenvalues: decays 2 exp(Δ A) - 1 instead of exp(Δ A).
-      implementation: passed to ``linear_recurrence``.
+      op_options: of ``linear_recurrence`` (initial_state h [B, E, N], segment_starts,
+        implementation).
     """
     u32, delta = u.astype(jnp.float32), delta.astype(jnp.float32)
     decay = selective_decay(delta, log_decay_rate, negative_eigenvalues=negative_eigenvalues)
     inputs = (delta * u32)[..., None] * input_matrix.astype(jnp.float32)[:, :, None, :]
-    h, final_state = linear_recurrence(
-        decay,
-        inputs,
-        initial_state=initial_state,
-        segment_starts=segment_starts,
-        implementation=implementation,
-    )
+    h, final_state = linear_recurrence(decay, inputs, **op_options)
     y = jnp.einsum("bten,btn->bte", h, output_matrix.astype(jnp.float32))
     return (y + skip * u32).astype(u.dtype), final_state
 
@@ -88,15 +82,11 @@ def s4d_real_log_rates(inner_size: int, state_size: int) -> Array:
 
 def step_size_bias(key: Array, size: int, dt_min: float, dt_max: float) -> Array:
     """A bias b with softplus(b) log-uniform in [dt_min, dt_max], as in the Mamba code."""
+    if not 0.0 < dt_min <= dt_max:
+        raise ValueError(f"need 0 < dt_min <= dt_max, got {dt_min} and {dt_max}")
     log_dt = jax.random.uniform(key, (size,), minval=math.log(dt_min), maxval=math.log(dt_max))
     dt = jnp.maximum(jnp.exp(log_dt), 1e-4)
     return dt + jnp.log(-jnp.expm1(-dt))  # softplus⁻¹(dt)
-
-
-def _symmetric_uniform(key: Array, shape: tuple[int, ...], dtype=jnp.float32) -> Array:
-    """Uniform in ±rank^-1/2 for the Δ projection [rank, E], as in the Mamba code."""
-    bound = shape[0] ** -0.5
-    return jax.random.uniform(key, shape, dtype, minval=-bound, maxval=bound)
 
 
 @register("mamba")
@@ -104,7 +94,7 @@ class Mamba(nnx.Module):
     """The Mamba block (Gu & Dao, 2023); see the module docstring. x: [B, T, D].
 
     Options: ``state_size`` N, ``expand`` (E = expand * D), ``conv_width``, ``dt_rank`` (rank
-    of the Δ projection; None or 0 for ⌈D / 16⌉), ``dt_min``/``dt_max`` (range of the initial Δ),
+    of the Δ projection; None for ⌈D / 16⌉), ``dt_min``/``dt_max`` (range of the initial Δ),
     ``negative_eigenvalues`` and ``implementation`` (of ``linear_recurrence``).
     """
 
@@ -122,34 +112,30 @@ class Mamba(nnx.Module):
         negative_eigenvalues: bool = False,
         implementation: str | None = None,
     ):
-        if conv_width < 1:
-            raise ValueError(f"conv_width must be at least 1, got {conv_width}")
+        check_sizes(state_size=state_size, expand=expand, dt_rank=dt_rank)
         self.inner_size = inner = expand * d_model
         self.state_size = state_size
-        self.conv_width = conv_width
         self.dt_rank = dt_rank = dt_rank or math.ceil(d_model / 16)
         self.negative_eigenvalues = negative_eigenvalues
         self.implementation = implementation
 
-        self.in_proj = nnx.Linear(d_model, 2 * inner, use_bias=False, rngs=rngs)
-        # Depthwise conv taps [W, E], initialized like PyTorch's Conv1d (fan-in W).
-        bound = conv_width**-0.5
-        self.conv_kernel = nnx.Param(
-            jax.random.uniform(rngs.params(), (conv_width, inner), minval=-bound, maxval=bound)
+        self.in_proj = linear(d_model, 2 * inner, EMBED, HEADS, use_bias=False, rngs=rngs)
+        self.conv = ShortConv(conv_width, inner, bias="uniform", rngs=rngs)
+        self.x_proj = linear(
+            inner, dt_rank + 2 * state_size, HEADS, None, use_bias=False, rngs=rngs
         )
-        self.conv_bias = nnx.Param(
-            jax.random.uniform(rngs.params(), (inner,), minval=-bound, maxval=bound)
+        # Δ's projection [rank, E] uniform in ±rank^-1/2, as in the Mamba code.
+        self.dt_proj = linear(
+            dt_rank, inner, None, HEADS, kernel_init=symmetric_uniform(dt_rank**-0.5), rngs=rngs
         )
-        self.x_proj = nnx.Linear(inner, dt_rank + 2 * state_size, use_bias=False, rngs=rngs)
-        self.dt_proj = nnx.Linear(dt_rank, inner, kernel_init=_symmetric_uniform, rngs=rngs)
         self.dt_proj.bias[...] = step_size_bias(rngs.params(), inner, dt_min, dt_max)
-        self.log_decay_rate = nnx.Param(s4d_real_log_rates(inner, state_size))
-        self.skip = nnx.Param(jnp.ones((inner,), jnp.float32))
-        self.out_proj = nnx.Linear(inner, d_model, use_bias=False, rngs=rngs)
+        self.log_decay_rate = param(s4d_real_log_rates(inner, state_size), HEADS, None)
+        self.skip = param(jnp.ones((inner,), jnp.float32), HEADS)
+        self.out_proj = linear(inner, d_model, HEADS, EMBED, use_bias=False, rngs=rngs)
 
     def init_state(self, batch_size: int) -> PyTree:
         return {
-            "conv": jnp.zeros((batch_size, self.conv_width - 1, self.inner_size), jnp.float32),
+            "conv": self.conv.init_state(batch_size),
             "ssm": jnp.zeros((batch_size, self.inner_size, self.state_size), jnp.float32),
         }
 
@@ -159,13 +145,7 @@ class Mamba(nnx.Module):
         if state is None:
             state = self.init_state(x.shape[0])
         u, gate = jnp.split(self.in_proj(x), 2, axis=-1)
-        u, conv_state = causal_conv1d(
-            u,
-            self.conv_kernel[...],
-            bias=self.conv_bias[...],
-            initial_state=state["conv"],
-            segment_starts=segment_starts,
-        )
+        u, conv_state = self.conv(u, state["conv"], segment_starts)
         u = jax.nn.silu(u)
         low_rank_delta, input_matrix, output_matrix = jnp.split(
             self.x_proj(u), [self.dt_rank, self.dt_rank + self.state_size], axis=-1

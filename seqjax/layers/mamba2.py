@@ -24,10 +24,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from seqjax.layers.checks import check_divides, check_sizes
+from seqjax.layers.conv import ShortConv
+from seqjax.layers.heads import merge_heads, split_heads
 from seqjax.layers.mamba import step_size_bias
 from seqjax.layers.norms import rms_normalize
+from seqjax.layers.partitioning import EMBED, HEADS, linear, param
 from seqjax.layers.registry import register
-from seqjax.ops.conv import causal_conv1d
 from seqjax.ops.linear_attention import gated_linear_attention
 from seqjax.typing import Array, PyTree
 
@@ -39,6 +42,16 @@ def ssd_log_decay(delta: Array, log_decay_rate: Array) -> Array:
     return -delta.astype(jnp.float32) * jnp.exp(log_decay_rate.astype(jnp.float32))
 
 
+def ssd_decay_parameters(
+    rngs: nnx.Rngs, num_heads: int, dt_min: float, dt_max: float
+) -> tuple[nnx.Param, nnx.Param]:
+    """(A_log, b_Δ) [H] as the Mamba-2 code initializes them: A = exp(A_log) uniform in
+    [1, 16], softplus(b_Δ) log-uniform in [dt_min, dt_max]."""
+    rates = jax.random.uniform(rngs.params(), (num_heads,), minval=1.0, maxval=16.0)
+    dt_bias = step_size_bias(rngs.params(), num_heads, dt_min, dt_max)
+    return param(jnp.log(rates), HEADS), param(dt_bias, HEADS)
+
+
 def state_space_duality(
     x: Array,
     delta: Array,
@@ -46,11 +59,7 @@ def state_space_duality(
     input_matrix: Array,
     output_matrix: Array,
     skip: Array,
-    *,
-    initial_state: Array | None = None,
-    segment_starts: Array | None = None,
-    chunk_size: int = 64,
-    implementation: str | None = None,
+    **op_options,
 ) -> tuple[Array, Array]:
     """The SSD recurrence of the module docstring; returns ``(y [B, T, H, P], S_T)``.
 
@@ -61,9 +70,8 @@ def state_space_duality(
       input_matrix: B_t [B, T, G, N], G dividing H (head h reads group h // (H / G)).
       output_matrix: C_t [B, T, G, N].
       skip: D [H].
-      initial_state: S [B, H, N, P] (zeros if None).
-      segment_starts: bool [B, T]; the state is zeroed before each true position.
-      chunk_size, implementation: of ``gated_linear_attention``.
+      op_options: of ``gated_linear_attention`` (initial_state S [B, H, N, P],
+        segment_starts, chunk_size, implementation).
     """
     heads, groups = x.shape[2], input_matrix.shape[2]
     if heads % groups:
@@ -76,10 +84,7 @@ def state_space_duality(
         keys,
         delta[..., None] * x32,
         log_decay=ssd_log_decay(delta, log_decay_rate),
-        initial_state=initial_state,
-        segment_starts=segment_starts,
-        chunk_size=chunk_size,
-        implementation=implementation,
+        **op_options,
     )
     return (y + skip.astype(jnp.float32)[:, None] * x32).astype(x.dtype), final_state
 
@@ -117,79 +122,63 @@ class Mamba2(nnx.Module):
         chunk_size: int = 64,
         implementation: str | None = None,
     ):
+        check_sizes(
+            state_size=state_size,
+            head_dim=head_dim,
+            expand=expand,
+            num_groups=num_groups,
+            chunk_size=chunk_size,
+        )
         self.inner_size = inner = expand * d_model
-        if head_dim < 1 or inner % head_dim:
-            raise ValueError(f"head_dim ({head_dim}) must divide expand * d_model ({inner})")
+        check_divides("head_dim", head_dim, "expand * d_model", inner)
         self.num_heads = heads = inner // head_dim
-        if num_groups < 1 or heads % num_groups:
-            raise ValueError(f"num_groups ({num_groups}) must divide the number of heads ({heads})")
-        if conv_width < 1:
-            raise ValueError(f"conv_width must be at least 1, got {conv_width}")
+        check_divides("num_groups", num_groups, "the number of heads", heads)
         self.head_dim, self.state_size, self.num_groups = head_dim, state_size, num_groups
-        self.conv_width = conv_width
         self.chunk_size, self.implementation = chunk_size, implementation
         self.conv_size = conv_size = inner + 2 * num_groups * state_size  # x, B, C
 
-        self.in_proj = nnx.Linear(d_model, inner + conv_size + heads, use_bias=False, rngs=rngs)
-        bound = conv_width**-0.5  # PyTorch's Conv1d init (fan-in W)
-        self.conv_kernel = nnx.Param(
-            jax.random.uniform(rngs.params(), (conv_width, conv_size), minval=-bound, maxval=bound)
+        self.in_proj = linear(
+            d_model, inner + conv_size + heads, EMBED, HEADS, use_bias=False, rngs=rngs
         )
-        self.conv_bias = nnx.Param(
-            jax.random.uniform(rngs.params(), (conv_size,), minval=-bound, maxval=bound)
-        )
-        self.dt_bias = nnx.Param(step_size_bias(rngs.params(), heads, dt_min, dt_max))
-        # A = -exp(A_log) uniform in [-16, -1], as in the Mamba-2 code.
-        rates = jax.random.uniform(rngs.params(), (heads,), minval=1.0, maxval=16.0)
-        self.log_decay_rate = nnx.Param(jnp.log(rates))
-        self.skip = nnx.Param(jnp.ones((heads,), jnp.float32))
-        self.norm_scale = nnx.Param(jnp.ones((inner,), jnp.float32))
-        self.out_proj = nnx.Linear(inner, d_model, use_bias=False, rngs=rngs)
+        self.conv = ShortConv(conv_width, conv_size, bias="uniform", rngs=rngs)
+        self.log_decay_rate, self.dt_bias = ssd_decay_parameters(rngs, heads, dt_min, dt_max)
+        self.skip = param(jnp.ones((heads,), jnp.float32), HEADS)
+        self.norm_scale = param(jnp.ones((inner,), jnp.float32), HEADS)
+        self.out_proj = linear(inner, d_model, HEADS, EMBED, use_bias=False, rngs=rngs)
 
     def init_state(self, batch_size: int) -> PyTree:
+        state_shape = (batch_size, self.num_heads, self.state_size, self.head_dim)
         return {
-            "conv": jnp.zeros((batch_size, self.conv_width - 1, self.conv_size), jnp.float32),
-            "ssm": jnp.zeros(
-                (batch_size, self.num_heads, self.state_size, self.head_dim), jnp.float32
-            ),
+            "conv": self.conv.init_state(batch_size),
+            "ssm": jnp.zeros(state_shape, jnp.float32),
         }
 
     def __call__(
         self, x: Array, *, state: PyTree | None = None, segment_starts: Array | None = None
     ) -> tuple[Array, PyTree]:
-        batch, length, _ = x.shape
         if state is None:
-            state = self.init_state(batch)
+            state = self.init_state(x.shape[0])
         gate, conv_input, dt = jnp.split(
             self.in_proj(x), [self.inner_size, self.inner_size + self.conv_size], axis=-1
         )
-        conv_output, conv_state = causal_conv1d(
-            conv_input,
-            self.conv_kernel[...],
-            bias=self.conv_bias[...],
-            initial_state=state["conv"],
-            segment_starts=segment_starts,
-        )
+        conv_output, conv_state = self.conv(conv_input, state["conv"], segment_starts)
         u, input_matrix, output_matrix = jnp.split(
             jax.nn.silu(conv_output),
             [self.inner_size, self.inner_size + self.num_groups * self.state_size],
             axis=-1,
         )
         delta = jax.nn.softplus(dt.astype(jnp.float32) + self.dt_bias[...])
-        groups = (batch, length, self.num_groups, self.state_size)
         y, ssm_state = state_space_duality(
-            u.reshape(batch, length, self.num_heads, self.head_dim),
+            split_heads(u, self.num_heads),
             delta,
             self.log_decay_rate[...],
-            input_matrix.reshape(groups),
-            output_matrix.reshape(groups),
+            split_heads(input_matrix, self.num_groups),
+            split_heads(output_matrix, self.num_groups),
             self.skip[...],
             initial_state=state["ssm"],
             segment_starts=segment_starts,
             chunk_size=self.chunk_size,
             implementation=self.implementation,
         )
-        y = gated_rms_normalize(
-            y.reshape(batch, length, self.inner_size), gate, self.norm_scale[...], self.num_groups
-        )
+        y = gated_rms_normalize(merge_heads(y), gate, self.norm_scale[...], self.num_groups)
         return self.out_proj(y), {"conv": conv_state, "ssm": ssm_state}

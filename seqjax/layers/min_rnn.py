@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from seqjax.layers.checks import check_sizes
+from seqjax.layers.partitioning import EMBED, HEADS, linear
 from seqjax.layers.registry import register
 from seqjax.ops.scan import linear_recurrence
 from seqjax.typing import Array
@@ -47,8 +49,10 @@ def min_lstm_gates(forget_logits: Array, input_logits: Array) -> tuple[Array, Ar
     return jax.nn.sigmoid(log_ratio), jax.nn.sigmoid(-log_ratio)
 
 
-class _MinimalRNN(nnx.Module):
-    """x [B, T, D] → gate and candidate logits → h [B, T, N] → projection to D."""
+class InputGatedRNN(nnx.Module):
+    """x [B, T, D] → one projection to the candidate's and ``num_gates`` gates' logits
+    [B, T, N] each → a linear recurrence h [B, T, N] (its gates depend on the input only) →
+    projection to D. State: h [B, N]."""
 
     num_gates: int
 
@@ -57,13 +61,14 @@ class _MinimalRNN(nnx.Module):
         d_model: int,
         *,
         rngs: nnx.Rngs,
-        hidden_size: int | None,
-        implementation: str | None,
+        hidden_size: int | None = None,
+        implementation: str | None = None,
     ):
+        check_sizes(hidden_size=hidden_size)
         self.hidden_size = hidden = hidden_size or d_model
         self.implementation = implementation
-        self.input_proj = nnx.Linear(d_model, (self.num_gates + 1) * hidden, rngs=rngs)
-        self.out_proj = nnx.Linear(hidden, d_model, rngs=rngs)
+        self.input_proj = linear(d_model, (self.num_gates + 1) * hidden, EMBED, HEADS, rngs=rngs)
+        self.out_proj = linear(hidden, d_model, HEADS, EMBED, rngs=rngs)
 
     def init_state(self, batch_size: int) -> Array:
         return jnp.zeros((batch_size, self.hidden_size), jnp.float32)
@@ -85,7 +90,7 @@ class _MinimalRNN(nnx.Module):
 
 
 @register("min_gru")
-class MinGRU(_MinimalRNN):
+class MinGRU(InputGatedRNN):
     """minGRU (Feng et al., 2024): h_t = (1 - z_t) ⊙ h_{t-1} + z_t ⊙ g(W_h x_t). x: [B, T, D].
 
     Options: ``hidden_size`` N (None for D), ``implementation`` (of ``linear_recurrence``).
@@ -94,19 +99,9 @@ class MinGRU(_MinimalRNN):
     num_gates = 1
     gates = staticmethod(min_gru_gates)
 
-    def __init__(
-        self,
-        d_model: int,
-        *,
-        rngs: nnx.Rngs,
-        hidden_size: int | None = None,
-        implementation: str | None = None,
-    ):
-        super().__init__(d_model, rngs=rngs, hidden_size=hidden_size, implementation=implementation)
-
 
 @register("min_lstm")
-class MinLSTM(_MinimalRNN):
+class MinLSTM(InputGatedRNN):
     """minLSTM (Feng et al., 2024): h_t = f'_t ⊙ h_{t-1} + i'_t ⊙ g(W_h x_t), with the
     normalized gates f', i' = f, i / (f + i). x: [B, T, D].
 
@@ -115,13 +110,3 @@ class MinLSTM(_MinimalRNN):
 
     num_gates = 2
     gates = staticmethod(min_lstm_gates)
-
-    def __init__(
-        self,
-        d_model: int,
-        *,
-        rngs: nnx.Rngs,
-        hidden_size: int | None = None,
-        implementation: str | None = None,
-    ):
-        super().__init__(d_model, rngs=rngs, hidden_size=hidden_size, implementation=implementation)

@@ -1,9 +1,16 @@
-"""Normalization layers, computed in float32 and returned in the input dtype."""
+"""Normalization layers, computed in float32 and returned in the input dtype.
+
+A norm's learned vectors [D] have the logical axis of the width they normalize
+(partitioning.py): ``"embed"`` for the residual stream, ``"heads"`` for a mixer's inner
+width, None for a head's own features (a scale shared by the heads).
+"""
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from seqjax.layers.checks import check_choice, check_size
+from seqjax.layers.partitioning import EMBED, param
 from seqjax.typing import Array
 
 
@@ -26,9 +33,9 @@ def layer_normalize(x: Array, scale: Array, bias: Array, epsilon: float) -> Arra
 class RMSNorm(nnx.Module):
     """Root-mean-square norm with a learned scale, over the last axis [..., D]."""
 
-    def __init__(self, dim: int, *, epsilon: float = 1e-6, rngs: nnx.Rngs | None = None):
-        del rngs
-        self.scale = nnx.Param(jnp.ones((dim,), jnp.float32))
+    def __init__(self, dim: int, *, logical_axis: str | None, epsilon: float = 1e-6):
+        check_size("dim", dim)
+        self.scale = param(jnp.ones((dim,), jnp.float32), logical_axis)
         self.epsilon = epsilon
 
     def __call__(self, x: Array) -> Array:
@@ -38,10 +45,10 @@ class RMSNorm(nnx.Module):
 class LayerNorm(nnx.Module):
     """Layer norm with a learned scale and bias, over the last axis [..., D]."""
 
-    def __init__(self, dim: int, *, epsilon: float = 1e-5, rngs: nnx.Rngs | None = None):
-        del rngs
-        self.scale = nnx.Param(jnp.ones((dim,), jnp.float32))
-        self.bias = nnx.Param(jnp.zeros((dim,), jnp.float32))
+    def __init__(self, dim: int, *, logical_axis: str | None, epsilon: float = 1e-5):
+        check_size("dim", dim)
+        self.scale = param(jnp.ones((dim,), jnp.float32), logical_axis)
+        self.bias = param(jnp.zeros((dim,), jnp.float32), logical_axis)
         self.epsilon = epsilon
 
     def __call__(self, x: Array) -> Array:
@@ -52,7 +59,6 @@ NORMS = {"rms": RMSNorm, "layer": LayerNorm}
 
 
 def create_norm(kind: str, dim: int) -> nnx.Module:
-    """A norm by name: ``"rms"`` or ``"layer"``."""
-    if kind not in NORMS:
-        raise ValueError(f"unknown norm {kind!r}; expected one of {', '.join(NORMS)}")
-    return NORMS[kind](dim)
+    """A norm of the residual stream [..., D] by name: ``"rms"`` or ``"layer"``."""
+    check_choice("norm", kind, NORMS)
+    return NORMS[kind](dim, logical_axis=EMBED)

@@ -1,14 +1,19 @@
 """Logical axis names of parameters and activations, mapped to mesh axes by rules.
 
 A parameter says what its axes are (``"embed"``: the model width, ``"mlp"``: the MLP's hidden
-width, ``"heads"``: a mixer's inner width, heads times head size, ``"vocab"``), never how
-they are split; the training config maps names to mesh axes, e.g. ``("embed", "fsdp")``.
-Parameters without names are replicated. Activations are constrained to logical axes
-(``"batch"``, ``"sequence"``) inside ``axis_rules``; outside it ``constrain`` does nothing.
+width, ``"heads"``: a mixer's inner width, heads times head size or any other width the
+mixer splits into channels of its own, ``"vocab"``), never how they are split; the training
+config maps names to mesh axes, e.g. ``("embed", "fsdp")``. ``None`` marks a dimension that
+is never split (conv taps, low ranks, a state size, a head's own size). Where a parameter
+has two inner-width dimensions, only its output one is named, so the tensor axis splits
+what the parameter produces, the same way as the projection in front of it. Activations are
+constrained to logical axes (``"batch"``, ``"sequence"``) inside ``axis_rules``; outside it
+``constrain`` does nothing.
 
-Names are kept as Flax ``out_sharding`` metadata, set after a parameter is created, so a
-model is built the same way on one device and on a mesh; training places its parameters
-(training/sharding.py).
+Every parameter is created with its names (``param``, ``linear``), one per dimension, kept
+as Flax ``out_sharding`` metadata and read back by ``logical_axes``. They are not applied
+when the parameter is created (no eager sharding), so a model is built the same way on one
+device and on a mesh; training places its parameters (training/sharding.py).
 """
 
 import contextlib
@@ -16,7 +21,9 @@ import contextvars
 from collections.abc import Iterator, Sequence
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
+from flax.typing import Initializer
 from jax.sharding import PartitionSpec
 
 from seqjax.typing import Array
@@ -32,46 +39,43 @@ _RULES: contextvars.ContextVar[tuple[Rules, dict[str, int]] | None] = contextvar
 )
 
 
-def name_axes(variable: nnx.Variable, *logical_axes: str | None) -> None:
-    """Gives a parameter its logical axes, one name (or None) per array axis."""
-    if len(logical_axes) != variable.ndim:
+def param(value: Array, *axes: str | None) -> nnx.Param:
+    """``value`` as a parameter with logical ``axes``, one name (or None) per dimension."""
+    if len(axes) != jnp.ndim(value):
         raise ValueError(
-            f"{len(logical_axes)} logical axes {logical_axes} for a parameter of shape "
-            f"{variable.shape}"
+            f"{len(axes)} logical axes {axes} for a parameter of shape {jnp.shape(value)}"
         )
-    variable.set_metadata(out_sharding=logical_axes)
+    return nnx.Param(value, out_sharding=axes, eager_sharding=False)
+
+
+def linear(
+    size_in: int,
+    size_out: int,
+    in_axis: str | None,
+    out_axis: str | None,
+    *,
+    rngs: nnx.Rngs,
+    use_bias: bool = True,
+    **initializers: Initializer,
+) -> nnx.Linear:
+    """An ``nnx.Linear`` whose kernel [size_in, size_out] has the logical axes (in_axis,
+    out_axis) and whose bias [size_out] has out_axis; ``initializers``: ``kernel_init``,
+    ``bias_init``."""
+    sharding = dict(eager_sharding=False)
+    return nnx.Linear(
+        size_in,
+        size_out,
+        use_bias=use_bias,
+        kernel_metadata=dict(out_sharding=(in_axis, out_axis), **sharding),
+        bias_metadata=dict(out_sharding=(out_axis,), **sharding),
+        rngs=rngs,
+        **initializers,
+    )
 
 
 def logical_axes(variable: nnx.Variable) -> tuple[str | None, ...] | None:
     """A parameter's logical axes, or None if it has none (it is replicated)."""
     return variable.get_metadata().get("out_sharding") or None
-
-
-# The mixers' names for a projection back to the model width (it may be square).
-OUTPUT_PROJECTIONS = ("output", "out_proj", "output_proj", "down_proj")
-
-
-def name_projection_axes(module: nnx.Module, d_model: int) -> None:
-    """Names the axes of every unnamed ``nnx.Linear`` in ``module``: a projection back to the
-    model width is (heads, embed), one from it (embed, heads); biases follow the output.
-
-    The mixers' in and out projections hold most of their parameters; this gives every
-    mixer a split of them without a line in its file. Other parameters stay replicated.
-    """
-    for path, linear in nnx.iter_graph(module):
-        if not isinstance(linear, nnx.Linear) or logical_axes(linear.kernel):
-            continue
-        size_in, size_out = linear.kernel.shape
-        is_output = path and path[-1] in OUTPUT_PROJECTIONS
-        if size_out == d_model and (is_output or size_in != d_model):
-            axes = (HEADS, EMBED)
-        elif size_in == d_model:
-            axes = (EMBED, HEADS)
-        else:
-            continue
-        name_axes(linear.kernel, *axes)
-        if linear.bias is not None:
-            name_axes(linear.bias, axes[1])
 
 
 def mesh_spec(

@@ -24,7 +24,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from seqjax.layers.checks import check_divides, check_sizes
+from seqjax.layers.heads import merge_heads, split_heads
 from seqjax.layers.norms import layer_normalize
+from seqjax.layers.partitioning import EMBED, HEADS, linear, param
 from seqjax.layers.registry import register
 from seqjax.ops.attention import rotary_embedding
 from seqjax.ops.linear_attention import gated_linear_attention
@@ -52,25 +55,16 @@ def segment_positions(
 
 
 def multi_scale_retention(
-    q: Array,
-    k: Array,
-    v: Array,
-    positions: Array,
-    *,
-    initial_state: Array | None = None,
-    segment_starts: Array | None = None,
-    rotary_base: float = 10_000.0,
-    chunk_size: int = 64,
-    implementation: str | None = None,
+    q: Array, k: Array, v: Array, positions: Array, *, rotary_base: float = 10_000.0, **op_options
 ) -> tuple[Array, Array]:
     """Retention of the module docstring before the group norm; returns ``(o, S_T)``.
 
     Args:
       q, k: [B, T, H, K] with K even (before the rotation).  v: [B, T, H, V].
       positions: [B, T] integer positions of the rotation.
-      initial_state: S [B, H, K, V] (zeros if None).
-      segment_starts: bool [B, T]; the state is zeroed before each true position.
-      rotary_base, chunk_size, implementation: of the rotation and of the op.
+      rotary_base: of the rotation.
+      op_options: of ``gated_linear_attention`` (initial_state S [B, H, K, V],
+        segment_starts, chunk_size, implementation).
 
     Returns:
       o [B, T, H, V] and S_T [B, H, K, V] (float32).
@@ -82,11 +76,8 @@ def multi_scale_retention(
         rotary_embedding(k, positions, base=rotary_base),
         v,
         log_decay=log_decay,
-        initial_state=initial_state,
-        segment_starts=segment_starts,
         scale=key_size**-0.5,
-        chunk_size=chunk_size,
-        implementation=implementation,
+        **op_options,
     )
 
 
@@ -109,29 +100,28 @@ class RetNet(nnx.Module):
         chunk_size: int = 64,
         implementation: str | None = None,
     ):
-        if num_heads < 1 or d_model % num_heads:
-            raise ValueError(f"num_heads ({num_heads}) must divide d_model ({d_model})")
+        check_sizes(num_heads=num_heads, expand_v=expand_v, chunk_size=chunk_size)
+        check_divides("num_heads", num_heads, "d_model", d_model)
         if (d_model // num_heads) % 2:
             raise ValueError(
                 f"the key size d_model / num_heads = {d_model // num_heads} must be even for "
                 "rotary positions"
             )
-        if expand_v < 1:
-            raise ValueError(f"expand_v must be at least 1, got {expand_v}")
         self.num_heads, self.key_size = num_heads, d_model // num_heads
         self.value_size = expand_v * self.key_size
         self.rotary_base = rotary_base
         self.chunk_size, self.implementation = chunk_size, implementation
         inner = num_heads * self.value_size
 
-        def linear(size_in, size_out):
-            return nnx.Linear(size_in, size_out, use_bias=False, rngs=rngs)
+        def projection(width):
+            return linear(d_model, width, EMBED, HEADS, use_bias=False, rngs=rngs)
 
-        self.query, self.key = linear(d_model, d_model), linear(d_model, d_model)
-        self.value, self.gate = linear(d_model, inner), linear(d_model, inner)
-        self.norm_scale = nnx.Param(jnp.ones((num_heads, self.value_size), jnp.float32))
-        self.norm_bias = nnx.Param(jnp.zeros((num_heads, self.value_size), jnp.float32))
-        self.output = linear(inner, d_model)
+        self.query, self.key = projection(d_model), projection(d_model)
+        self.value, self.gate = projection(inner), projection(inner)
+        per_head = (num_heads, self.value_size)
+        self.norm_scale = param(jnp.ones(per_head, jnp.float32), HEADS, None)
+        self.norm_bias = param(jnp.zeros(per_head, jnp.float32), HEADS, None)
+        self.output = linear(inner, d_model, HEADS, EMBED, use_bias=False, rngs=rngs)
 
     @property
     def decays(self) -> Array:
@@ -148,18 +138,13 @@ class RetNet(nnx.Module):
     def __call__(
         self, x: Array, *, state: PyTree | None = None, segment_starts: Array | None = None
     ) -> tuple[Array, PyTree]:
-        batch, length, _ = x.shape
         if state is None:
-            state = self.init_state(batch)
-        positions = segment_positions(state["next_position"], length, segment_starts)
-
-        def heads(t, size):
-            return t.reshape(batch, length, self.num_heads, size)
-
+            state = self.init_state(x.shape[0])
+        positions = segment_positions(state["next_position"], x.shape[1], segment_starts)
         o, retention_state = multi_scale_retention(
-            heads(self.query(x), self.key_size),
-            heads(self.key(x), self.key_size),
-            heads(self.value(x), self.value_size),
+            split_heads(self.query(x), self.num_heads),
+            split_heads(self.key(x), self.num_heads),
+            split_heads(self.value(x), self.num_heads),
             positions,
             initial_state=state["retention"],
             segment_starts=segment_starts,
@@ -167,8 +152,8 @@ class RetNet(nnx.Module):
             chunk_size=self.chunk_size,
             implementation=self.implementation,
         )
-        normed = layer_normalize(
-            o, self.norm_scale[...], self.norm_bias[...], GROUP_NORM_EPSILON
-        ).reshape(batch, length, -1)
+        normed = merge_heads(
+            layer_normalize(o, self.norm_scale[...], self.norm_bias[...], GROUP_NORM_EPSILON)
+        )
         y = self.output(jax.nn.silu(self.gate(x)) * normed)
         return y, {"retention": retention_state, "next_position": positions[:, -1] + 1}

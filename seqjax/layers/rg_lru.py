@@ -18,8 +18,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from seqjax.layers.checks import check_sizes
+from seqjax.layers.conv import ShortConv
+from seqjax.layers.partitioning import EMBED, HEADS, linear, param
 from seqjax.layers.registry import register
-from seqjax.ops.conv import causal_conv1d
 from seqjax.ops.scan import linear_recurrence
 from seqjax.typing import Array, PyTree
 
@@ -31,10 +33,7 @@ def rg_lru(
     recurrence_gate_logits: Array,
     input_gate_logits: Array,
     decay_logits: Array,
-    *,
-    initial_state: Array | None = None,
-    segment_starts: Array | None = None,
-    implementation: str | None = None,
+    **op_options,
 ) -> tuple[Array, Array]:
     """The RG-LRU of the module docstring; returns ``(h [B, T, N], h_T [B, N])``.
 
@@ -43,21 +42,14 @@ def rg_lru(
       recurrence_gate_logits: W_a x + b_a [B, T, N] (r_t = σ of it).
       input_gate_logits: W_x x + b_x [B, T, N] (i_t = σ of it).
       decay_logits: Λ [N]; a = σ(Λ).
-      initial_state: h [B, N] (zeros if None).
-      segment_starts: bool [B, T]; the state is zeroed before each true position.
-      implementation: passed to ``linear_recurrence``.
+      op_options: of ``linear_recurrence`` (initial_state h [B, N], segment_starts,
+        implementation).
     """
     log_decay = rg_lru_log_decay(recurrence_gate_logits, decay_logits)
     # √(1 - a_t²) = √(-expm1(2 log a_t)) stays accurate as a_t → 1.
     normalizer = _sqrt_bounded_derivative(-jnp.expm1(2.0 * log_decay))
     gated_x = jax.nn.sigmoid(input_gate_logits.astype(jnp.float32)) * x.astype(jnp.float32)
-    h, final_state = linear_recurrence(
-        jnp.exp(log_decay),
-        normalizer * gated_x,
-        initial_state=initial_state,
-        segment_starts=segment_starts,
-        implementation=implementation,
-    )
+    h, final_state = linear_recurrence(jnp.exp(log_decay), normalizer * gated_x, **op_options)
     return h.astype(x.dtype), final_state
 
 
@@ -112,29 +104,24 @@ class RGLRU(nnx.Module):
         max_decay: float = 0.999,
         implementation: str | None = None,
     ):
-        if conv_width < 1:
-            raise ValueError(f"conv_width must be at least 1, got {conv_width}")
+        check_sizes(lru_width=lru_width)
         if not 0.0 < min_decay <= max_decay < 1.0:
             raise ValueError(
                 f"need 0 < min_decay <= max_decay < 1, got {min_decay} and {max_decay}"
             )
         self.lru_width = width = lru_width or d_model
-        self.conv_width = conv_width
         self.implementation = implementation
-        self.gate_proj = nnx.Linear(d_model, width, rngs=rngs)
-        self.input_proj = nnx.Linear(d_model, width, rngs=rngs)
-        bound = conv_width**-0.5
-        self.conv_kernel = nnx.Param(
-            jax.random.uniform(rngs.params(), (conv_width, width), minval=-bound, maxval=bound)
-        )
-        self.conv_bias = nnx.Param(jnp.zeros((width,), jnp.float32))
-        self.gates = nnx.Linear(width, 2 * width, rngs=rngs)  # recurrence and input gates
-        self.decay_logits = nnx.Param(decay_logits_init(rngs.params(), width, min_decay, max_decay))
-        self.out_proj = nnx.Linear(width, d_model, rngs=rngs)
+        self.gate_proj = linear(d_model, width, EMBED, HEADS, rngs=rngs)
+        self.input_proj = linear(d_model, width, EMBED, HEADS, rngs=rngs)
+        self.conv = ShortConv(conv_width, width, rngs=rngs)
+        self.gates = linear(width, 2 * width, None, HEADS, rngs=rngs)  # recurrence, input gates
+        decay_logits = decay_logits_init(rngs.params(), width, min_decay, max_decay)
+        self.decay_logits = param(decay_logits, HEADS)
+        self.out_proj = linear(width, d_model, HEADS, EMBED, rngs=rngs)
 
     def init_state(self, batch_size: int) -> PyTree:
         return {
-            "conv": jnp.zeros((batch_size, self.conv_width - 1, self.lru_width), jnp.float32),
+            "conv": self.conv.init_state(batch_size),
             "rnn": jnp.zeros((batch_size, self.lru_width), jnp.float32),
         }
 
@@ -144,13 +131,7 @@ class RGLRU(nnx.Module):
         if state is None:
             state = self.init_state(x.shape[0])
         gate = jax.nn.gelu(self.gate_proj(x))
-        u, conv_state = causal_conv1d(
-            self.input_proj(x),
-            self.conv_kernel[...],
-            bias=self.conv_bias[...],
-            initial_state=state["conv"],
-            segment_starts=segment_starts,
-        )
+        u, conv_state = self.conv(self.input_proj(x), state["conv"], segment_starts)
         recurrence_gate_logits, input_gate_logits = jnp.split(self.gates(u), 2, axis=-1)
         h, rnn_state = rg_lru(
             u,

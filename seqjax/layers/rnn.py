@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from seqjax.layers.checks import check_sizes
+from seqjax.layers.partitioning import EMBED, HEADS, linear, param
 from seqjax.layers.registry import register
 from seqjax.ops import cells
 from seqjax.typing import Array, PyTree
@@ -20,15 +22,18 @@ def _batch_zeros(batch_size: int, size: int) -> Array:
 
 
 class _RecurrentMixer(nnx.Module):
-    """Shared input/output projections; subclasses define ``cell()`` and ``init_state``."""
+    """Shared input/output projections and a hidden vector [B, N] as the state; subclasses
+    define ``cell()`` (and ``init_state`` for another state)."""
 
-    def __init__(self, d_model: int, hidden_size: int, num_gates: int, *, rngs: nnx.Rngs):
-        self.hidden_size = hidden_size
-        self.input_proj = nnx.Linear(d_model, num_gates * hidden_size, rngs=rngs)
-        self.recurrent_kernel = nnx.Param(
-            _stacked_orthogonal(rngs.params(), hidden_size, num_gates)
+    def __init__(self, d_model: int, hidden_size: int | None, num_gates: int, *, rngs: nnx.Rngs):
+        check_sizes(hidden_size=hidden_size)
+        self.hidden_size = hidden_size = hidden_size or d_model
+        self.input_proj = linear(d_model, num_gates * hidden_size, EMBED, HEADS, rngs=rngs)
+        # Split like the input projection: each device forms its share of the gates.
+        self.recurrent_kernel = param(
+            _stacked_orthogonal(rngs.params(), hidden_size, num_gates), None, HEADS
         )
-        self.output_proj = nnx.Linear(hidden_size, d_model, rngs=rngs)
+        self.output_proj = linear(hidden_size, d_model, HEADS, EMBED, rngs=rngs)
 
     def __call__(
         self, x: Array, *, state: PyTree | None = None, segment_starts: Array | None = None
@@ -39,6 +44,9 @@ class _RecurrentMixer(nnx.Module):
             self.cell(), self.input_proj(x), state, segment_starts=segment_starts
         )
         return self.output_proj(hidden.astype(x.dtype)), final_state
+
+    def init_state(self, batch_size: int) -> PyTree:
+        return _batch_zeros(batch_size, self.hidden_size)
 
 
 def _stacked_orthogonal(key, size: int, num_gates: int) -> Array:
@@ -56,13 +64,10 @@ class Elman(_RecurrentMixer):
     """
 
     def __init__(self, d_model: int, *, rngs: nnx.Rngs, hidden_size: int | None = None):
-        super().__init__(d_model, hidden_size or d_model, 1, rngs=rngs)
+        super().__init__(d_model, hidden_size, 1, rngs=rngs)
 
     def cell(self):
         return functools.partial(cells.elman_cell, self.recurrent_kernel[...])
-
-    def init_state(self, batch_size: int) -> Array:
-        return _batch_zeros(batch_size, self.hidden_size)
 
 
 @register("lstm")
@@ -90,14 +95,14 @@ class LSTM(_RecurrentMixer):
         )
         self.coupled_input_forget = coupled_input_forget
         self.forget_gate = forget_gate
-        hidden_size = hidden_size or d_model
         super().__init__(d_model, hidden_size, len(self.gate_names), rngs=rngs)
+        hidden_size = self.hidden_size
         if "forget" in self.gate_names:
             start = self.gate_names.index("forget") * hidden_size
             bias = self.input_proj.bias[...]
             self.input_proj.bias[...] = bias.at[start : start + hidden_size].set(forget_bias)
         self.peepholes = (
-            nnx.Param(jnp.zeros((len(self.gate_names) - 1, hidden_size), jnp.float32))
+            param(jnp.zeros((len(self.gate_names) - 1, hidden_size), jnp.float32), None, HEADS)
             if peepholes
             else None
         )
@@ -134,13 +139,10 @@ class GRU(_RecurrentMixer):
         hidden_size: int | None = None,
         reset_after: bool = True,
     ):
-        super().__init__(d_model, hidden_size or d_model, 3, rngs=rngs)
+        super().__init__(d_model, hidden_size, 3, rngs=rngs)
         self.reset_after = reset_after
-        self.candidate_bias = nnx.Param(jnp.zeros((self.hidden_size,), jnp.float32))
+        self.candidate_bias = param(jnp.zeros((self.hidden_size,), jnp.float32), HEADS)
 
     def cell(self):
         weights = cells.GRUWeights(self.recurrent_kernel[...], self.candidate_bias[...])
         return functools.partial(cells.gru_cell, weights, reset_after=self.reset_after)
-
-    def init_state(self, batch_size: int) -> Array:
-        return _batch_zeros(batch_size, self.hidden_size)

@@ -29,12 +29,17 @@ S the state after the last token (its decay w_T already applied).
 """
 
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from seqjax.layers.checks import check_divides, check_sizes
+from seqjax.layers.heads import split_heads
+from seqjax.layers.initializers import symmetric_uniform
 from seqjax.layers.norms import layer_normalize
+from seqjax.layers.partitioning import EMBED, HEADS, linear, param
 from seqjax.layers.registry import register
 from seqjax.ops.delta_rule import generalized_delta_rule
 from seqjax.ops.linear_attention import gated_linear_attention
@@ -98,10 +103,8 @@ def rwkv6_recurrence(
     log_decay: Array,
     bonus: Array,
     *,
-    initial_state: Array | None = None,
     segment_starts: Array | None = None,
-    chunk_size: int = 64,
-    implementation: str | None = None,
+    **op_options,
 ) -> tuple[Array, Array]:
     """o_t = r_tᵀ (S_{t-1} + diag(u) k_t v_tᵀ), S_t = diag(w_t) S_{t-1} + k_t v_tᵀ.
 
@@ -113,9 +116,9 @@ def rwkv6_recurrence(
     Args:
       r, k: [B, T, H, K].  v: [B, T, H, V].  log_decay: log w [B, T, H, K], <= 0.
       bonus: u [H, K].
-      initial_state: S [B, H, K, V] after the previous token (zeros if None).
       segment_starts: bool [B, T]; the state is reset to zero before each true position.
-      chunk_size, implementation: passed to ``gated_linear_attention``.
+      op_options: of ``gated_linear_attention`` (initial_state S [B, H, K, V] after the
+        previous token, chunk_size, implementation).
 
     Returns:
       o [B, T, H, V] in float32 and the state after the last token [B, H, K, V].
@@ -132,10 +135,8 @@ def rwkv6_recurrence(
         previous_step(k),
         previous_step(v),
         log_decay=previous_step(log_decay),
-        initial_state=initial_state,
         segment_starts=segment_starts,
-        chunk_size=chunk_size,
-        implementation=implementation,
+        **op_options,
     )
     output = output.astype(jnp.float32) + current_token_bonus(r, k, v, bonus)
     k_last, v_last = (t[:, -1].astype(jnp.float32) for t in (k, v))
@@ -171,16 +172,14 @@ def rwkv7_recurrence(
     removal_key: Array,
     icl_rate: Array,
     log_decay: Array,
-    *,
-    initial_state: Array | None = None,
-    segment_starts: Array | None = None,
-    chunk_size: int = 64,
-    implementation: str | None = None,
+    **op_options,
 ) -> tuple[Array, Array]:
     """S_t = diag(w_t) S_{t-1} - (a_t ⊙ κ̂_t)(κ̂_tᵀ S_{t-1}) + k̃_t v_tᵀ, o_t = S_tᵀ r_t.
 
     All of r, k̃, κ̂, a, log w [B, T, H, K]; v [B, T, H, V]; state [B, H, K, V] (RWKV's
-    [V, K] state transposed). Returns o [B, T, H, V] in float32 and the final state.
+    [V, K] state transposed); op_options: of ``generalized_delta_rule`` (initial_state,
+    segment_starts, chunk_size, implementation). Returns o [B, T, H, V] in float32 and the
+    final state.
     """
     output, state = generalized_delta_rule(
         r,
@@ -189,19 +188,9 @@ def rwkv7_recurrence(
         removal_key,
         icl_rate * removal_key,
         log_decay=log_decay,
-        initial_state=initial_state,
-        segment_starts=segment_starts,
-        chunk_size=chunk_size,
-        implementation=implementation,
+        **op_options,
     )
     return output.astype(jnp.float32), state
-
-
-def _head_size(d_model: int, head_size: int) -> int:
-    head_size = min(head_size, d_model)
-    if d_model % head_size:
-        raise ValueError(f"d_model {d_model} must be a multiple of head_size {head_size}")
-    return head_size
 
 
 def _depth_ratios(layer_index: int, num_layers: int) -> tuple[float, float]:
@@ -220,24 +209,59 @@ def _orthogonal(key: Array, shape: tuple[int, int], scale: float) -> Array:
 
 
 class _RWKVTimeMix(nnx.Module):
-    """What RWKV-6 and RWKV-7 share: heads, the projections, GroupNorm and the state."""
+    """What RWKV-6 and RWKV-7 share: heads, GroupNorm and the state.
 
-    def _init_common(self, d_model, head_size, chunk_size, implementation):
-        self.head_size = _head_size(d_model, head_size)
+    Options: ``head_size`` K (capped at D), ``chunk_size`` and ``implementation`` (of the op).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        *,
+        head_size: int = 64,
+        chunk_size: int = 64,
+        implementation: str | None = None,
+    ):
+        check_sizes(head_size=head_size, chunk_size=chunk_size)
+        self.head_size = min(head_size, d_model)
+        check_divides("head_size", self.head_size, "d_model", d_model)
         self.num_heads = d_model // self.head_size
-        self.d_model = d_model
         self.chunk_size = chunk_size
         self.implementation = implementation
 
     def init_state(self, batch_size: int) -> PyTree:
         size = (batch_size, self.num_heads, self.head_size, self.head_size)
         return {
-            "shift": jnp.zeros((batch_size, self.d_model), jnp.float32),
+            "shift": jnp.zeros((batch_size, self.num_heads * self.head_size), jnp.float32),
             "wkv": jnp.zeros(size, jnp.float32),
         }
 
+    def _add_output_layers(self, d_model: int, norm_scale: float, rngs: nnx.Rngs) -> None:
+        """GroupNorm's scale (all ``norm_scale``) and bias per channel, and W_o."""
+        self.output = linear(d_model, d_model, HEADS, EMBED, use_bias=False, rngs=rngs)
+        self.norm_scale = param(jnp.full((d_model,), norm_scale, jnp.float32), HEADS)
+        self.norm_bias = param(jnp.zeros((d_model,), jnp.float32), HEADS)
+
     def _heads(self, t: Array) -> Array:
-        return t.reshape(*t.shape[:2], self.num_heads, self.head_size)
+        return split_heads(t, self.num_heads)
+
+    def __call__(
+        self, x: Array, *, state: PyTree | None = None, segment_starts: Array | None = None
+    ) -> tuple[Array, PyTree]:
+        """The token shift, the subclass's ``time_mix`` (its gated outputs before W_o and
+        its new matrix state, given x, x_{t-1} and the op's options), then W_o."""
+        if state is None:
+            state = self.init_state(x.shape[0])
+        shifted, last = token_shift(x, state["shift"], segment_starts)
+        gated, wkv = self.time_mix(
+            x,
+            shifted,
+            initial_state=state["wkv"],
+            segment_starts=segment_starts,
+            chunk_size=self.chunk_size,
+            implementation=self.implementation,
+        )
+        return self.output(gated.astype(x.dtype)), {"shift": last, "wkv": wkv}
 
     def _group_norm(self, o: Array) -> Array:
         """Per-head normalization of o [B, T, H, V], learned scale and bias per channel."""
@@ -251,9 +275,9 @@ class _RWKVTimeMix(nnx.Module):
 class RWKV6(_RWKVTimeMix):
     """RWKV-6 (Finch) time mixing (Peng et al., 2024); see the module docstring. x: [B, T, D].
 
-    Options: ``head_size`` K (capped at D), ``mix_rank`` and ``decay_rank`` (the low ranks of
-    ddlerp and of the decay), ``chunk_size`` and ``implementation`` (of
-    ``gated_linear_attention``). Initialization follows RWKV-LM's RWKV-6 by depth.
+    Options: those of every RWKV (``head_size`` K, capped at D, ``chunk_size`` and
+    ``implementation`` of ``gated_linear_attention``), ``mix_rank`` and ``decay_rank`` (the
+    low ranks of ddlerp and of the decay). Initialization follows RWKV-LM's RWKV-6 by depth.
     """
 
     def __init__(
@@ -261,59 +285,48 @@ class RWKV6(_RWKVTimeMix):
         d_model: int,
         *,
         rngs: nnx.Rngs,
-        head_size: int = 64,
         mix_rank: int = 32,
         decay_rank: int = 64,
-        chunk_size: int = 64,
-        implementation: str | None = None,
         layer_index: int = 0,
         num_layers: int = 1,
+        **time_mix_options: Any,
     ):
-        self._init_common(d_model, head_size, chunk_size, implementation)
+        super().__init__(d_model, **time_mix_options)
+        check_sizes(mix_rank=mix_rank, decay_rank=decay_rank)
         ratio_0_to_1, ratio_1_to_0 = _depth_ratios(layer_index, num_layers)
         fraction = _channel_fractions(d_model)
-        self.mix_x = nnx.Param(1.0 - fraction**ratio_1_to_0)
-        self.mix_base = nnx.Param(
-            jnp.stack(  # w, k, v, r, g
-                [
-                    1.0 - fraction**ratio_1_to_0,
-                    1.0 - fraction**ratio_1_to_0,
-                    1.0 - (fraction**ratio_1_to_0 + 0.3 * ratio_0_to_1),
-                    1.0 - fraction ** (0.5 * ratio_1_to_0),
-                    1.0 - fraction ** (0.5 * ratio_1_to_0),
-                ]
-            )
+        self.mix_x = param(1.0 - fraction**ratio_1_to_0, EMBED)
+        mix_base = jnp.stack(  # w, k, v, r, g
+            [
+                1.0 - fraction**ratio_1_to_0,
+                1.0 - fraction**ratio_1_to_0,
+                1.0 - (fraction**ratio_1_to_0 + 0.3 * ratio_0_to_1),
+                1.0 - fraction ** (0.5 * ratio_1_to_0),
+                1.0 - fraction ** (0.5 * ratio_1_to_0),
+            ]
         )
-        self.mix_down = nnx.Param(jnp.zeros((d_model, 5 * mix_rank), jnp.float32))
-        self.mix_up = nnx.Param(
-            jax.random.uniform(rngs.params(), (5, mix_rank, d_model), minval=-0.01, maxval=0.01)
-        )
+        self.mix_base = param(mix_base, None, EMBED)
+        self.mix_down = param(jnp.zeros((d_model, 5 * mix_rank), jnp.float32), EMBED, None)
+        small = symmetric_uniform(0.01)
+        self.mix_up = param(small(rngs.params(), (5, mix_rank, d_model)), None, None, EMBED)
         channel = jnp.arange(d_model, dtype=jnp.float32) / max(d_model - 1, 1)
-        self.decay_base = nnx.Param(-6.0 + 5.0 * channel ** (0.7 + 1.3 * ratio_0_to_1))
-        self.decay_down = nnx.Param(jnp.zeros((d_model, decay_rank), jnp.float32))
-        self.decay_up = nnx.Param(
-            jax.random.uniform(rngs.params(), (decay_rank, d_model), minval=-0.01, maxval=0.01)
-        )
+        self.decay_base = param(-6.0 + 5.0 * channel ** (0.7 + 1.3 * ratio_0_to_1), HEADS)
+        self.decay_down = param(jnp.zeros((d_model, decay_rank), jnp.float32), EMBED, None)
+        self.decay_up = param(small(rngs.params(), (decay_rank, d_model)), None, HEADS)
         zigzag = (jnp.arange(1, d_model + 1) % 3 - 1) * 0.1
         bonus = ratio_0_to_1 * (1.0 - channel) + zigzag
-        self.bonus = nnx.Param(bonus.reshape(self.num_heads, self.head_size))
+        self.bonus = param(self._heads(bonus), HEADS, None)
 
-        def linear(scale):
+        def projection(scale):
             init = jax.nn.initializers.orthogonal(scale=scale)
-            return nnx.Linear(d_model, d_model, use_bias=False, kernel_init=init, rngs=rngs)
+            return linear(
+                d_model, d_model, EMBED, HEADS, use_bias=False, kernel_init=init, rngs=rngs
+            )
 
-        self.receptance, self.key, self.value, self.gate = (linear(s) for s in (1, 0.1, 1, 0.1))
-        self.output = nnx.Linear(d_model, d_model, use_bias=False, rngs=rngs)
-        layer_scale = (1 + layer_index) / num_layers
-        self.norm_scale = nnx.Param(jnp.full((d_model,), layer_scale**0.7, jnp.float32))
-        self.norm_bias = nnx.Param(jnp.zeros((d_model,), jnp.float32))
+        self.receptance, self.key, self.value, self.gate = (projection(s) for s in (1, 0.1, 1, 0.1))
+        self._add_output_layers(d_model, ((1 + layer_index) / num_layers) ** 0.7, rngs)
 
-    def __call__(
-        self, x: Array, *, state: PyTree | None = None, segment_starts: Array | None = None
-    ) -> tuple[Array, PyTree]:
-        if state is None:
-            state = self.init_state(x.shape[0])
-        shifted, last = token_shift(x, state["shift"], segment_starts)
+    def time_mix(self, x: Array, shifted: Array, **op_options) -> tuple[Array, Array]:
         x_w, x_k, x_v, x_r, x_g = rwkv6_ddlerp(
             x, shifted, self.mix_x[...], self.mix_base[...], self.mix_down[...], self.mix_up[...]
         )
@@ -327,23 +340,19 @@ class RWKV6(_RWKVTimeMix):
             self._heads(v),
             self._heads(rwkv6_log_decay(decay_exponent)),
             self.bonus[...],
-            initial_state=state["wkv"],
-            segment_starts=segment_starts,
-            chunk_size=self.chunk_size,
-            implementation=self.implementation,
+            **op_options,
         )
-        o = self._group_norm(o).reshape(x.shape) * jax.nn.silu(self.gate(x_g))
-        return self.output(o.astype(x.dtype)), {"shift": last, "wkv": wkv}
+        return self._group_norm(o).reshape(x.shape) * jax.nn.silu(self.gate(x_g)), wkv
 
 
 @register("rwkv7")
 class RWKV7(_RWKVTimeMix):
     """RWKV-7 (Goose) time mixing (Peng et al., 2025); see the module docstring. x: [B, T, D].
 
-    Options: ``head_size`` K (capped at D), ``decay_rank``, ``icl_rank`` and ``gate_rank``
-    (low ranks of w, a and g; None for RWKV's size rules), ``chunk_size`` and
-    ``implementation`` (of ``generalized_delta_rule``). Initialization follows RWKV-LM's
-    RWKV-7 by depth.
+    Options: those of every RWKV (``head_size`` K, capped at D, ``chunk_size`` and
+    ``implementation`` of ``generalized_delta_rule``), ``decay_rank``, ``icl_rank`` and
+    ``gate_rank`` (low ranks of w, a and g; None for RWKV's size rules). Initialization
+    follows RWKV-LM's RWKV-7 by depth.
     """
 
     def __init__(
@@ -351,26 +360,20 @@ class RWKV7(_RWKVTimeMix):
         d_model: int,
         *,
         rngs: nnx.Rngs,
-        head_size: int = 64,
         decay_rank: int | None = None,
         icl_rank: int | None = None,
         gate_rank: int | None = None,
-        chunk_size: int = 64,
-        implementation: str | None = None,
         layer_index: int = 0,
         num_layers: int = 1,
+        **time_mix_options: Any,
     ):
-        self._init_common(d_model, head_size, chunk_size, implementation)
+        super().__init__(d_model, **time_mix_options)
+        check_sizes(decay_rank=decay_rank, icl_rank=icl_rank, gate_rank=gate_rank)
         ratio_0_to_1, ratio_1_to_0 = _depth_ratios(layer_index, num_layers)
         fraction = _channel_fractions(d_model)
-        self.mix = nnx.Param(
-            jnp.stack(  # r, w, k, v, a, g
-                [
-                    1.0 - fraction ** (power * ratio_1_to_0)
-                    for power in (0.2, 0.9, 0.7, 0.7, 0.9, 0.2)
-                ]
-            )
-        )
+        powers = (0.2, 0.9, 0.7, 0.7, 0.9, 0.2)  # r, w, k, v, a, g
+        mix = jnp.stack([1.0 - fraction ** (power * ratio_1_to_0) for power in powers])
+        self.mix = param(mix, None, EMBED)
 
         def rank(size, factor):  # RWKV's rule: a multiple of 32, at least 32
             return size or max(32, int(round(factor * d_model**0.5 / 32)) * 32)
@@ -381,45 +384,40 @@ class RWKV7(_RWKVTimeMix):
             rank(gate_rank, 5),
         )
         n = jnp.arange(d_model, dtype=jnp.float32)
-        linear = n / max(d_model - 1, 1) - 0.5
+        ramp = n / max(d_model - 1, 1) - 0.5
         half = max(self.head_size - 1, 1) / 2
         zigzag = ((n % self.head_size) - half) / half
         zigzag = zigzag * jnp.abs(zigzag)
         decay = -6.0 + 6.0 * (n / max(d_model - 1, 1)) ** (1.0 + ratio_0_to_1**0.3)
         # +0.5 offsets RWKV's -0.5 inside w = -softplus(-(...)) - 0.5.
-        self.decay_base = nnx.Param(decay + 0.5 + 2.5 * zigzag)
-        self.decay_down = nnx.Param(jnp.zeros((d_model, decay_rank), jnp.float32))
-        self.decay_up = nnx.Param(_orthogonal(rngs.params(), (decay_rank, d_model), 0.1))
-        self.icl_base = nnx.Param(-0.19 + 0.3 * zigzag + 0.4 * linear)
-        self.icl_down = nnx.Param(jnp.zeros((d_model, icl_rank), jnp.float32))
-        self.icl_up = nnx.Param(_orthogonal(rngs.params(), (icl_rank, d_model), 0.1))
-        self.gate_down = nnx.Param(jnp.zeros((d_model, gate_rank), jnp.float32))
-        self.gate_up = nnx.Param(_orthogonal(rngs.params(), (gate_rank, d_model), 0.1))
+        self.decay_base = param(decay + 0.5 + 2.5 * zigzag, HEADS)
+
+        def low_rank(rank):  # (down, up): zeros [D, R] and an orthogonal [R, D]
+            down = param(jnp.zeros((d_model, rank), jnp.float32), EMBED, None)
+            return down, param(_orthogonal(rngs.params(), (rank, d_model), 0.1), None, HEADS)
+
+        self.decay_down, self.decay_up = low_rank(decay_rank)
+        self.icl_base = param(-0.19 + 0.3 * zigzag + 0.4 * ramp, HEADS)
+        self.icl_down, self.icl_up = low_rank(icl_rank)
+        self.gate_down, self.gate_up = low_rank(gate_rank)
         heads = (self.num_heads, self.head_size)
-        self.removal_key_scale = nnx.Param((0.71 - 0.1 * linear).reshape(heads))  # ξ
-        self.icl_key_scale = nnx.Param(jnp.full(heads, 1.02, jnp.float32))  # α
-        self.bonus = nnx.Param(jnp.full(heads, -0.04, jnp.float32))  # ρ
+        self.removal_key_scale = param(self._heads(0.71 - 0.1 * ramp), HEADS, None)  # ξ
+        self.icl_key_scale = param(jnp.full(heads, 1.02, jnp.float32), HEADS, None)  # α
+        self.bonus = param(jnp.full(heads, -0.04, jnp.float32), HEADS, None)  # ρ
 
-        def uniform_linear(bound):
-            def init(key, shape, dtype=jnp.float32):
-                return jax.random.uniform(key, shape, dtype, minval=-bound, maxval=bound)
-
-            return nnx.Linear(d_model, d_model, use_bias=False, kernel_init=init, rngs=rngs)
+        def projection(bound):
+            init = symmetric_uniform(bound)
+            return linear(
+                d_model, d_model, EMBED, HEADS, use_bias=False, kernel_init=init, rngs=rngs
+            )
 
         bound = d_model**-0.5
-        self.receptance = uniform_linear(0.5 * bound)
-        self.key = uniform_linear(0.05 * bound)
-        self.value = uniform_linear(0.5 * bound)
-        self.output = nnx.Linear(d_model, d_model, use_bias=False, rngs=rngs)
-        self.norm_scale = nnx.Param(jnp.ones((d_model,), jnp.float32))
-        self.norm_bias = nnx.Param(jnp.zeros((d_model,), jnp.float32))
+        self.receptance = projection(0.5 * bound)
+        self.key = projection(0.05 * bound)
+        self.value = projection(0.5 * bound)
+        self._add_output_layers(d_model, 1.0, rngs)
 
-    def __call__(
-        self, x: Array, *, state: PyTree | None = None, segment_starts: Array | None = None
-    ) -> tuple[Array, PyTree]:
-        if state is None:
-            state = self.init_state(x.shape[0])
-        shifted, last = token_shift(x, state["shift"], segment_starts)
+    def time_mix(self, x: Array, shifted: Array, **op_options) -> tuple[Array, Array]:
         x_r, x_w, x_k, x_v, x_a, x_g = x + (shifted - x) * self.mix[...][:, None, None]
         r, k, v = (self._heads(t) for t in (self.receptance(x_r), self.key(x_k), self.value(x_v)))
         decay_logits = (
@@ -439,10 +437,7 @@ class RWKV7(_RWKVTimeMix):
             removal_key,
             self._heads(icl_rate),
             self._heads(rwkv7_log_decay(decay_logits)),
-            initial_state=state["wkv"],
-            segment_starts=segment_starts,
-            chunk_size=self.chunk_size,
-            implementation=self.implementation,
+            **op_options,
         )
         o = self._group_norm(o) + current_token_bonus(r, replacement_key, v, self.bonus[...])
-        return self.output((o.reshape(x.shape) * gate).astype(x.dtype)), {"shift": last, "wkv": wkv}
+        return o.reshape(x.shape) * gate, wkv

@@ -28,13 +28,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from seqjax.layers.checks import check_choice, check_sizes
+from seqjax.layers.partitioning import EMBED, HEADS, linear, param
 from seqjax.layers.registry import register
 from seqjax.ops import finite
 from seqjax.ops.scan import linear_recurrence
 from seqjax.typing import Array
 
 S4D_INITS = ("legs", "lin")
-S4D_MODES = ("convolution", "recurrence")
 
 
 # Initialization (NumPy, float64, on the host).
@@ -85,7 +86,7 @@ def s5_init(state_size: int, num_blocks: int) -> tuple[np.ndarray, np.ndarray]:
     the diagonal (S5's block-diagonal initialization), conjugate halves dropped."""
     if num_blocks < 1 or state_size % num_blocks or (state_size // num_blocks) % 2:
         raise ValueError(
-            f"s5: state_size ({state_size}) must split into num_blocks ({num_blocks}) blocks "
+            f"state_size ({state_size}) must split into num_blocks ({num_blocks}) blocks "
             "of even size"
         )
     eigenvalues, eigenvectors = hippo_legs_normal_eigens(state_size // num_blocks)
@@ -102,9 +103,15 @@ def log_uniform(key: Array, shape: tuple[int, ...], low: float, high: float) -> 
 # Discretization and the two forms of the S4D layer (pure JAX).
 
 
+def complex64(real: Array, imag: Array) -> Array:
+    """real + i·imag in complex64, from parts of any float dtype (bfloat16 ones too, as
+    training in bfloat16 casts the parameters: complex numbers have no bfloat16 form)."""
+    return jax.lax.complex(real.astype(jnp.float32), imag.astype(jnp.float32))
+
+
 def eigenvalues_from(log_rate: Array, frequency: Array) -> Array:
     """A = -exp(log_rate) + i·frequency: a stable eigenvalue for any parameter value."""
-    return jax.lax.complex(-jnp.exp(log_rate), frequency)
+    return complex64(-jnp.exp(log_rate), frequency)
 
 
 def zoh(eigenvalues: Array, input_matrix: Array, step: Array) -> tuple[Array, Array]:
@@ -121,25 +128,15 @@ def zoh(eigenvalues: Array, input_matrix: Array, step: Array) -> tuple[Array, Ar
 
 
 def s4d_recurrence(
-    decay: Array,
-    input_matrix: Array,
-    output_matrix: Array,
-    u: Array,
-    *,
-    initial_state: Array | None = None,
-    segment_starts: Array | None = None,
+    decay: Array, input_matrix: Array, output_matrix: Array, u: Array, **op_options
 ) -> tuple[Array, Array]:
     """y_t = 2 Re(C h_t) with h_t = Ā ⊙ h_{t-1} + B̄ u_t, per channel.
 
-    decay Ā, input_matrix B̄, output_matrix C: [D, N/2] complex; u: [B, T, D] float32.
+    decay Ā, input_matrix B̄, output_matrix C: [D, N/2] complex; u: [B, T, D] float32;
+    op_options: of ``linear_recurrence`` (initial_state h [B, D, N/2], segment_starts).
     Returns y [B, T, D] and h_{T-1} [B, D, N/2].
     """
-    h, final_state = linear_recurrence(
-        decay,
-        u[..., None] * input_matrix,
-        initial_state=initial_state,
-        segment_starts=segment_starts,
-    )
+    h, final_state = linear_recurrence(decay, u[..., None] * input_matrix, **op_options)
     return 2.0 * _real_product(h, output_matrix), final_state
 
 
@@ -224,11 +221,15 @@ def _real_product(h: Array, output_matrix: Array) -> Array:
     return jnp.sum(h.real * output_matrix.real - h.imag * output_matrix.imag, axis=-1)
 
 
-def _complex_param(values: np.ndarray) -> tuple[nnx.Param, nnx.Param]:
+def _complex_param(values: Array, *axes: str | None) -> tuple[nnx.Param, nnx.Param]:
+    """The real and imaginary parts of ``values`` as float32 parameters with logical ``axes``."""
     return (
-        nnx.Param(jnp.asarray(values.real, jnp.float32)),
-        nnx.Param(jnp.asarray(values.imag, jnp.float32)),
+        param(jnp.asarray(values.real, jnp.float32), *axes),
+        param(jnp.asarray(values.imag, jnp.float32), *axes),
     )
+
+
+S4D_MODES = {"recurrence": s4d_recurrence, "convolution": s4d_convolution}
 
 
 @register("s4d")
@@ -256,25 +257,28 @@ class S4D(nnx.Module):
         dt_max: float = 0.1,
         mode: str = "recurrence",
     ):
-        if mode not in S4D_MODES:
-            raise ValueError(f"s4d: unknown mode {mode!r}; expected one of {S4D_MODES}")
+        check_choice("mode", mode, S4D_MODES)
         if state_size < 2 or state_size % 2:
-            raise ValueError(f"s4d: state_size must be even and at least 2, got {state_size}")
+            raise ValueError(f"state_size must be even and at least 2, got {state_size}")
         self.mode = mode
         self.num_modes = state_size // 2
         eigenvalues, input_matrix = s4d_init(init, state_size)
         per_channel = functools.partial(np.broadcast_to, shape=(d_model, self.num_modes))
-        self.log_rate = nnx.Param(jnp.asarray(np.log(-per_channel(eigenvalues.real)), jnp.float32))
-        self.frequency = nnx.Param(jnp.asarray(per_channel(eigenvalues.imag), jnp.float32))
-        self.input_real, self.input_imag = _complex_param(per_channel(input_matrix))
+        # One SSM per channel of the model width, its N/2 modes never split.
+        per_mode = (EMBED, None)
+        log_rate = np.log(-per_channel(eigenvalues.real))
+        self.log_rate = param(jnp.asarray(log_rate, jnp.float32), *per_mode)
+        self.frequency = param(jnp.asarray(per_channel(eigenvalues.imag), jnp.float32), *per_mode)
+        self.input_real, self.input_imag = _complex_param(per_channel(input_matrix), *per_mode)
         # C ~ CN(0, 1): each part N(0, 1/2), as in the S4D reference code.
         c_key_real, c_key_imag = jax.random.split(rngs.params())
         shape = (d_model, self.num_modes)
-        self.output_real = nnx.Param(0.5**0.5 * jax.random.normal(c_key_real, shape))
-        self.output_imag = nnx.Param(0.5**0.5 * jax.random.normal(c_key_imag, shape))
-        self.log_step = nnx.Param(log_uniform(rngs.params(), (d_model,), dt_min, dt_max))
-        self.skip = nnx.Param(jax.random.normal(rngs.params(), (d_model,)))
-        self.output = nnx.Linear(d_model, 2 * d_model, rngs=rngs)
+        self.output_real = param(0.5**0.5 * jax.random.normal(c_key_real, shape), *per_mode)
+        self.output_imag = param(0.5**0.5 * jax.random.normal(c_key_imag, shape), *per_mode)
+        log_step = log_uniform(rngs.params(), (d_model,), dt_min, dt_max)
+        self.log_step = param(log_step, EMBED)
+        self.skip = param(jax.random.normal(rngs.params(), (d_model,)), EMBED)
+        self.output = linear(d_model, 2 * d_model, EMBED, HEADS, rngs=rngs)
 
     def init_state(self, batch_size: int) -> Array:
         return jnp.zeros((batch_size, *self.log_rate.shape), jnp.complex64)
@@ -283,9 +287,9 @@ class S4D(nnx.Module):
         """(Ā, B̄, C), complex [D, N/2]."""
         eigenvalues = eigenvalues_from(self.log_rate[...], self.frequency[...])
         step = jnp.exp(self.log_step[...])
-        input_matrix = jax.lax.complex(self.input_real[...], self.input_imag[...])
+        input_matrix = complex64(self.input_real[...], self.input_imag[...])
         decay, input_matrix = zoh(eigenvalues, input_matrix, step[:, None])
-        output_matrix = jax.lax.complex(self.output_real[...], self.output_imag[...])
+        output_matrix = complex64(self.output_real[...], self.output_imag[...])
         return decay, input_matrix, output_matrix
 
     def __call__(
@@ -293,24 +297,14 @@ class S4D(nnx.Module):
     ) -> tuple[Array, Array]:
         u = x.astype(jnp.float32)
         decay, input_matrix, output_matrix = self.discretized()
-        if self.mode == "recurrence":
-            y, final_state = s4d_recurrence(
-                decay,
-                input_matrix,
-                output_matrix,
-                u,
-                initial_state=state,
-                segment_starts=segment_starts,
-            )
-        else:
-            y, final_state = s4d_convolution(
-                decay,
-                input_matrix,
-                output_matrix,
-                u,
-                initial_state=state,
-                segment_starts=segment_starts,
-            )
+        y, final_state = S4D_MODES[self.mode](
+            decay,
+            input_matrix,
+            output_matrix,
+            u,
+            initial_state=state,
+            segment_starts=segment_starts,
+        )
         y = jax.nn.gelu(y + self.skip[...] * u)
         return jax.nn.glu(self.output(y), axis=-1).astype(x.dtype), final_state
 
@@ -333,20 +327,24 @@ class S5(nnx.Module):
         dt_min: float = 0.001,
         dt_max: float = 0.1,
     ):
+        check_sizes(state_size=state_size, num_blocks=num_blocks)
         state_size = state_size or d_model
         eigenvalues, eigenvectors = s5_init(state_size, num_blocks)
         self.num_modes = num_modes = state_size // 2
-        self.log_rate = nnx.Param(jnp.asarray(np.log(-eigenvalues.real), jnp.float32))
-        self.frequency = nnx.Param(jnp.asarray(eigenvalues.imag, jnp.float32))
-        # B [P, D] and C [D, P] real, LeCun-normal, then moved into the eigenbasis.
+        # The P/2 modes are S5's inner width.
+        self.log_rate = param(jnp.asarray(np.log(-eigenvalues.real), jnp.float32), HEADS)
+        self.frequency = param(jnp.asarray(eigenvalues.imag, jnp.float32), HEADS)
+        # B [P, D] and C [D, P] real, LeCun-normal, then moved into the eigenbasis (in jax, so
+        # that the model can be built abstractly, as training does).
         b_key, c_key = jax.random.split(rngs.params())
-        b = np.asarray(jax.random.normal(b_key, (state_size, d_model)), np.float64) / d_model**0.5
-        c = np.asarray(jax.random.normal(c_key, (d_model, state_size)), np.float64)
-        c /= state_size**0.5
-        self.input_real, self.input_imag = _complex_param(eigenvectors.conj().T @ b)  # [P/2, D]
-        self.output_real, self.output_imag = _complex_param((c @ eigenvectors).T)  # [P/2, D]
-        self.log_step = nnx.Param(log_uniform(rngs.params(), (num_modes,), dt_min, dt_max))
-        self.skip = nnx.Param(jax.random.normal(rngs.params(), (d_model,)))
+        b = jax.random.normal(b_key, (state_size, d_model)) / d_model**0.5
+        c = jax.random.normal(c_key, (d_model, state_size)) / state_size**0.5
+        vectors = jnp.asarray(eigenvectors, jnp.complex64)
+        by_mode = (HEADS, EMBED)
+        self.input_real, self.input_imag = _complex_param(vectors.conj().T @ b, *by_mode)
+        self.output_real, self.output_imag = _complex_param((c @ vectors).T, *by_mode)
+        self.log_step = param(log_uniform(rngs.params(), (num_modes,), dt_min, dt_max), HEADS)
+        self.skip = param(jax.random.normal(rngs.params(), (d_model,)), EMBED)
 
     def init_state(self, batch_size: int) -> Array:
         return jnp.zeros((batch_size, self.num_modes), jnp.complex64)
@@ -354,7 +352,7 @@ class S5(nnx.Module):
     def discretized(self) -> tuple[Array, Array]:
         """(Λ̄ [P/2], B̄ [P/2, D]), complex."""
         eigenvalues = eigenvalues_from(self.log_rate[...], self.frequency[...])
-        input_matrix = jax.lax.complex(self.input_real[...], self.input_imag[...])
+        input_matrix = complex64(self.input_real[...], self.input_imag[...])
         return zoh(eigenvalues, input_matrix, jnp.exp(self.log_step[...]))
 
     def __call__(

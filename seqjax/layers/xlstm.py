@@ -37,10 +37,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from seqjax.layers.checks import check_divides, check_size, check_sizes
+from seqjax.layers.conv import ShortConv
+from seqjax.layers.heads import merge_heads, split_heads
 from seqjax.layers.norms import layer_normalize
+from seqjax.layers.partitioning import EMBED, HEADS, linear, param
 from seqjax.layers.registry import register
 from seqjax.ops import cells
-from seqjax.ops.conv import causal_conv1d
 from seqjax.ops.mlstm import mlstm, zero_mlstm_state
 from seqjax.typing import Array, PyTree
 
@@ -61,17 +64,11 @@ def group_normalize(x: Array, scale: Array) -> Array:
     return layer_normalize(x, scale, jnp.zeros_like(scale), GROUP_NORM_EPSILON)
 
 
-def _conv_parameters(key: Array, width: int, channels: int) -> tuple[nnx.Param, nnx.Param]:
-    """Depthwise conv taps [W, C] uniform in ±W^-1/2 (PyTorch's Conv1d init) and a zero bias."""
-    bound = width**-0.5
-    kernel = jax.random.uniform(key, (width, channels), minval=-bound, maxval=bound)
-    return nnx.Param(kernel), nnx.Param(jnp.zeros((channels,), jnp.float32))
-
-
 def _block_kernel(key: Array, groups: int, size: int, count: int = 1) -> nnx.Param:
-    """``count`` block-diagonal kernels [count, G, size, size], LeCun normal over a block."""
+    """``count`` block-diagonal kernels [count, G, size, size], LeCun normal over a block;
+    the blocks split like the inner width they map."""
     shape = (count, groups, size, size)
-    return nnx.Param(jax.random.normal(key, shape, jnp.float32) * size**-0.5)
+    return param(jax.random.normal(key, shape, jnp.float32) * size**-0.5, None, HEADS, None, None)
 
 
 @register("mlstm")
@@ -95,52 +92,43 @@ class MLSTM(nnx.Module):
         chunk_size: int = 64,
         implementation: str | None = None,
     ):
+        check_sizes(
+            num_heads=num_heads, expand=expand, qkv_block_size=qkv_block_size, chunk_size=chunk_size
+        )
         self.inner_size = inner = expand * d_model
-        if inner % num_heads:
-            raise ValueError(f"expand * d_model ({inner}) must be a multiple of num_heads")
-        if inner % qkv_block_size:
-            raise ValueError(f"expand * d_model ({inner}) must be a multiple of qkv_block_size")
-        if conv_width < 1:
-            raise ValueError(f"conv_width must be at least 1, got {conv_width}")
+        check_divides("num_heads", num_heads, "expand * d_model", inner)
+        check_divides("qkv_block_size", qkv_block_size, "expand * d_model", inner)
         self.num_heads, self.head_size = num_heads, inner // num_heads
-        self.conv_width = conv_width
         self.chunk_size, self.implementation = chunk_size, implementation
 
-        self.up_proj = nnx.Linear(d_model, 2 * inner, use_bias=False, rngs=rngs)
-        self.conv_kernel, self.conv_bias = _conv_parameters(rngs.params(), conv_width, inner)
+        self.up_proj = linear(d_model, 2 * inner, EMBED, HEADS, use_bias=False, rngs=rngs)
+        self.conv = ShortConv(conv_width, inner, rngs=rngs)
         num_blocks = inner // qkv_block_size
         self.qkv_kernels = _block_kernel(rngs.params(), num_blocks, qkv_block_size, count=3)
         # Gate pre-activations (ĩ, f̃) per head from (q, k, v): zero weights, biases as the paper.
-        self.gate_proj = nnx.Linear(
-            3 * inner, 2 * num_heads, kernel_init=nnx.initializers.zeros, rngs=rngs
+        self.gate_proj = linear(
+            3 * inner, 2 * num_heads, None, HEADS, kernel_init=nnx.initializers.zeros, rngs=rngs
         )
         input_bias = 0.1 * jax.random.normal(rngs.params(), (num_heads,))
         forget_bias = jnp.linspace(3.0, 6.0, num_heads)
         self.gate_proj.bias[...] = jnp.concatenate([input_bias, forget_bias])
-        self.norm_scale = nnx.Param(jnp.ones((num_heads, self.head_size), jnp.float32))
-        self.skip = nnx.Param(jnp.ones((inner,), jnp.float32))
-        self.down_proj = nnx.Linear(inner, d_model, use_bias=False, rngs=rngs)
+        self.norm_scale = param(jnp.ones((num_heads, self.head_size), jnp.float32), HEADS, None)
+        self.skip = param(jnp.ones((inner,), jnp.float32), HEADS)
+        self.down_proj = linear(inner, d_model, HEADS, EMBED, use_bias=False, rngs=rngs)
 
     def init_state(self, batch_size: int) -> PyTree:
         return {
-            "conv": jnp.zeros((batch_size, self.conv_width - 1, self.inner_size), jnp.float32),
+            "conv": self.conv.init_state(batch_size),
             "mlstm": zero_mlstm_state(batch_size, self.num_heads, self.head_size, self.head_size),
         }
 
     def __call__(
         self, x: Array, *, state: PyTree | None = None, segment_starts: Array | None = None
     ) -> tuple[Array, PyTree]:
-        batch, length, _ = x.shape
         if state is None:
-            state = self.init_state(batch)
+            state = self.init_state(x.shape[0])
         u, z = jnp.split(self.up_proj(x), 2, axis=-1)
-        conv, conv_state = causal_conv1d(
-            u,
-            self.conv_kernel[...],
-            bias=self.conv_bias[...],
-            initial_state=state["conv"],
-            segment_starts=segment_starts,
-        )
+        conv, conv_state = self.conv(u, state["conv"], segment_starts)
         conv = jax.nn.silu(conv)
         query_kernel, key_kernel, value_kernel = self.qkv_kernels[...]
         q = block_diagonal_linear(conv, query_kernel)
@@ -150,13 +138,10 @@ class MLSTM(nnx.Module):
             self.gate_proj(jnp.concatenate([q, k, v], axis=-1)), 2, axis=-1
         )
 
-        def heads(t):
-            return t.reshape(batch, length, self.num_heads, self.head_size)
-
         h, mlstm_state = mlstm(
-            heads(q),
-            heads(k) * self.head_size**-0.5,
-            heads(v),
+            split_heads(q, self.num_heads),
+            split_heads(k, self.num_heads) * self.head_size**-0.5,
+            split_heads(v, self.num_heads),
             input_gate,
             forget_gate,
             initial_state=state["mlstm"],
@@ -164,7 +149,7 @@ class MLSTM(nnx.Module):
             chunk_size=self.chunk_size,
             implementation=self.implementation,
         )
-        h = group_normalize(h, self.norm_scale[...]).reshape(batch, length, self.inner_size)
+        h = merge_heads(group_normalize(h, self.norm_scale[...]))
         h = (h + self.skip[...] * conv) * jax.nn.silu(z)
         return self.down_proj(h), {"conv": conv_state, "mlstm": mlstm_state}
 
@@ -178,49 +163,40 @@ class SLSTM(nnx.Module):
     """
 
     def __init__(self, d_model: int, *, rngs: nnx.Rngs, num_heads: int = 4, conv_width: int = 4):
-        if d_model % num_heads:
-            raise ValueError(f"d_model ({d_model}) must be a multiple of num_heads ({num_heads})")
-        if conv_width < 0:
-            raise ValueError(f"conv_width must be 0 (no conv) or more, got {conv_width}")
-        self.d_model, self.num_heads = d_model, num_heads
+        check_sizes(num_heads=num_heads)
+        check_divides("num_heads", num_heads, "d_model", d_model)
+        check_size("conv_width", conv_width, minimum=0)
+        self.num_heads = num_heads
         self.head_size = head_size = d_model // num_heads
-        self.conv_width = conv_width
-        if conv_width:
-            self.conv_kernel, self.conv_bias = _conv_parameters(rngs.params(), conv_width, d_model)
+        # The D channels are the heads' own: sLSTM has no up-projection.
+        self.conv = ShortConv(conv_width, d_model, rngs=rngs) if conv_width else None
         # Head-wise projections to the gates, in the order of cells.SLSTM_GATES: z̃, õ from x
         # and ĩ, f̃ from the conv output.
         self.gate_kernels = _block_kernel(rngs.params(), num_heads, head_size, count=4)
         forget_bias = jnp.tile(jnp.linspace(3.0, 6.0, head_size), num_heads)
         gate_bias = jnp.zeros((4, d_model), jnp.float32)
-        self.gate_bias = nnx.Param(gate_bias.at[cells.SLSTM_GATES.index("forget")].set(forget_bias))
-        self.recurrent_kernel = nnx.Param(
-            jnp.zeros((num_heads, head_size, 4 * head_size), jnp.float32)
-        )
-        self.norm_scale = nnx.Param(jnp.ones((num_heads, head_size), jnp.float32))
+        gate_bias = gate_bias.at[cells.SLSTM_GATES.index("forget")].set(forget_bias)
+        self.gate_bias = param(gate_bias, None, HEADS)
+        recurrent_kernel = jnp.zeros((num_heads, head_size, 4 * head_size), jnp.float32)
+        self.recurrent_kernel = param(recurrent_kernel, HEADS, None, None)
+        self.norm_scale = param(jnp.ones((num_heads, head_size), jnp.float32), HEADS, None)
 
     def init_state(self, batch_size: int) -> PyTree:
-        zeros = jnp.zeros((batch_size, self.d_model), jnp.float32)
+        zeros = jnp.zeros((batch_size, self.num_heads * self.head_size), jnp.float32)
         state = {"slstm": cells.SLSTMState(zeros, zeros, zeros, zeros)}
-        if self.conv_width:
-            state["conv"] = jnp.zeros((batch_size, self.conv_width - 1, self.d_model), jnp.float32)
+        if self.conv is not None:
+            state["conv"] = self.conv.init_state(batch_size)
         return state
 
     def __call__(
         self, x: Array, *, state: PyTree | None = None, segment_starts: Array | None = None
     ) -> tuple[Array, PyTree]:
-        batch, length, _ = x.shape
         if state is None:
-            state = self.init_state(batch)
+            state = self.init_state(x.shape[0])
         new_state = {}
         conv = x
-        if self.conv_width:
-            conv, new_state["conv"] = causal_conv1d(
-                x,
-                self.conv_kernel[...],
-                bias=self.conv_bias[...],
-                initial_state=state["conv"],
-                segment_starts=segment_starts,
-            )
+        if self.conv is not None:
+            conv, new_state["conv"] = self.conv(x, state["conv"], segment_starts)
             conv = jax.nn.silu(conv)
         sources = {"cell_input": x, "input": conv, "forget": conv, "output": x}
         gate_input = jnp.concatenate(
@@ -236,6 +212,5 @@ class SLSTM(nnx.Module):
             state["slstm"],
             segment_starts=segment_starts,
         )
-        hidden = hidden.reshape(batch, length, self.num_heads, self.head_size)
-        y = group_normalize(hidden, self.norm_scale[...]).reshape(batch, length, self.d_model)
+        y = merge_heads(group_normalize(split_heads(hidden, self.num_heads), self.norm_scale[...]))
         return y.astype(x.dtype), new_state

@@ -9,8 +9,9 @@ The mixer of block i is ``pattern[i % len(pattern)]``, so hybrids such as Griffi
 state (a tuple with one mixer state per block), so decoding is the same ``__call__`` with
 T = 1 after a parallel prefill.
 
-Parameters carry logical axis names (layers/partitioning.py) and the residual stream is
-constrained to (batch, sequence), which training maps to mesh axes. ``remat`` recomputes
+Every parameter declares its logical axis names where it is created (layers/partitioning.py)
+and the residual stream is constrained to (batch, sequence), which training maps to mesh
+axes. ``remat`` recomputes
 each block's activations in the backward pass: "none", "full" (keep only the block inputs)
 or "dots" (also keep the results of matmuls without batch dimensions).
 """
@@ -23,20 +24,14 @@ import jax.numpy as jnp
 from flax import nnx
 
 from seqjax import layers
+from seqjax.layers.checks import check_choice, check_size
 from seqjax.layers.embeddings import InputProjection, TokenEmbedding
 from seqjax.layers.mlp import GatedMLP
-from seqjax.layers.norms import create_norm
-from seqjax.layers.partitioning import (
-    BATCH,
-    EMBED,
-    SEQUENCE,
-    VOCAB,
-    constrain,
-    name_axes,
-    name_projection_axes,
-)
+from seqjax.layers.norms import NORMS, create_norm
+from seqjax.layers.partitioning import BATCH, EMBED, SEQUENCE, VOCAB, constrain, linear
 from seqjax.typing import Array, PyTree
 
+POOLINGS = ("last", "mean")
 REMAT_POLICIES = {
     "none": None,
     "full": jax.checkpoint_policies.nothing_saveable,
@@ -79,7 +74,6 @@ class Block(nnx.Module):
             num_layers=num_layers,
             **mixer_options,
         )
-        name_projection_axes(self.mixer, d_model)
         if mlp_expansion:
             self.mlp_norm = create_norm(norm, d_model)
             self.mlp = GatedMLP(d_model, mlp_expansion * d_model, rngs=rngs)
@@ -123,10 +117,11 @@ class Backbone(nnx.Module):
     ):
         if (vocab_size is None) == (input_dim is None):
             raise ValueError("give exactly one of vocab_size (token inputs) or input_dim")
-        if num_layers < 1:
-            raise ValueError(f"num_layers must be at least 1, got {num_layers}")
-        if remat not in REMAT_POLICIES:
-            raise ValueError(f"remat must be one of {', '.join(REMAT_POLICIES)}, got {remat!r}")
+        check_size("d_model", d_model)
+        check_size("num_layers", num_layers)
+        check_size("mlp_expansion", mlp_expansion, minimum=0)
+        check_choice("norm", norm, NORMS)
+        check_choice("remat", remat, REMAT_POLICIES)
         self.d_model = d_model
         self.remat = remat
         self.pattern = parse_pattern(pattern)
@@ -193,27 +188,34 @@ class Backbone(nnx.Module):
         return min(limits) if limits else None
 
 
-class LanguageModel(nnx.Module):
-    """Backbone with a next-token head: token ids [B, T] -> logits [B, T, vocab_size]."""
+class _HeadedModel(nnx.Module):
+    """A backbone and a linear head over what ``read`` takes of its hidden states [B, T, D];
+    logits in float32 whatever the compute dtype."""
 
-    def __init__(self, backbone: Backbone, vocab_size: int, *, rngs: nnx.Rngs):
-        self.backbone = backbone
-        self.vocab_size = vocab_size
-        self.head = nnx.Linear(backbone.d_model, vocab_size, rngs=rngs)
-        name_axes(self.head.kernel, EMBED, VOCAB)
-        name_axes(self.head.bias, VOCAB)
+    def read(self, hidden: Array) -> Array:
+        return hidden
 
     def __call__(
-        self, tokens: Array, *, state: PyTree | None = None, segment_starts: Array | None = None
+        self, inputs: Array, *, state: PyTree | None = None, segment_starts: Array | None = None
     ) -> tuple[Array, tuple[PyTree, ...]]:
-        hidden, new_state = self.backbone(tokens, state=state, segment_starts=segment_starts)
-        return self.head(hidden).astype(jnp.float32), new_state
+        hidden, new_state = self.backbone(inputs, state=state, segment_starts=segment_starts)
+        return self.head(self.read(hidden)).astype(jnp.float32), new_state
 
     def init_state(self, batch_size: int) -> tuple[PyTree, ...]:
         return self.backbone.init_state(batch_size)
 
 
-class Classifier(nnx.Module):
+class LanguageModel(_HeadedModel):
+    """Backbone with a next-token head: token ids [B, T] -> logits [B, T, vocab_size]."""
+
+    def __init__(self, backbone: Backbone, vocab_size: int, *, rngs: nnx.Rngs):
+        check_size("vocab_size", vocab_size)
+        self.backbone = backbone
+        self.vocab_size = vocab_size
+        self.head = linear(backbone.d_model, vocab_size, EMBED, VOCAB, rngs=rngs)
+
+
+class Classifier(_HeadedModel):
     """Backbone with a sequence-level head: inputs [B, T(, F)] -> logits [B, num_classes].
 
     ``pooling="last"`` reads the last position (works when streaming with a state);
@@ -223,19 +225,11 @@ class Classifier(nnx.Module):
     def __init__(
         self, backbone: Backbone, num_classes: int, *, pooling: str = "last", rngs: nnx.Rngs
     ):
-        if pooling not in ("last", "mean"):
-            raise ValueError(f"pooling must be 'last' or 'mean', got {pooling!r}")
+        check_size("num_classes", num_classes)
+        check_choice("pooling", pooling, POOLINGS)
         self.backbone = backbone
         self.pooling = pooling
-        self.head = nnx.Linear(backbone.d_model, num_classes, rngs=rngs)
-        name_axes(self.head.kernel, EMBED, None)
+        self.head = linear(backbone.d_model, num_classes, EMBED, None, rngs=rngs)
 
-    def __call__(
-        self, inputs: Array, *, state: PyTree | None = None, segment_starts: Array | None = None
-    ) -> tuple[Array, tuple[PyTree, ...]]:
-        hidden, new_state = self.backbone(inputs, state=state, segment_starts=segment_starts)
-        pooled = hidden[:, -1] if self.pooling == "last" else jnp.mean(hidden, axis=1)
-        return self.head(pooled).astype(jnp.float32), new_state
-
-    def init_state(self, batch_size: int) -> tuple[PyTree, ...]:
-        return self.backbone.init_state(batch_size)
+    def read(self, hidden: Array) -> Array:
+        return hidden[:, -1] if self.pooling == "last" else jnp.mean(hidden, axis=1)

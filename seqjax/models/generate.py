@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from seqjax.layers.checks import check_size
 from seqjax.layers.embeddings import check_token_ids
 from seqjax.models.backbone import LanguageModel
 from seqjax.typing import Array
@@ -56,11 +57,8 @@ def generate(
     ``temperature=0`` is greedy decoding; otherwise ``key`` seeds the sampling.
     """
     prompt = jnp.asarray(prompt)
-    if prompt.ndim != 2 or prompt.shape[1] < 1:
-        raise ValueError(f"prompt must be token ids [B, P] with P >= 1, got {prompt.shape}")
     check_token_ids(prompt, model.vocab_size, "prompt")
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    check_size("max_new_tokens", max_new_tokens)
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if top_k is not None and not 1 <= top_k <= model.vocab_size:

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from layer_testing import apply, assert_trees_close, causal_conv, linear, param, sigmoid, silu
 from tolerances import FLOAT32
 
 from seqjax import layers
@@ -21,47 +22,8 @@ from seqjax.layers.deltanet import delta_beta
 D_MODEL, BATCH, LENGTH = 8, 2, 7
 
 
-def sigmoid(v):
-    return 1.0 / (1.0 + np.exp(-v))
-
-
-def silu(v):
-    return v * sigmoid(v)
-
-
-def softplus(v):
-    return np.log1p(np.exp(v))
-
-
-def param(variable):
-    return np.asarray(variable[...], np.float64)
-
-
-def linear(layer, v):
-    out = v @ param(layer.kernel)
-    return out if layer.bias is None else out + param(layer.bias)
-
-
-@nnx.jit(static_argnames="method")
-def apply(mixer, x, state=None, segment_starts=None, method="__call__"):
-    if method == "attend":
-        return mixer.attend(x, state=state, segment_starts=segment_starts)
-    return mixer(x, state=state, segment_starts=segment_starts)
-
-
 def inputs(seed=0, length=LENGTH):
     return np.asarray(jax.random.normal(jax.random.key(seed), (BATCH, length, D_MODEL)))
-
-
-def numpy_conv(u, kernel):
-    """Causal depthwise conv over time from zeros, one step at a time (no bias)."""
-    history = np.zeros((u.shape[0], kernel.shape[0] - 1, u.shape[2]))
-    out = np.zeros_like(u)
-    for t in range(u.shape[1]):
-        window = np.concatenate([history, u[:, t : t + 1]], axis=1)
-        out[:, t] = np.sum(window * kernel, axis=1)
-        history = window[:, 1:]
-    return out
 
 
 def unit(v):
@@ -78,7 +40,7 @@ def numpy_delta_block(mixer, x):
     features = np.concatenate(
         [linear(mixer.q_proj, x), linear(mixer.k_proj, x), linear(mixer.v_proj, x)], axis=-1
     )
-    features = silu(numpy_conv(features, param(mixer.conv_kernel)))
+    features = silu(causal_conv(mixer.conv, features))
     q_size, k_size = heads * key_size, n * heads * key_size
     q = unit(features[..., :q_size].reshape(batch, length, heads, key_size))
     k = unit(features[..., q_size : q_size + k_size].reshape(batch, length, n, heads, key_size))
@@ -88,7 +50,7 @@ def numpy_delta_block(mixer, x):
         beta = 2 * beta
     decay = np.ones((batch, length, heads))
     if mixer.decay_proj is not None:
-        step = softplus(linear(mixer.decay_proj, x) + param(mixer.dt_bias))
+        step = np.logaddexp(0.0, linear(mixer.decay_proj, x) + param(mixer.dt_bias))
         decay = np.exp(-np.exp(param(mixer.log_decay_rate)) * step)
 
     state = np.zeros((batch, heads, key_size, value_size))
@@ -123,7 +85,7 @@ def test_delta_mixers_equal_loop_of_their_equations(name, options):
     # chunk_size 4 < T, so the chunked form also carries its state across chunks.
     mixer = layers.create(name, d_model=D_MODEL, rngs=nnx.Rngs(0), chunk_size=4, **options)
     x = inputs()
-    y, state = apply(mixer, jnp.asarray(x, jnp.float32))
+    y, state = apply(mixer, x)
     expected_y, expected_state = numpy_delta_block(mixer, x)
     np.testing.assert_allclose(np.asarray(y), expected_y, **FLOAT32)
     np.testing.assert_allclose(np.asarray(state["recurrent"]), expected_state, **FLOAT32)
@@ -140,25 +102,13 @@ def test_negative_eigenvalues_give_beta_in_zero_two_with_some_above_one():
 
 def test_deltaproduct_with_one_householder_factor_is_gated_deltanet():
     deltanet = layers.create("gated_deltanet", d_model=D_MODEL, rngs=nnx.Rngs(0), num_heads=2)
-    product = layers.create(
-        "deltaproduct",
-        d_model=D_MODEL,
-        rngs=nnx.Rngs(1),
-        num_heads=2,
-        num_householder=1,
-        gated=True,
-        output_gate=True,
-    )
+    options = dict(num_heads=2, num_householder=1, gated=True, output_gate=True)
+    product = layers.create("deltaproduct", d_model=D_MODEL, rngs=nnx.Rngs(1), **options)
     nnx.update(product, nnx.state(deltanet, nnx.Param))
     x = jnp.asarray(inputs(2), jnp.float32)
     segment_starts = jnp.zeros((BATCH, LENGTH), bool).at[:, 4].set(True)
     expected = apply(deltanet, x, None, segment_starts)
-    actual = apply(product, x, None, segment_starts)
-    jax.tree.map(
-        lambda a, e: np.testing.assert_allclose(np.asarray(a), np.asarray(e), **FLOAT32),
-        actual,
-        expected,
-    )
+    assert_trees_close(apply(product, x, None, segment_starts), expected)
 
 
 # --- fox_attention ---------------------------------------------------------------------------
@@ -198,7 +148,7 @@ def test_fox_constant_forget_gate_weights_keys_geometrically_by_age():
     fox.query.kernel[...] = jnp.zeros_like(fox.query.kernel[...])
     fox.forget_gate.kernel[...] = jnp.zeros_like(fox.forget_gate.kernel[...])
     x = inputs(5)
-    y, _ = apply(fox, jnp.asarray(x, jnp.float32))
+    y, _ = apply(fox, x)
 
     values = np.split(linear(fox.key_value, x), 2, axis=-1)[1]  # [B, T, H * K]
     age = np.arange(LENGTH)[:, None] - np.arange(LENGTH)[None, :]
@@ -228,7 +178,7 @@ def test_fox_forget_gate_near_zero_cuts_off_the_past():
 def test_fox_output_gate_multiplies_the_attended_values():
     fox, attention = fox_with_attention_parameters(forget_bias=1e4, output_gate=True)
     x = jnp.asarray(inputs(7), jnp.float32)
-    attended, _ = apply(attention, x, method="attend")
+    attended, _ = nnx.jit(lambda mixer, x: mixer.attend(x))(attention, x)
     gate = jax.nn.sigmoid(fox.output_gate(x))
     expected = attention.output(attended.reshape(BATCH, LENGTH, -1) * gate)
     np.testing.assert_allclose(np.asarray(apply(fox, x)[0]), np.asarray(expected), **FLOAT32)

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from layer_testing import apply, causal_conv, gelu_tanh, linear, param, sigmoid, silu, softplus
 from tolerances import FLOAT32
 
 from seqjax import layers
@@ -24,48 +25,12 @@ from seqjax.layers.rg_lru import decay_logits_init, rg_lru, rg_lru_log_decay
 D_MODEL, BATCH, LENGTH = 8, 2, 7
 
 
-def sigmoid(v):
-    return 1.0 / (1.0 + np.exp(-v))
-
-
-def silu(v):
-    return v * sigmoid(v)
-
-
-def softplus(v):
-    return np.log1p(np.exp(v))
-
-
-def gelu_tanh(v):
-    return 0.5 * v * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (v + 0.044715 * v**3)))
-
-
-def param(variable):
-    return np.asarray(variable[...], np.float64)
-
-
-def linear(layer, v):
-    out = v @ param(layer.kernel)
-    return out if layer.bias is None else out + param(layer.bias)
-
-
-def numpy_conv(u, kernel, bias):
-    """Causal depthwise conv over time from zeros, one step at a time."""
-    history = np.zeros((u.shape[0], kernel.shape[0] - 1, u.shape[2]))
-    out = np.zeros_like(u)
-    for t in range(u.shape[1]):
-        window = np.concatenate([history, u[:, t : t + 1]], axis=1)
-        out[:, t] = np.sum(window * kernel, axis=1) + bias
-        history = window[:, 1:]
-    return out
-
-
 def inputs(seed=0):
     return np.asarray(jax.random.normal(jax.random.key(seed), (BATCH, LENGTH, D_MODEL)))
 
 
 def run(mixer, x):
-    y, state = mixer(jnp.asarray(x, jnp.float32))
+    y, state = apply(mixer, x)
     return np.asarray(y), state
 
 
@@ -75,7 +40,7 @@ def run(mixer, x):
 def numpy_mamba(mixer, x, negative_eigenvalues):
     """The Mamba block of Gu & Dao (2023), Algorithm 2, one token at a time."""
     u, z = np.split(linear(mixer.in_proj, x), 2, axis=-1)
-    u = silu(numpy_conv(u, param(mixer.conv_kernel), param(mixer.conv_bias)))
+    u = silu(causal_conv(mixer.conv, u))
     rank, n = mixer.dt_rank, mixer.state_size
     projected = linear(mixer.x_proj, u)
     low_rank, b_matrix = projected[..., :rank], projected[..., rank : rank + n]
@@ -96,15 +61,13 @@ def numpy_mamba(mixer, x, negative_eigenvalues):
 @pytest.mark.parametrize("negative_eigenvalues", [False, True])
 def test_mamba_equals_loop_of_s6_equations(negative_eigenvalues):
     # Large steps, so that decays span (0, 1) (or (-1, 1)) instead of staying near 1.
+    options = dict(state_size=4, conv_width=3, dt_min=0.05, dt_max=2.0)
     mixer = layers.create(
         "mamba",
         d_model=D_MODEL,
         rngs=nnx.Rngs(0),
-        state_size=4,
-        conv_width=3,
-        dt_min=0.05,
-        dt_max=2.0,
         negative_eigenvalues=negative_eigenvalues,
+        **options,
     )
     x = inputs()
     y, state = run(mixer, x)
@@ -144,7 +107,7 @@ def test_negative_eigenvalues_let_the_state_flip_sign():
 def numpy_rg_lru_block(mixer, x):
     """Hawk's recurrent block with the RG-LRU of De et al. (2024), eqs. (1)-(4)."""
     gate = gelu_tanh(linear(mixer.gate_proj, x))
-    u = numpy_conv(linear(mixer.input_proj, x), param(mixer.conv_kernel), param(mixer.conv_bias))
+    u = causal_conv(mixer.conv, linear(mixer.input_proj, x))
     r, i = np.split(sigmoid(linear(mixer.gates, u)), 2, axis=-1)
     a = sigmoid(param(mixer.decay_logits))
     h = np.zeros((x.shape[0], mixer.lru_width))

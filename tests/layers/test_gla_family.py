@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from layer_testing import apply, causal_conv, heads, linear, normalize, param, sigmoid, silu
 from tolerances import FLOAT32
 
 from seqjax import layers
@@ -23,56 +24,8 @@ from seqjax.layers.mamba2 import state_space_duality
 D_MODEL, BATCH, LENGTH = 16, 2, 7
 
 
-def sigmoid(v):
-    return 1.0 / (1.0 + np.exp(-v))
-
-
-def silu(v):
-    return v * sigmoid(v)
-
-
-def softplus(v):
-    return np.log1p(np.exp(v))
-
-
-def param(variable):
-    return np.asarray(variable[...], np.float64)
-
-
-def linear(layer, v):
-    out = v @ param(layer.kernel)
-    return out if layer.bias is None else out + param(layer.bias)
-
-
-def normalize(v, epsilon, center):
-    """Layer norm (center=True) or RMS norm over the last axis, without scale."""
-    if center:
-        v = v - v.mean(-1, keepdims=True)
-    return v / np.sqrt((v**2).mean(-1, keepdims=True) + epsilon)
-
-
-def numpy_conv(u, kernel, bias):
-    """Causal depthwise conv over time from zeros, one step at a time."""
-    history = np.zeros((u.shape[0], kernel.shape[0] - 1, u.shape[2]))
-    out = np.zeros_like(u)
-    for t in range(u.shape[1]):
-        window = np.concatenate([history, u[:, t : t + 1]], axis=1)
-        out[:, t] = np.sum(window * kernel, axis=1) + bias
-        history = window[:, 1:]
-    return out
-
-
 def inputs(seed=0):
     return np.asarray(jax.random.normal(jax.random.key(seed), (BATCH, LENGTH, D_MODEL)))
-
-
-@nnx.jit
-def apply(mixer, x, state=None, segment_starts=None):
-    return mixer(jnp.asarray(x, jnp.float32), state=state, segment_starts=segment_starts)
-
-
-def heads(t, size):
-    return t.reshape(*t.shape[:-1], -1, size)
 
 
 # --- retnet ----------------------------------------------------------------------------------
@@ -185,10 +138,10 @@ def numpy_mamba2(mixer, x):
     num_heads, head_dim = mixer.num_heads, mixer.head_dim
     projected = linear(mixer.in_proj, x)
     z, conv_input, dt = np.split(projected, [inner, inner + mixer.conv_size], axis=-1)
-    conv = silu(numpy_conv(conv_input, param(mixer.conv_kernel), param(mixer.conv_bias)))
+    conv = silu(causal_conv(mixer.conv, conv_input))
     u, b_matrix, c_matrix = np.split(conv, [inner, inner + groups * size], axis=-1)
     u, b_matrix, c_matrix = heads(u, head_dim), heads(b_matrix, size), heads(c_matrix, size)
-    delta = softplus(dt + param(mixer.dt_bias))  # [B, T, H]
+    delta = np.logaddexp(0.0, dt + param(mixer.dt_bias))  # [B, T, H]
     a = -np.exp(param(mixer.log_decay_rate))  # [H]
     group_of_head = np.arange(num_heads) // (num_heads // groups)
     s = np.zeros((x.shape[0], num_heads, size, head_dim))
@@ -208,17 +161,8 @@ def numpy_mamba2(mixer, x):
 
 def test_mamba2_equals_loop_of_ssd_equations():
     # Two groups of B, C over four heads; large steps, so that decays span (0, 1).
-    mixer = layers.create(
-        "mamba2",
-        d_model=D_MODEL,
-        rngs=nnx.Rngs(2),
-        state_size=4,
-        head_dim=8,
-        num_groups=2,
-        conv_width=3,
-        dt_min=0.05,
-        dt_max=1.0,
-    )
+    options = dict(state_size=4, head_dim=8, num_groups=2, conv_width=3, dt_min=0.05, dt_max=1.0)
+    mixer = layers.create("mamba2", d_model=D_MODEL, rngs=nnx.Rngs(2), **options)
     x = inputs(2)
     y, state = apply(mixer, x)
     expected_y, expected_s = numpy_mamba2(mixer, x)

@@ -3,128 +3,258 @@
 - the whole sequence equals the sequence fed in two pieces with the state passed between
   them, and equals it fed one token at a time (outputs and final state);
 - outputs at position t do not depend on inputs after t (checked by gradient);
-- a packed batch equals its segments run separately.
+- a packed batch, whose rows start their segments at different positions, equals its
+  segments run separately, and a segment start resets a carried state;
+- bfloat16 inputs give the float32 outputs and states within BFLOAT16;
+- integer inputs, T = 0 or B = 0, a width other than d_model and segment starts that are
+  not boolean [B, T] are refused by name.
 
-A new mixer gets these tests by registering; ``VARIANTS`` adds option combinations.
+T = 11 crosses the chunks of every chunked form: the cases set ``chunk_size`` (and the
+chunked attention's ``block_size``) to 4, and the pieces split at 6. Each case compiles
+once: ``observe`` computes in one jitted call every array the checks compare.
+
+A new mixer gets these tests by registering; ``layer_testing.VARIANTS`` adds option
+combinations.
 """
+
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from tolerances import FLOAT32
+from layer_testing import MIXER_CASES, assert_trees_close
+from tolerances import BFLOAT16
 
 from seqjax import layers
 
-D_MODEL, BATCH, LENGTH = 16, 2, 9
-SMALL_OPTIONS = {
-    "attention": dict(num_heads=2, cache_length=16),
-    "fox_attention": dict(num_heads=2, cache_length=16),
-}
-VARIANTS = [
-    ("attention", dict(num_heads=4, num_kv_heads=2, cache_length=16)),
-    ("attention", dict(num_heads=2, window=3)),
-    ("lstm", dict(peepholes=True)),
-    ("lstm", dict(peepholes=True, coupled_input_forget=True)),
-    ("lstm", dict(forget_gate=False)),
-    ("gru", dict(reset_after=False)),
-    ("mamba", dict(negative_eigenvalues=True)),
-    ("hgrn", dict(forget_lower_bound=0.5)),
-    ("mamba2", dict(num_groups=2, head_dim=8, state_size=4)),
-    ("hgrn2", dict(forget_lower_bound=0.5, expand_ratio=8)),
-    ("deltaproduct", dict(num_householder=3, gated=True, negative_eigenvalues=True)),
-    ("fox_attention", dict(num_heads=4, num_kv_heads=2, window=3, output_gate=True)),
+D_MODEL, BATCH, LENGTH = 16, 2, 11
+CHUNK = 4  # chunk_size and block_size of the cases: LENGTH spans three chunks
+SPLIT = 6  # the pieces [0, 6) and [6, 11) both end inside a chunk
+CAUSAL_POSITION = 2  # in the first piece: later positions in its chunk and the next one
+# The first position of each segment, per row. Both rows' last segment is the second piece
+# [6, 11): run alone, it gives the packed batch's last outputs and final state.
+SEGMENTS = ((0, 3, 6), (0, 5, 6))
+
+
+def with_small_chunks(name, options):
+    if "chunk_size" in layers.mixer_options(name):
+        return {"chunk_size": CHUNK, **options}
+    return options
+
+
+# Attention runs its reference form at these lengths unless the chunked one is asked for.
+CHUNKED_ATTENTION = dict(num_heads=2, cache_length=16, implementation="chunked", block_size=CHUNK)
+CASES = [
+    (name, with_small_chunks(name, options))
+    for name, options in MIXER_CASES
+    + [("attention", CHUNKED_ATTENTION), ("fox_attention", CHUNKED_ATTENTION)]
 ]
-CASES = [(name, SMALL_OPTIONS.get(name, {})) for name in layers.available()] + VARIANTS
-
-
-@nnx.jit
-def apply(mixer, x, state=None, segment_starts=None):
-    return mixer(x, state=state, segment_starts=segment_starts)
 
 
 def case_id(case):
     name, options = case
-    return name + "".join(f"-{k}={v}" for k, v in options.items())
+    return name + "".join(f"-{k}={v}" for k, v in options.items() if k != "chunk_size")
 
 
-@pytest.fixture(params=CASES, ids=[case_id(c) for c in CASES])
-def mixer_and_inputs(request):
-    name, options = request.param
-    mixer = layers.create(name, d_model=D_MODEL, rngs=nnx.Rngs(0), **options)
-    x = jax.random.normal(jax.random.key(1), (BATCH, LENGTH, D_MODEL), jnp.float32)
-    return mixer, x
+@functools.cache
+def mixer_of(index):
+    """The mixer of CASES[index], built once."""
+    name, options = CASES[index]
+    return layers.create(name, d_model=D_MODEL, rngs=nnx.Rngs(0), **options)
 
 
-def assert_trees_close(actual, expected):
-    jax.tree.map(
-        lambda a, e: np.testing.assert_allclose(np.asarray(a), np.asarray(e), **FLOAT32),
-        actual,
-        expected,
+def starts_at(rows_of_firsts):
+    """segment_starts [len(rows_of_firsts), T] true at each row's given positions."""
+    starts = np.zeros((len(rows_of_firsts), LENGTH), bool)
+    for row, firsts in enumerate(rows_of_firsts):
+        starts[row, list(firsts)] = True
+    return starts
+
+
+def earlier_segments():
+    """(row, start, end) of every segment but the last of each row."""
+    return [
+        (row, start, end)
+        for row, firsts in enumerate(SEGMENTS)
+        for start, end in zip(firsts[:-1], firsts[1:], strict=True)
+    ]
+
+
+def stack(*trees):
+    """The trees' arrays concatenated along the batch axis."""
+    return jax.tree.map(lambda *arrays: jnp.concatenate(arrays), *trees)
+
+
+def rows(tree, index):
+    """Rows ``index`` (a slice of the batch axis) of every array of a tree."""
+    return jax.tree.map(lambda array: array[index], tree)
+
+
+def observe(mixer, x):
+    """Everything the checks compare, from x [B, T, D] in five calls of the mixer (each
+    batch stacks the runs that share a length and whether a state and segment starts are
+    given), so that a case compiles once.
+
+    1. x with no segment start (the whole sequence), x packed in SEGMENTS, and each earlier
+       segment alone at the start of a row (zeros after it).
+    2. The first piece, from no state, with its gradient at CAUSAL_POSITION.
+    3. The second piece three times: after the first piece's state (the pieces), after the
+       whole sequence's state with a segment start at its first token (a reset), and from
+       the initial state (the last segment run alone).
+    4. Every token alone, in order, with the state passed on.
+    5. x in bfloat16.
+    """
+    segments = earlier_segments()
+    alone = jnp.zeros((len(segments), LENGTH, D_MODEL), x.dtype)
+    for i, (row, start, end) in enumerate(segments):
+        alone = alone.at[i, : end - start].set(x[row, start:end])
+    no_starts = np.zeros((BATCH, LENGTH), bool)
+    starts = np.concatenate([no_starts, starts_at(SEGMENTS), starts_at([()] * len(segments))])
+    outputs, states = mixer(stack(x, x, alone), segment_starts=jnp.asarray(starts))
+
+    first, pullback, first_state = jax.vjp(mixer, x[:, :SPLIT], has_aux=True)
+    # The gradient of Σ y²/2 at CAUSAL_POSITION (a plain Σ y is constant after a norm).
+    (gradient,) = pullback(
+        jnp.zeros_like(first).at[:, CAUSAL_POSITION].set(first[:, CAUSAL_POSITION])
+    )
+
+    whole_state = rows(states, slice(0, BATCH))
+    second_starts = np.zeros((3 * BATCH, LENGTH - SPLIT), bool)
+    second_starts[BATCH : 2 * BATCH, 0] = True
+    second, second_states = mixer(
+        jnp.tile(x[:, SPLIT:], (3, 1, 1)),
+        state=stack(first_state, whole_state, mixer.init_state(BATCH)),
+        segment_starts=jnp.asarray(second_starts),
+    )
+
+    def step(state, x_t):
+        y_t, state = mixer(x_t[:, None], state=state)
+        return state, y_t[:, 0]
+
+    steps_state, steps = jax.lax.scan(step, mixer.init_state(BATCH), jnp.swapaxes(x, 0, 1))
+    bfloat16, bfloat16_state = mixer(x.astype(jnp.bfloat16))
+    pieces, reset, last = (second[i * BATCH : (i + 1) * BATCH] for i in range(3))
+    return dict(
+        whole=outputs[:BATCH],
+        whole_state=whole_state,
+        packed=outputs[BATCH : 2 * BATCH],
+        packed_state=rows(states, slice(BATCH, 2 * BATCH)),
+        alone=outputs[2 * BATCH :],
+        pieces=jnp.concatenate([first, pieces], axis=1),
+        pieces_state=rows(second_states, slice(0, BATCH)),
+        gradient=gradient,
+        reset=reset,
+        last=last,
+        last_state=rows(second_states, slice(2 * BATCH, 3 * BATCH)),
+        steps=jnp.swapaxes(steps, 0, 1),
+        steps_state=steps_state,
+        bfloat16=bfloat16,
+        bfloat16_state=bfloat16_state,
     )
 
 
-def test_output_shape_and_state_structure(mixer_and_inputs):
-    mixer, x = mixer_and_inputs
-    y, state = apply(mixer, x)
-    assert y.shape == x.shape and y.dtype == x.dtype
-    assert jax.tree.structure(state) == jax.tree.structure(mixer.init_state(BATCH))
-    assert np.all(np.isfinite(np.asarray(y)))
+# The arrays are tiny, so the code need not be fast: compiling without LLVM's optimizations
+# takes about half the time (the HLO, and so the arithmetic, is the same).
+@functools.partial(
+    jax.jit, static_argnums=0, compiler_options={"xla_backend_optimization_level": 0}
+)
+def observe_compiled(graphdef, params, x):
+    return observe(nnx.merge(graphdef, params), x)
 
 
-def test_two_pieces_equal_whole(mixer_and_inputs):
-    mixer, x = mixer_and_inputs
-    whole, whole_state = apply(mixer, x)
-    split = 4
-    first, state = apply(mixer, x[:, :split])
-    second, final_state = apply(mixer, x[:, split:], state)
-    assert_trees_close(jnp.concatenate([first, second], axis=1), whole)
-    assert_trees_close(final_state, whole_state)
+@functools.cache
+def observations(index):
+    """``observe`` for CASES[index] (computed once, whatever order the tests run in), on
+    inputs that bfloat16 holds exactly, so a bfloat16 run sees the float32 run's values."""
+    mixer = mixer_of(index)
+    x = jax.random.normal(jax.random.key(1), (BATCH, LENGTH, D_MODEL), jnp.bfloat16)
+    seen = observe_compiled(*nnx.split(mixer), x.astype(jnp.float32))
+    return mixer, jax.tree.map(np.asarray, seen)
 
 
-def test_token_by_token_equals_whole(mixer_and_inputs):
-    mixer, x = mixer_and_inputs
-    whole, whole_state = apply(mixer, x)
-    state, outputs = mixer.init_state(BATCH), []
-    for t in range(LENGTH):
-        y, state = apply(mixer, x[:, t : t + 1], state)
-        outputs.append(y)
-    assert_trees_close(jnp.concatenate(outputs, axis=1), whole)
-    assert_trees_close(state, whole_state)
+parametrize_cases = pytest.mark.parametrize(
+    "index", range(len(CASES)), ids=[case_id(case) for case in CASES]
+)
 
 
-def test_causal_by_gradient(mixer_and_inputs):
-    mixer, x = mixer_and_inputs
-    position = 4
+@parametrize_cases
+def test_outputs_keep_the_input_shape_and_dtype_and_the_state_structure(index):
+    mixer, seen = observations(index)
+    structure = jax.tree.structure(mixer.init_state(BATCH))
+    for y, state, dtype in (
+        (seen["whole"], seen["whole_state"], jnp.float32),
+        (seen["bfloat16"], seen["bfloat16_state"], jnp.bfloat16),
+    ):
+        assert y.shape == (BATCH, LENGTH, D_MODEL) and y.dtype == dtype
+        assert jax.tree.structure(state) == structure
+        assert np.all(np.isfinite(y.astype(np.float32)))
 
-    def output_at_position(x):
-        y, _ = mixer(x)
-        return jnp.sum(y[:, position] ** 2)
 
-    grad = np.asarray(jax.grad(output_at_position)(x))
-    assert np.all(grad[:, position + 1 :] == 0.0), "output depends on future inputs"
-    assert np.any(grad[:, : position + 1] != 0.0), "output depends on no input at all"
+@parametrize_cases
+def test_two_pieces_equal_whole(index):
+    _, seen = observations(index)
+    assert_trees_close(seen["pieces"], seen["whole"])
+    assert_trees_close(seen["pieces_state"], seen["whole_state"])
 
 
-def test_packed_batch_equals_segments_run_separately(mixer_and_inputs):
-    mixer, x = mixer_and_inputs
-    boundaries = (0, 3, 7)  # segments [0, 3), [3, 7), [7, 9)
-    segment_starts = jnp.zeros((BATCH, LENGTH), bool).at[:, boundaries].set(True)
-    packed, packed_state = apply(mixer, x, None, segment_starts)
-    ends = (*boundaries[1:], LENGTH)
-    pieces = [apply(mixer, x[:, start:end]) for start, end in zip(boundaries, ends, strict=True)]
-    assert_trees_close(packed, jnp.concatenate([y for y, _ in pieces], axis=1))
+@parametrize_cases
+def test_token_by_token_equals_whole(index):
+    _, seen = observations(index)
+    assert_trees_close(seen["steps"], seen["whole"])
+    assert_trees_close(seen["steps_state"], seen["whole_state"])
+
+
+@parametrize_cases
+def test_causal_by_gradient(index):
+    gradient = observations(index)[1]["gradient"]
+    assert np.all(gradient[:, CAUSAL_POSITION + 1 :] == 0.0), "output depends on future inputs"
+    assert np.any(gradient[:, : CAUSAL_POSITION + 1] != 0.0), "output depends on no input"
+
+
+@parametrize_cases
+def test_packed_rows_equal_their_segments_run_separately(index):
+    mixer, seen = observations(index)
+    for i, (row, start, end) in enumerate(earlier_segments()):
+        assert_trees_close(seen["packed"][row, start:end], seen["alone"][i, : end - start])
+    assert_trees_close(seen["packed"][:, SPLIT:], seen["last"])
     # The final state is the last segment's state (attention also keeps older keys that
     # are masked by segment id, so compare the recurrent mixers' states only).
     if not isinstance(mixer, layers.mixer_class("attention")):  # fox_attention subclasses it
-        assert_trees_close(packed_state, pieces[-1][1])
+        assert_trees_close(seen["packed_state"], seen["last_state"])
 
 
-def test_packed_segments_reset_a_carried_state(mixer_and_inputs):
-    mixer, x = mixer_and_inputs
-    _, carried = apply(mixer, x[:, ::-1])
-    segment_starts = jnp.zeros((BATCH, LENGTH), bool).at[:, 0].set(True)
-    fresh, _ = apply(mixer, x)
-    reset, _ = apply(mixer, x, carried, segment_starts)
-    assert_trees_close(reset, fresh)
+@parametrize_cases
+def test_a_segment_start_resets_a_carried_state(index):
+    _, seen = observations(index)
+    assert_trees_close(seen["reset"], seen["last"])
+
+
+@parametrize_cases
+def test_bfloat16_inputs_give_the_float32_outputs_within_tolerance(index):
+    _, seen = observations(index)
+    assert_trees_close(seen["bfloat16"].astype(np.float32), seen["whole"], BFLOAT16)
+    assert_trees_close(seen["bfloat16_state"], seen["whole_state"], BFLOAT16)
+
+
+@parametrize_cases
+def test_bad_inputs_are_refused_by_name(index):
+    mixer, name = mixer_of(index), CASES[index][0]
+    x = jnp.ones((BATCH, LENGTH, D_MODEL))
+    refused = [
+        (x.astype(jnp.int32), None, "x must be floating point, got int32"),
+        (x[:, :0], None, "x must hold at least one sequence and one step, got B = 2, T = 0"),
+        (x[:0], None, "x must hold at least one sequence and one step, got B = 0, T = 11"),
+        (
+            x[..., 1:],
+            None,
+            rf"D = d_model \({D_MODEL}\) = \(2, 11, {D_MODEL}\), got shape \(2, 11, 15\)",
+        ),
+        (x[0], None, r"x must be \[B, T, D\], got shape \(11, 16\)"),
+        (x, jnp.zeros((BATCH, LENGTH), jnp.int32), "segment_starts must be boolean, got int32"),
+        (x, jnp.zeros((BATCH, LENGTH + 1), bool), r"segment_starts must be \[B, T\] = \(2, 11\)"),
+    ]
+    for inputs, segment_starts, message in refused:
+        with pytest.raises(ValueError, match=rf"mixer '{name}': .*{message}"):
+            mixer(inputs, segment_starts=segment_starts)

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from layer_testing import sigmoid, silu
 from tolerances import FLOAT32
 
 from seqjax import layers
@@ -45,77 +46,78 @@ def group_norm(o, scale, bias):  # o [H, V] per head
     return normed.reshape(-1) * scale + bias
 
 
-def sigmoid(z):
-    return 1 / (1 + np.exp(-z))
+HEADS = D_MODEL // HEAD_SIZE
+
+
+def assert_equals_token_loop(name, token_step, to_loop_state=np.copy, from_loop_state=np.copy):
+    """The perturbed mixer ``name``, run from a carried state, equals ``token_step`` applied
+    to every token of every row in turn: ``token_step(p, x_t, x_{t-1}, S) -> (y_t, S)``,
+    with the parameter p(name) and S in the loop's own state convention."""
+    mixer, params = perturbed_mixer(name)
+    x, state, y, final = inputs_and_state(mixer)
+    expected = np.zeros_like(x)
+    for b in range(BATCH):
+        previous, loop_state = state["shift"][b], to_loop_state(state["wkv"][b])
+        for t in range(LENGTH):
+            expected[b, t], loop_state = token_step(
+                params.__getitem__, x[b, t], previous, loop_state
+            )
+            previous = x[b, t]
+        np.testing.assert_allclose(final["wkv"][b], from_loop_state(loop_state), **FLOAT32)
+    np.testing.assert_allclose(y, expected, **FLOAT32)
+    np.testing.assert_allclose(final["shift"], x[:, -1], **FLOAT32)
+
+
+def rwkv6_token(p, x_t, previous, S):  # S [H, K, V]
+    delta = previous - x_t
+    low_rank = np.tanh((x_t + delta * p("mix_x")) @ p("mix_down")).reshape(5, -1)
+    mix = p("mix_base") + np.einsum("fr,frd->fd", low_rank, p("mix_up"))
+    x_w, x_k, x_v, x_r, x_g = x_t + delta * mix
+    r, k, v = (x_r @ p("receptance.kernel"), x_k @ p("key.kernel"), x_v @ p("value.kernel"))
+    g = silu(x_g @ p("gate.kernel"))
+    w = np.exp(-np.exp(p("decay_base") + np.tanh(x_w @ p("decay_down")) @ p("decay_up")))
+    r, k, v, w = (u.reshape(HEADS, HEAD_SIZE) for u in (r, k, v, w))
+    o = np.zeros((HEADS, HEAD_SIZE))
+    for h in range(HEADS):
+        kv = np.outer(k[h], v[h])
+        o[h] = r[h] @ (S[h] + np.diag(p("bonus")[h]) @ kv)
+        S[h] = np.diag(w[h]) @ S[h] + kv
+    normed = group_norm(o, p("norm_scale"), p("norm_bias"))
+    return (normed * g) @ p("output.kernel"), S
+
+
+def rwkv7_token(p, x_t, previous, state_vk):  # RWKV's [H, V, K]
+    x_r, x_w, x_k, x_v, x_a, x_g = x_t + (previous - x_t) * p("mix")
+    r, k, v = (x_r @ p("receptance.kernel"), x_k @ p("key.kernel"), x_v @ p("value.kernel"))
+    # RWKV's code: w = -softplus(-(w0 + tanh(x_w w1) w2)) - 0.5, decay exp(-exp(w)).
+    w = p("decay_base") + np.tanh(x_w @ p("decay_down")) @ p("decay_up")
+    w = np.exp(-np.exp(-np.log1p(np.exp(-w)) - 0.5))
+    a = sigmoid(p("icl_base") + (x_a @ p("icl_down")) @ p("icl_up"))
+    g = sigmoid(x_g @ p("gate_down")) @ p("gate_up")
+    r, k, v, w, a = (u.reshape(HEADS, HEAD_SIZE) for u in (r, k, v, w, a))
+    kk = k * p("removal_key_scale")
+    kk = kk / np.linalg.norm(kk, axis=-1, keepdims=True)
+    k = k * (1 + (a - 1) * p("icl_key_scale"))
+    o = np.zeros((HEADS, HEAD_SIZE))
+    for h in range(HEADS):
+        vk = np.outer(v[h], k[h])
+        ab = np.outer(-kk[h], kk[h] * a[h])
+        state_vk[h] = state_vk[h] * w[h][None, :] + state_vk[h] @ ab + vk
+        o[h] = state_vk[h] @ r[h]
+    out = group_norm(o, p("norm_scale"), p("norm_bias"))
+    out += ((r * k * p("bonus")).sum(-1, keepdims=True) * v).reshape(-1)
+    return (out * g) @ p("output.kernel"), state_vk
 
 
 def test_rwkv6_equals_a_loop_of_its_equations():
-    mixer, params = perturbed_mixer("rwkv6")
-    x, state, y, final = inputs_and_state(mixer)
-    p = params.__getitem__
-    heads = D_MODEL // HEAD_SIZE
-    expected = np.zeros_like(x)
-    for b in range(BATCH):
-        previous, S = state["shift"][b], state["wkv"][b].copy()  # S [H, K, V]
-        for t in range(LENGTH):
-            x_t = x[b, t]
-            delta = previous - x_t
-            low_rank = np.tanh((x_t + delta * p("mix_x")) @ p("mix_down")).reshape(5, -1)
-            mix = p("mix_base") + np.einsum("fr,frd->fd", low_rank, p("mix_up"))
-            x_w, x_k, x_v, x_r, x_g = x_t + delta * mix
-            r, k, v = (x_r @ p("receptance.kernel"), x_k @ p("key.kernel"), x_v @ p("value.kernel"))
-            g = x_g @ p("gate.kernel")
-            g = g * sigmoid(g)
-            w = np.exp(-np.exp(p("decay_base") + np.tanh(x_w @ p("decay_down")) @ p("decay_up")))
-            r, k, v, w = (u.reshape(heads, HEAD_SIZE) for u in (r, k, v, w))
-            o = np.zeros((heads, HEAD_SIZE))
-            for h in range(heads):
-                kv = np.outer(k[h], v[h])
-                o[h] = r[h] @ (S[h] + np.diag(p("bonus")[h]) @ kv)
-                S[h] = np.diag(w[h]) @ S[h] + kv
-            normed = group_norm(o, p("norm_scale"), p("norm_bias"))
-            expected[b, t] = (normed * g) @ p("output.kernel")
-            previous = x_t
-        np.testing.assert_allclose(final["wkv"][b], S, **FLOAT32)
-    np.testing.assert_allclose(y, expected, **FLOAT32)
-    np.testing.assert_allclose(final["shift"], x[:, -1], **FLOAT32)
+    assert_equals_token_loop("rwkv6", rwkv6_token)
 
 
 def test_rwkv7_equals_a_loop_in_rwkv_state_convention():
-    mixer, params = perturbed_mixer("rwkv7")
-    x, state, y, final = inputs_and_state(mixer)
-    p = params.__getitem__
-    heads = D_MODEL // HEAD_SIZE
-    expected = np.zeros_like(x)
-    for b in range(BATCH):
-        previous = state["shift"][b]
-        state_vk = np.swapaxes(state["wkv"][b], -1, -2).copy()  # RWKV's [H, V, K]
-        for t in range(LENGTH):
-            x_t = x[b, t]
-            x_r, x_w, x_k, x_v, x_a, x_g = x_t + (previous - x_t) * p("mix")
-            r, k, v = (x_r @ p("receptance.kernel"), x_k @ p("key.kernel"), x_v @ p("value.kernel"))
-            # RWKV's code: w = -softplus(-(w0 + tanh(x_w w1) w2)) - 0.5, decay exp(-exp(w)).
-            w = p("decay_base") + np.tanh(x_w @ p("decay_down")) @ p("decay_up")
-            w = np.exp(-np.exp(-np.log1p(np.exp(-w)) - 0.5))
-            a = sigmoid(p("icl_base") + (x_a @ p("icl_down")) @ p("icl_up"))
-            g = sigmoid(x_g @ p("gate_down")) @ p("gate_up")
-            r, k, v, w, a = (u.reshape(heads, HEAD_SIZE) for u in (r, k, v, w, a))
-            kk = k * p("removal_key_scale")
-            kk = kk / np.linalg.norm(kk, axis=-1, keepdims=True)
-            k = k * (1 + (a - 1) * p("icl_key_scale"))
-            o = np.zeros((heads, HEAD_SIZE))
-            for h in range(heads):
-                vk = np.outer(v[h], k[h])
-                ab = np.outer(-kk[h], kk[h] * a[h])
-                state_vk[h] = state_vk[h] * w[h][None, :] + state_vk[h] @ ab + vk
-                o[h] = state_vk[h] @ r[h]
-            out = group_norm(o, p("norm_scale"), p("norm_bias"))
-            out += ((r * k * p("bonus")).sum(-1, keepdims=True) * v).reshape(-1)
-            expected[b, t] = (out * g) @ p("output.kernel")
-            previous = x_t
-        np.testing.assert_allclose(final["wkv"][b], np.swapaxes(state_vk, -1, -2), **FLOAT32)
-    np.testing.assert_allclose(y, expected, **FLOAT32)
-    np.testing.assert_allclose(final["shift"], x[:, -1], **FLOAT32)
+    def transposed(state):
+        return np.swapaxes(state, -1, -2).copy()
+
+    assert_equals_token_loop("rwkv7", rwkv7_token, transposed, transposed)
 
 
 def test_decays_lie_in_the_open_unit_interval():

@@ -96,9 +96,11 @@ def test_classifier_head_pools_over_time():
     features = jax.random.normal(jax.random.key(0), (2, 7, 3))
     logits, state = classifier(features)
     assert logits.shape == (2, 5) and state[0].shape == (2, 8)
-    with pytest.raises(ValueError, match="inputs must have 3 features"):
+    with pytest.raises(ValueError, match=r"inputs must be \[B, T, F\] with F = 3 features"):
         classifier(jnp.ones((2, 7, 4)))
-    with pytest.raises(ValueError, match="pooling must be 'last' or 'mean'"):
+    with pytest.raises(ValueError, match="inputs must be floating point, got int32"):
+        classifier(jnp.ones((2, 7, 3), jnp.int32))
+    with pytest.raises(ValueError, match="pooling must be one of 'last', 'mean', got 'max'"):
         Classifier(backbone, 5, pooling="max", rngs=nnx.Rngs(1))
 
 
@@ -115,6 +117,40 @@ def test_bad_inputs_raise_clear_errors():
         generate(attention, tokens(1, 30), max_new_tokens=5)
     with pytest.raises(ValueError, match="give exactly one of vocab_size"):
         Backbone(d_model=8, num_layers=1, pattern="gru", rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"tokens must be \[B, T\] with at least one sequence"):
+        model(jnp.zeros((1, 0), jnp.int32))
+    with pytest.raises(ValueError, match="tokens must be integer token ids, got dtype float32"):
+        model(jnp.zeros((1, 3)))
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(d_model=-8), "d_model must be an integer >= 1, got -8"),
+        (dict(d_model="64"), "d_model must be an integer >= 1, got '64'"),
+        (dict(num_layers=0), "num_layers must be an integer >= 1, got 0"),
+        (dict(mlp_expansion=-1), "mlp_expansion must be an integer >= 0, got -1"),
+        (dict(mlp_expansion=1.5), "mlp_expansion must be an integer >= 0, got 1.5"),
+        (dict(norm="batch"), "norm must be one of 'rms', 'layer', got 'batch'"),
+        (dict(remat="some"), "remat must be one of 'none', 'full', 'dots', got 'some'"),
+        (dict(vocab_size=0), "vocab_size must be an integer >= 1, got 0"),
+        (dict(mixer_options={"gru": {"hidden_size": "abc"}}), "mixer 'gru': hidden_size must"),
+    ],
+)
+def test_bad_backbone_settings_are_named(options, message):
+    settings = {**dict(d_model=8, num_layers=1, pattern="gru", vocab_size=VOCAB), **options}
+    with pytest.raises(ValueError, match=message):
+        Backbone(rngs=nnx.Rngs(0), **settings)
+
+
+def test_bad_head_settings_are_named():
+    backbone = Backbone(d_model=8, num_layers=1, pattern="gru", vocab_size=VOCAB, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="vocab_size must be an integer >= 1, got 0"):
+        LanguageModel(backbone, 0, rngs=nnx.Rngs(1))
+    with pytest.raises(ValueError, match="num_classes must be an integer >= 1, got -2"):
+        Classifier(backbone, -2, rngs=nnx.Rngs(1))
+    with pytest.raises(ValueError, match="max_new_tokens must be an integer >= 1, got 0"):
+        generate(LanguageModel(backbone, VOCAB, rngs=nnx.Rngs(1)), tokens(1, 2), max_new_tokens=0)
 
 
 def test_hgrn_forget_lower_bound_rises_with_depth():
