@@ -3,9 +3,9 @@ is called. Every error names the argument and what was expected.
 
 Inputs are checked by shape and dtype only, which jit knows when it traces, so the checks
 cost nothing in a compiled step; they are the ops' own (seqjax.ops.checks), named after the
-mixer. The registry runs the option type checks and the input
-checks for every registered mixer (registry.py); a constructor checks its own sizes and
-the widths its heads divide with ``check_sizes`` and ``check_divides``.
+mixer. The registry runs the option type checks and the input checks for every registered
+mixer (registry.py); a constructor checks its own sizes and the widths its heads divide
+with ``check_sizes`` and ``check_divides``.
 """
 
 import types
