@@ -5,6 +5,7 @@ cell with ``run_cell`` and projects the hidden states [B, T, N] back to D.
 """
 
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -23,11 +24,17 @@ def _batch_zeros(batch_size: int, size: int) -> Array:
 
 class _RecurrentMixer(nnx.Module):
     """Shared input/output projections and a hidden vector [B, N] as the state; subclasses
-    define ``cell()`` (and ``init_state`` for another state)."""
+    set ``num_gates`` and define ``cell()`` (and ``init_state`` for another state).
 
-    def __init__(self, d_model: int, hidden_size: int | None, num_gates: int, *, rngs: nnx.Rngs):
+    Options: ``hidden_size`` N (None for D).
+    """
+
+    num_gates: int
+
+    def __init__(self, d_model: int, *, rngs: nnx.Rngs, hidden_size: int | None = None):
         check_sizes(hidden_size=hidden_size)
         self.hidden_size = hidden_size = hidden_size or d_model
+        num_gates = self.num_gates
         self.input_proj = linear(d_model, num_gates * hidden_size, EMBED, HEADS, rngs=rngs)
         # Split like the input projection: each device forms its share of the gates.
         self.recurrent_kernel = param(
@@ -60,11 +67,10 @@ def _stacked_orthogonal(key, size: int, num_gates: int) -> Array:
 class Elman(_RecurrentMixer):
     """Elman network ("Finding Structure in Time", Elman 1990): h_t = tanh(W x_t + R h_{t-1} + b).
 
-    State: the hidden vector [B, N].
+    Options: ``hidden_size`` N (None for D). State: the hidden vector [B, N].
     """
 
-    def __init__(self, d_model: int, *, rngs: nnx.Rngs, hidden_size: int | None = None):
-        super().__init__(d_model, hidden_size, 1, rngs=rngs)
+    num_gates = 1
 
     def cell(self):
         return functools.partial(cells.elman_cell, self.recurrent_kernel[...])
@@ -74,9 +80,10 @@ class Elman(_RecurrentMixer):
 class LSTM(_RecurrentMixer):
     """LSTM (Hochreiter & Schmidhuber 1997) with the variants of Greff et al. 2017.
 
-    c_t = f_t ⊙ c_{t-1} + i_t ⊙ z_t,  h_t = o_t ⊙ tanh(c_t). Options: ``peepholes``,
-    ``coupled_input_forget`` (f = 1 - i) and ``forget_gate=False`` (f = 1). The forget gate
-    bias starts at ``forget_bias`` (Jozefowicz et al., 2015). State: (h, c), each [B, N].
+    c_t = f_t ⊙ c_{t-1} + i_t ⊙ z_t,  h_t = o_t ⊙ tanh(c_t). Options: ``hidden_size`` N (None
+    for D), ``peepholes``, ``coupled_input_forget`` (f = 1 - i) and ``forget_gate=False``
+    (f = 1). The forget gate bias starts at ``forget_bias`` (Jozefowicz et al., 2015).
+    State: (h, c), each [B, N].
     """
 
     def __init__(
@@ -84,18 +91,19 @@ class LSTM(_RecurrentMixer):
         d_model: int,
         *,
         rngs: nnx.Rngs,
-        hidden_size: int | None = None,
         peepholes: bool = False,
         coupled_input_forget: bool = False,
         forget_gate: bool = True,
         forget_bias: float = 1.0,
+        **rnn_options: Any,
     ):
         self.gate_names = cells.lstm_gate_names(
             coupled_input_forget=coupled_input_forget, forget_gate=forget_gate
         )
+        self.num_gates = len(self.gate_names)
         self.coupled_input_forget = coupled_input_forget
         self.forget_gate = forget_gate
-        super().__init__(d_model, hidden_size, len(self.gate_names), rngs=rngs)
+        super().__init__(d_model, rngs=rngs, **rnn_options)
         hidden_size = self.hidden_size
         if "forget" in self.gate_names:
             start = self.gate_names.index("forget") * hidden_size
@@ -127,19 +135,17 @@ class LSTM(_RecurrentMixer):
 class GRU(_RecurrentMixer):
     """GRU (Cho et al. 2014): h_t = (1 - u_t) ⊙ h_{t-1} + u_t ⊙ tanh(W_n x + r_t ⊙ (R_n h + b_n)).
 
-    ``reset_after=False`` applies the reset gate before the recurrent product instead, as in
-    the original paper. State: the hidden vector [B, N].
+    Options: ``hidden_size`` N (None for D) and ``reset_after``: False applies the reset gate
+    before the recurrent product instead, as in the original paper. State: the hidden vector
+    [B, N].
     """
 
+    num_gates = 3
+
     def __init__(
-        self,
-        d_model: int,
-        *,
-        rngs: nnx.Rngs,
-        hidden_size: int | None = None,
-        reset_after: bool = True,
+        self, d_model: int, *, rngs: nnx.Rngs, reset_after: bool = True, **rnn_options: Any
     ):
-        super().__init__(d_model, hidden_size, 3, rngs=rngs)
+        super().__init__(d_model, rngs=rngs, **rnn_options)
         self.reset_after = reset_after
         self.candidate_bias = param(jnp.zeros((self.hidden_size,), jnp.float32), HEADS)
 
