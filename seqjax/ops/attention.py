@@ -44,6 +44,9 @@ IMPLEMENTATIONS = (REFERENCE, "chunked", "pallas")
 REFERENCE_MAX_SCORES = 512 * 512
 """With implementation=None off TPU and GPU, "reference" runs when Tq * Tk is at most this,
 else "chunked"."""
+NONFINITE_CHECK_BLOCK = 128
+"""Query and key block length of the "pallas" form's check for queries that may attend to a
+non-finite key (the kernels' outputs there are replaced by NaN)."""
 
 
 def rotary_embedding(x: Array, positions: Array, *, base: float = 10000.0) -> Array:
@@ -164,18 +167,16 @@ def softmax_attention(
             keys_end_with_queries=keys_end_with_queries and query_length == key_length,
         )  # fmt: skip
     if implementation == "pallas":
-        return flash_attention_kernels.flash_attention(
+        return _pallas_attention(
             q, k, v, platform=platform, q_positions=q_positions, kv_positions=kv_positions,
             q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids,
             log_forget=log_forget, **options,
         )  # fmt: skip
 
-    positions_are_default = q_positions is None and kv_positions is None
-    if q_positions is None:
-        q_positions = _default_positions(batch, query_length, key_length - query_length)
-    if kv_positions is None:
-        kv_positions = _default_positions(batch, key_length, 0)
-    masking = _Masking(q_positions, kv_positions, q_segment_ids, kv_segment_ids)
+    masking, positions_are_default = _masking(
+        q_positions, kv_positions, q_segment_ids, kv_segment_ids, batch, query_length,
+        key_length,
+    )  # fmt: skip
     scale = head_dim**-0.5 if scale is None else scale
     forget = None
     if log_forget is not None:
@@ -217,6 +218,19 @@ def _allowed_keys(masking: _Masking, causal: bool, window: int | None) -> Array:
     if masking.q_segment_ids is not None:
         allowed &= masking.q_segment_ids[:, :, None] == masking.kv_segment_ids[:, None, :]
     return allowed
+
+
+def _masking(
+    q_positions, kv_positions, q_segment_ids, kv_segment_ids, batch, query_length, key_length
+):
+    """The mask inputs with positions at their defaults where None, and whether both were."""
+    positions_are_default = q_positions is None and kv_positions is None
+    if q_positions is None:
+        q_positions = _default_positions(batch, query_length, key_length - query_length)
+    if kv_positions is None:
+        kv_positions = _default_positions(batch, key_length, 0)
+    masking = _Masking(q_positions, kv_positions, q_segment_ids, kv_segment_ids)
+    return masking, positions_are_default
 
 
 def _default_positions(batch: int, length: int, offset: int) -> Array:
@@ -283,25 +297,11 @@ def _chunked_attention(
     q, k, v, forget, query_nonfinite, key_nonfinite = _zero_nonfinite(q, k, v, forget)
     batch, query_length, heads, _ = q.shape
     key_length, groups = k.shape[1], k.shape[2]
-    query_block = min(block_size, query_length)
-    key_block = min(block_size, key_length)
-    config = _ChunkedConfig(
-        causal=causal,
-        window=window,
-        scale=scale,
-        query_block=query_block,
-        key_block=key_block,
-        default_position_offset=(
-            key_length - query_length if positions_are_default and causal else None
-        ),
-    )
-    # Padded keys get position -1 so the mask drops them; padded query rows are cut off below.
-    blocked_masking = _Masking(
-        q_positions=_split_blocks(masking.q_positions, query_block, pad_value=0),
-        kv_positions=_split_blocks(masking.kv_positions, key_block, pad_value=-1),
-        q_segment_ids=_split_blocks(masking.q_segment_ids, query_block, pad_value=0),
-        kv_segment_ids=_split_blocks(masking.kv_segment_ids, key_block, pad_value=0),
-    )
+    config, blocked_masking = _blocked(
+        masking, causal, window, scale, block_size, query_length, key_length,
+        positions_are_default,
+    )  # fmt: skip
+    query_block, key_block = config.query_block, config.key_block
     grouped_q = q.reshape(batch, query_length, groups, heads // groups, q.shape[-1])
     # [n, B, block, G, (R,) K] -> [n, B, G, (R,) block, K]: each block is a batched matmul.
     q_blocks = jnp.moveaxis(_split_blocks(grouped_q, query_block, pad_value=0), 2, 4)
@@ -320,32 +320,92 @@ def _chunked_attention(
     o_blocks = _chunked_core(config, q_blocks, k_blocks, v_blocks, blocked_masking, forget_blocks)
     o = jnp.moveaxis(jnp.moveaxis(o_blocks, 4, 2), 0, 1)  # [B, nq, bq, G, R, V]
     o = o.reshape(batch, -1, heads, v.shape[-1])[:, :query_length]
-    key_blocks_nonfinite = _split_blocks(key_nonfinite, key_block, pad_value=False)
-    reads_nonfinite = lax.cond(
-        jnp.any(key_nonfinite),
-        lambda: _reads_nonfinite_keys(config, blocked_masking, key_blocks_nonfinite),
-        lambda: jnp.zeros(q_blocks.shape[:2] + (query_block,), bool),
-    )  # [nq, B, bq]
-    reads_nonfinite = jnp.moveaxis(reads_nonfinite, 0, 1).reshape(batch, -1)[:, :query_length]
-    return finite.nan_where(query_nonfinite | reads_nonfinite, o)
+    reads = _reads_nonfinite_keys(config, blocked_masking, key_nonfinite, query_length)
+    return finite.nan_where(query_nonfinite | reads, o)
 
 
-def _reads_nonfinite_keys(config, masking, key_nonfinite):
-    """Whether each query may attend to a key marked in ``key_nonfinite`` [nk, B, bk], over
-    the key blocks the forward visits: bool [nq, B, bq]."""
-    num_key_blocks = key_nonfinite.shape[0]
+def _blocked(
+    masking, causal, window, scale, block_size, query_length, key_length, positions_are_default
+):
+    """The chunked form's settings and its mask inputs split into blocks."""
+    query_block = min(block_size, query_length)
+    key_block = min(block_size, key_length)
+    config = _ChunkedConfig(
+        causal=causal,
+        window=window,
+        scale=scale,
+        query_block=query_block,
+        key_block=key_block,
+        default_position_offset=(
+            key_length - query_length if positions_are_default and causal else None
+        ),
+    )
+    # Padded keys get position -1 so the mask drops them; padded query rows are cut off.
+    blocked_masking = _Masking(
+        q_positions=_split_blocks(masking.q_positions, query_block, pad_value=0),
+        kv_positions=_split_blocks(masking.kv_positions, key_block, pad_value=-1),
+        q_segment_ids=_split_blocks(masking.q_segment_ids, query_block, pad_value=0),
+        kv_segment_ids=_split_blocks(masking.kv_segment_ids, key_block, pad_value=0),
+    )
+    return config, blocked_masking
 
-    def query_block(query_block_index):
+
+def _reads_nonfinite_keys(config, masking, key_nonfinite, query_length):
+    """Whether each query may attend to a key marked in ``key_nonfinite`` [B, Tk], over the
+    key blocks the chunked forward visits (none when no key is marked): bool [B, Tq]."""
+    key_nonfinite_blocks = _split_blocks(key_nonfinite, config.key_block, pad_value=False)
+    num_query_blocks, batch, query_block = masking.q_positions.shape
+
+    def query_block_reads(query_block_index):
         def key_block(key_block_index, reads):
             block_masking = _block_masking(masking, query_block_index, key_block_index)
             allowed = _allowed_keys(block_masking, config.causal, config.window)
-            return reads | jnp.any(allowed & key_nonfinite[key_block_index][:, None], axis=-1)
+            marked = key_nonfinite_blocks[key_block_index][:, None]
+            return reads | jnp.any(allowed & marked, axis=-1)
 
-        first, end = _key_block_range(config, query_block_index, num_key_blocks)
-        reads = jnp.zeros(masking.q_positions.shape[1:], bool)
-        return lax.fori_loop(first, end, key_block, reads)
+        first, end = _key_block_range(config, query_block_index, key_nonfinite_blocks.shape[0])
+        return lax.fori_loop(first, end, key_block, jnp.zeros((batch, query_block), bool))
 
-    return lax.map(query_block, jnp.arange(masking.q_positions.shape[0]))
+    reads = lax.cond(
+        jnp.any(key_nonfinite),
+        lambda: lax.map(query_block_reads, jnp.arange(num_query_blocks)),
+        lambda: jnp.zeros((num_query_blocks, batch, query_block), bool),
+    )  # [nq, B, bq]
+    return jnp.moveaxis(reads, 0, 1).reshape(batch, -1)[:, :query_length]
+
+
+def _pallas_attention(
+    q, k, v, *, platform, q_positions, kv_positions, q_segment_ids, kv_segment_ids,
+    log_forget, causal, window, scale,
+):  # fmt: skip
+    """The kernels of kernels_pallas.flash_attention on q, k, v and log_forget with
+    non-finite entries replaced by 0, NaN where a query is non-finite or may attend to a
+    non-finite key (seqjax.ops.finite). A non-finite log forget gate makes F non-finite from
+    its position on, for queries and keys alike."""
+    batch, query_length = q.shape[:2]
+    key_length = k.shape[1]
+    (q,), query_nonfinite = finite.zero_nonfinite(q)
+    (k, v), key_nonfinite = finite.zero_nonfinite(k, v)
+    if log_forget is not None:
+        (log_forget,), forget_nonfinite = finite.zero_nonfinite(log_forget)
+        forget_nonfinite = finite.since_first(forget_nonfinite)
+        key_nonfinite |= forget_nonfinite
+        query_nonfinite |= forget_nonfinite[:, key_length - query_length :]
+    o = flash_attention_kernels.flash_attention(
+        q, k, v, platform=platform, q_positions=q_positions, kv_positions=kv_positions,
+        q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids, log_forget=log_forget,
+        causal=causal, window=window, scale=scale,
+    )  # fmt: skip
+    masking, positions_are_default = _masking(
+        q_positions, kv_positions, q_segment_ids, kv_segment_ids, batch, query_length,
+        key_length,
+    )  # fmt: skip
+    config, blocked_masking = _blocked(
+        masking, causal, window, scale, NONFINITE_CHECK_BLOCK, query_length, key_length,
+        positions_are_default,
+    )  # fmt: skip
+    reads = _reads_nonfinite_keys(config, blocked_masking, key_nonfinite, query_length)
+    return finite.nan_where(query_nonfinite | reads, o)
 
 
 def _split_blocks(x, block, pad_value):

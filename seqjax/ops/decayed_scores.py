@@ -41,9 +41,10 @@ def decayed_scores(
     """
     if query_cumulative.shape[-1] == 1:
         exponent = query_cumulative[:, :, :, None, :, 0] - key_cumulative[:, :, None, :, :, 0]
-        decay = jnp.exp(jnp.where(mask, exponent, -jnp.inf))
-        products = jnp.einsum("bsihk,bsjhk->bsijh", queries, keys)
-        return jnp.where(mask, products * decay, 0.0)
+        decay = jnp.exp(jnp.where(mask, exponent, -jnp.inf))  # 0 off the mask
+        # The chunked forms see finite inputs only (seqjax.ops.finite), so a zero decay
+        # drops its product; a select here would cost a pass over the scores.
+        return jnp.einsum("bsihk,bsjhk->bsijh", queries, keys) * decay
     return _halved_scores(queries, query_cumulative, keys, key_cumulative, mask)
 
 

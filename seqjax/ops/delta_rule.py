@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 
 import kernels_pallas.chunked_delta_rule as chunked_delta_rule_kernels
-from seqjax.ops import checks, implementations, sequence_parallel
+from seqjax.ops import checks, finite, implementations, sequence_parallel
 from seqjax.ops.chunking import cumulative_sum, scan_over_chunks
 from seqjax.ops.decayed_scores import decayed_scores
 from seqjax.ops.implementations import REFERENCE
@@ -94,10 +94,7 @@ def delta_rule(
     )  # fmt: skip
     split = sequence_parallel.active_split(op, sequence_split)
     if implementation == "pallas" and split is None:
-        return chunked_delta_rule_kernels.chunked_delta_rule(
-            q, k, v, beta, platform=jax.default_backend(), log_decay=log_decay,
-            initial_state=initial_state, scale=scale, chunk_size=chunk_size,
-        )  # fmt: skip
+        return _pallas(q, k, v, beta, log_decay, initial_state, scale, chunk_size)
 
     def local(v, q, k, beta, log_decay, starts, state):
         return delta_rule(
@@ -141,6 +138,17 @@ def _run_delta_rule(
             chunk, f32(initial_state), (q32, k32, v32, *rest, starts), chunk_size=chunk_size
         )
     return (output * (1.0 if scale is None else scale)).astype(v.dtype), final_state
+
+
+def _pallas(q, k, v, beta, log_decay, initial_state, scale, chunk_size):
+    """The kernels of kernels_pallas.chunked_delta_rule on the inputs with non-finite entries
+    replaced by 0, NaN from each row's first one on (seqjax.ops.finite)."""
+    (q, k, v, beta, log_decay), nonfinite = finite.zero_nonfinite(q, k, v, beta, log_decay)
+    output, final_state = chunked_delta_rule_kernels.chunked_delta_rule(
+        q, k, v, beta, platform=jax.default_backend(), log_decay=log_decay,
+        initial_state=initial_state, scale=scale, chunk_size=chunk_size,
+    )  # fmt: skip
+    return finite.nan_from_first(nonfinite, output, final_state)
 
 
 def _recurrent(q, k, v, beta, log_decay, initial_state, starts):

@@ -1,18 +1,19 @@
 """Non-finite inputs in the forms that mix positions in matmuls and FFTs.
 
 A chunked or blocked form (the chunked matrix-state ops, mLSTM's parallel form, softmax
-attention, S4's FFT convolution) forms each output from every position of its chunk, block or
-sequence and relies on zeros, from a causal mask, a triangular matrix or the FFT's
-cancellations, to drop the later ones. A zero does not drop a NaN or an inf: 0 · NaN and
-0 · inf are NaN, so one non-finite input reached every earlier output, which a recurrence
-never does. Selecting the scores with ``where`` is not enough: a score P_ij = 0 still
-multiplies v_j inside P V, and a cumulative sum taken as a triangular matmul, a triangular
-inverse by block doubling or an FFT mix every position too.
+attention, S4's FFT convolution, and their Pallas kernels) forms each output from every
+position of its chunk, block or sequence and relies on zeros, from a causal mask, a triangular
+matrix or the FFT's cancellations, to drop the later ones. A zero does not drop a NaN or an
+inf: 0 · NaN and 0 · inf are NaN, so one non-finite input reached every earlier output, which a
+recurrence never does. Selecting the scores with ``where`` is not enough: a score P_ij = 0
+still multiplies v_j inside P V, and a cumulative sum taken as a triangular matmul, a
+triangular inverse by block doubling or an FFT mix every position too.
 
 So those forms run on their inputs with each non-finite entry replaced by 0
 (``zero_nonfinite``), which changes no output before the first such position, and put NaN back
 into every output that may depend on one: for a recurrence, every output of a batch row from
-its first non-finite position on and that row's final state (``nan_from_first``). NaN, +inf
+its first non-finite position on and that row's final state (``nan_from_first``); for softmax
+attention, every query that is non-finite or that its mask lets see a non-finite key. NaN, +inf
 and -inf all count, also in log-space inputs (a log decay or gate of -inf, a factor of exactly
 0, is NaN from there on; a reset is ``segment_starts``). The recurrent reference forms need
 neither: a step reads only earlier steps.
@@ -31,15 +32,17 @@ import jax.numpy as jnp
 from seqjax.typing import Array, PyTree
 
 
-def zero_nonfinite(*sequences: Array) -> tuple[list[Array], Array]:
-    """The [B, T, ...] ``sequences`` with every non-finite entry replaced by 0
-    (``finite_part``), and ``nonfinite_positions`` of them."""
-    return [finite_part(x) for x in sequences], nonfinite_positions(*sequences)
+def zero_nonfinite(*sequences: Array | None) -> tuple[list[Array | None], Array]:
+    """The [B, T, ...] ``sequences`` (None stays None) with every non-finite entry replaced
+    by 0 (``finite_part``), and ``nonfinite_positions`` of them."""
+    zeroed = [None if x is None else finite_part(x) for x in sequences]
+    return zeroed, nonfinite_positions(*sequences)
 
 
-def nonfinite_positions(*sequences: Array) -> Array:
-    """bool [B, T]: true at the positions where any of the [B, T, ...] ``sequences`` holds a
-    non-finite entry."""
+def nonfinite_positions(*sequences: Array | None) -> Array:
+    """bool [B, T]: true at the positions where any of the [B, T, ...] ``sequences`` (None
+    is skipped) holds a non-finite entry."""
+    sequences = [x for x in sequences if x is not None]
     nonfinite = jnp.zeros(sequences[0].shape[:2], bool)
     for x in sequences:
         # The largest |x| of a position is non-finite iff one entry is (max passes NaN on).

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 import kernels_pallas.chunked_gla as chunked_gla_kernels
-from seqjax.ops import checks, implementations, sequence_parallel
+from seqjax.ops import checks, finite, implementations, sequence_parallel
 from seqjax.ops.chunking import cumulative_sum, scan_over_chunks
 from seqjax.ops.decayed_scores import decayed_scores
 from seqjax.ops.implementations import REFERENCE
@@ -101,10 +101,7 @@ def gated_linear_attention(
         )  # fmt: skip
         return output.astype(v.dtype), final_state
     if implementation == "pallas":
-        return chunked_gla_kernels.chunked_gla(
-            q, k, v, platform=jax.default_backend(), log_decay=log_decay,
-            initial_state=initial_state, scale=scale, chunk_size=chunk_size,
-        )  # fmt: skip
+        return _pallas(q, k, v, log_decay, initial_state, scale, chunk_size)
     # Decays become [B, T, H, K] or [B, T, H, 1] (a decay per head broadcasts over K).
     log_decay = log_decay if log_decay.ndim == 4 else log_decay[..., None]
     run = _recurrent if implementation == REFERENCE else _chunked
@@ -127,6 +124,17 @@ def _recurrent(q, k, v, log_decay, initial_state, starts, chunk_size):
     time_major = [jnp.swapaxes(t, 0, 1) for t in (q, k, v, log_decay, starts)]
     final_state, output = jax.lax.scan(step, initial_state, time_major)
     return jnp.swapaxes(output, 0, 1), final_state
+
+
+def _pallas(q, k, v, log_decay, initial_state, scale, chunk_size):
+    """The kernels of kernels_pallas.chunked_gla on the inputs with non-finite entries
+    replaced by 0, NaN from each row's first one on (seqjax.ops.finite)."""
+    (q, k, v, log_decay), nonfinite = finite.zero_nonfinite(q, k, v, log_decay)
+    output, final_state = chunked_gla_kernels.chunked_gla(
+        q, k, v, platform=jax.default_backend(), log_decay=log_decay,
+        initial_state=initial_state, scale=scale, chunk_size=chunk_size,
+    )  # fmt: skip
+    return finite.nan_from_first(nonfinite, output, final_state)
 
 
 def _chunked(q, k, v, log_decay, initial_state, starts, chunk_size):

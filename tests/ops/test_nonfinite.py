@@ -1,6 +1,7 @@
-"""A NaN or an inf at the last position of any input of any op, in every implementation that
-runs on CPU, leaves every earlier output equal to that of the prefix alone, and the other
-batch row equal to its run without it, while the outputs at that position are non-finite.
+"""A NaN or an inf at the last position of any input of any op, in every implementation (the
+Pallas kernels in the interpreter, through the op), leaves every earlier output equal to that
+of the prefix alone, and the other batch row equal to its run without it, while the outputs
+at that position are non-finite.
 The chunked and blocked forms zero non-finite inputs before their matmuls and put NaN back
 (seqjax.ops.finite); the recurrent and scan forms need nothing, which these tests show.
 An infinite pre-activation of a saturating gate is a limit, not a fault: it gives the outputs
@@ -17,6 +18,10 @@ import numpy as np
 import pytest
 from tolerances import FLOAT32
 
+import kernels_pallas.chunked_delta_rule
+import kernels_pallas.chunked_gla
+import kernels_pallas.flash_attention
+import kernels_pallas.linear_scan
 from seqjax.layers.s4 import causal_fft_convolution
 from seqjax.ops import attention, cells, conv, delta_rule, linear_attention, mlstm, scan
 
@@ -26,8 +31,41 @@ CHUNK = 8  # chunks of 8, 8 and 5 steps; per-key blocks of 8 are halved into 4 +
 SATURATED = 1e4
 
 
-def cpu_forms(module) -> list[str]:
-    return [name for name in module.IMPLEMENTATIONS if name != "pallas"]
+# The ops' kernels, run in the Pallas interpreter as if on a GPU: (package, entry, tiles).
+KERNELS = {
+    scan: (kernels_pallas.linear_scan, "linear_scan", dict(feature_block=64)),
+    linear_attention: (
+        kernels_pallas.chunked_gla,
+        "chunked_gla",
+        dict(sub_chunk=8, value_block=16),
+    ),
+    delta_rule: (kernels_pallas.chunked_delta_rule, "chunked_delta_rule", {}),
+    attention: (
+        kernels_pallas.flash_attention,
+        "flash_attention",
+        dict(query_block=16, key_block=16),
+    ),
+}
+KERNEL_CHUNK = 16  # the smallest chunk the kernels take
+
+
+def forms(module, *, kernels: bool = True) -> list[str]:
+    """The op's implementations that run here: all but "pallas", which runs in the
+    interpreter where the op has kernels (and ``kernels``)."""
+    runnable = kernels and module in KERNELS
+    return [name for name in module.IMPLEMENTATIONS if name != "pallas" or runnable]
+
+
+def chunk(implementation) -> int:
+    return KERNEL_CHUNK if implementation == "pallas" else CHUNK
+
+
+def interpret_kernels(monkeypatch) -> None:
+    """Every op's kernels in the Pallas interpreter, and a GPU default backend to pick them."""
+    for package, entry, tiles in KERNELS.values():
+        kernel = functools.partial(getattr(package, entry), interpret=True, **tiles)
+        monkeypatch.setattr(package, entry, kernel)
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,8 +107,18 @@ LOG_DECAY = (np.log(0.5), 0.0)
 def linear_recurrence_case(implementation):
     shape = (BATCH, LENGTH, FEATURES)
     arrays = random_arrays(0, a=(shape, (0.5, 1.0)), x=(shape, None))
-    run = functools.partial(scan.linear_recurrence, implementation=implementation, chunk_size=CHUNK)
+    run = functools.partial(
+        scan.linear_recurrence, implementation=implementation, chunk_size=chunk(implementation)
+    )
     return Case(lambda arrays: run(**arrays), arrays, ("a", "x"))
+
+
+def matrix_state_case(op, implementation, arrays):
+    """A matrix-state op, whose queries the state never holds."""
+    run = functools.partial(
+        op, scale=0.5, chunk_size=chunk(implementation), implementation=implementation
+    )
+    return Case(lambda arrays: run(**arrays), arrays, tuple(arrays), reads_only=("q",))
 
 
 def gla_case(implementation, decay):
@@ -78,11 +126,7 @@ def gla_case(implementation, decay):
     if decay != "no":
         shapes["log_decay"] = ({"head": HEAD, "key": KEY}[decay], LOG_DECAY)
     arrays = random_arrays(1, **shapes)
-    run = functools.partial(
-        linear_attention.gated_linear_attention,
-        scale=0.5, chunk_size=CHUNK, implementation=implementation,
-    )  # fmt: skip
-    return Case(lambda arrays: run(**arrays), arrays, tuple(arrays), reads_only=("q",))
+    return matrix_state_case(linear_attention.gated_linear_attention, implementation, arrays)
 
 
 def delta_rule_case(implementation):
@@ -91,10 +135,7 @@ def delta_rule_case(implementation):
         log_decay=(HEAD, LOG_DECAY),
     )  # fmt: skip
     arrays["k"] = normalized(arrays["k"])
-    run = functools.partial(
-        delta_rule.delta_rule, scale=0.5, chunk_size=CHUNK, implementation=implementation
-    )
-    return Case(lambda arrays: run(**arrays), arrays, tuple(arrays), reads_only=("q",))
+    return matrix_state_case(delta_rule.delta_rule, implementation, arrays)
 
 
 def generalized_delta_rule_case(implementation):
@@ -104,11 +145,7 @@ def generalized_delta_rule_case(implementation):
     )  # fmt: skip
     arrays["removal_key"] = normalized(arrays["removal_key"])
     arrays["removal_direction"] *= arrays["removal_key"]
-    run = functools.partial(
-        delta_rule.generalized_delta_rule,
-        scale=0.5, chunk_size=CHUNK, implementation=implementation,
-    )  # fmt: skip
-    return Case(lambda arrays: run(**arrays), arrays, tuple(arrays), reads_only=("q",))
+    return matrix_state_case(delta_rule.generalized_delta_rule, implementation, arrays)
 
 
 def mlstm_case(implementation):
@@ -202,21 +239,21 @@ def fft_convolution_case():
 
 
 CASES = {
-    **{f"linear_recurrence-{form}": (linear_recurrence_case, form) for form in cpu_forms(scan)},
+    **{f"linear_recurrence-{form}": (linear_recurrence_case, form) for form in forms(scan)},
     **{
         f"gated_linear_attention-{form}-{decay}-decay": (gla_case, form, decay)
-        for form in cpu_forms(linear_attention)
+        for form in forms(linear_attention)
         for decay in ("no", "head", "key")
     },
-    **{f"delta_rule-{form}": (delta_rule_case, form) for form in cpu_forms(delta_rule)},
+    **{f"delta_rule-{form}": (delta_rule_case, form) for form in forms(delta_rule)},
     **{
         f"generalized_delta_rule-{form}": (generalized_delta_rule_case, form)
-        for form in cpu_forms(delta_rule)
+        for form in forms(delta_rule, kernels=False)
     },
-    **{f"mlstm-{form}": (mlstm_case, form) for form in cpu_forms(mlstm)},
+    **{f"mlstm-{form}": (mlstm_case, form) for form in forms(mlstm)},
     **{
         f"softmax_attention-{form}-{masking}": (attention_case, form, masking)
-        for form in cpu_forms(attention)
+        for form in forms(attention)
         for masking in ("causal", "window", "segments", "forget gate")
     },
     "causal_conv1d": (causal_conv1d_case,),
@@ -225,8 +262,10 @@ CASES = {
 }
 
 
-def build(name) -> Case:
+def build(name, monkeypatch) -> Case:
     make, *arguments = CASES[name]
+    if "pallas" in arguments:
+        interpret_kernels(monkeypatch)
     return make(*arguments)
 
 
@@ -257,8 +296,8 @@ def assert_nonfinite(tree, what):
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_a_nonfinite_last_input_reaches_no_earlier_output(name):
-    case = build(name)
+def test_a_nonfinite_last_input_reaches_no_earlier_output(name, monkeypatch):
+    case = build(name, monkeypatch)
     run = jax.jit(case.run)
     prefix_output, _ = run(prefix(case))
     clean_output, clean_state = run(case.arrays)
@@ -285,22 +324,25 @@ def test_a_nonfinite_last_input_reaches_no_earlier_output(name):
 # One case for each form that puts NaN back.
 NAN_FORMS = (
     "gated_linear_attention-chunked-key-decay",
+    "gated_linear_attention-pallas-head-decay",
     "delta_rule-chunked",
+    "delta_rule-pallas",
     "generalized_delta_rule-chunked",
     "mlstm-chunked",
     "mlstm-parallel",
     "softmax_attention-reference-forget gate",
     "softmax_attention-chunked-forget gate",
+    "softmax_attention-pallas-forget gate",
     "s4-causal_fft_convolution",
 )
 
 
 @pytest.mark.parametrize("name", NAN_FORMS)
-def test_a_loss_masking_the_nan_outputs_gets_the_prefix_gradients(name):
+def test_a_loss_masking_the_nan_outputs_gets_the_prefix_gradients(name, monkeypatch):
     """With a NaN input at the last position, a loss that masks the outputs there out with
     ``where`` has, at every earlier position, the gradients it has without the NaN; a loss
     that reads them (and the final state) has NaN gradients in that batch row."""
-    case = build(name)
+    case = build(name, monkeypatch)
     differentiable = [n for n in case.arrays if n not in case.constants and "ids" not in n]
 
     def loss(arrays, masked):
