@@ -33,7 +33,7 @@ def scan_over_chunks(
     ``chunk_size``, so padded steps must leave the state unchanged for zero inputs (zero
     keys and values, log decay 0, beta 0). Non-finite entries of the floating-point arrays
     are replaced by 0, and the outputs from each row's first non-finite position on and that
-    row's final state are NaN (``finite.nan_from_first``). Gradients flow to the
+    row's final state are NaN (the rule of ``finite.nan_from_first``). Gradients flow to the
     floating-point arrays and the initial state. Returns the outputs [B, T, ...] and final
     state.
     """

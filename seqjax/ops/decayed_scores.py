@@ -50,8 +50,9 @@ def decayed_scores(
 
 def _halved_scores(q, c, k, b, mask):
     """``decayed_scores`` with a decay per key, by halving (module docstring), one level at
-    a time for all blocks at once: the leaves (blocks of ``PER_KEY_LEAF`` steps or fewer,
-    or of the odd part of c), then pairs of blocks joined by their across quarter."""
+    a time for all blocks at once: the leaves (blocks of at most ``PER_KEY_LEAF`` steps, or
+    of the odd factor of the block length), then pairs of blocks joined by their across
+    quarter, up to the whole block."""
     batch, num_blocks, size = q.shape[:3]
     leaf = size
     while leaf > PER_KEY_LEAF and leaf % 2 == 0:
