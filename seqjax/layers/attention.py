@@ -12,7 +12,8 @@ segment id, so a sequence fed in pieces, or one token at a time, equals the whol
 a window the cache must hold every token of the context (``cache_length``); with a window it
 only needs the last ``window`` tokens. ``rotary=False`` leaves positions out of the scores
 (no positional encoding; the forgetting-attention subclass in fox_attention.py uses this).
-``block_size`` and ``implementation`` are those of ``softmax_attention``.
+``block_size``, ``implementation`` and ``sequence_split`` (set by the backbone) are those of
+``softmax_attention``.
 """
 
 import jax.numpy as jnp
@@ -23,6 +24,7 @@ from seqjax.layers.heads import merge_heads, split_heads
 from seqjax.layers.partitioning import EMBED, HEADS, linear
 from seqjax.layers.registry import register
 from seqjax.ops.attention import rotary_embedding, softmax_attention
+from seqjax.ops.sequence_parallel import SequenceSplit
 from seqjax.typing import Array, PyTree
 
 
@@ -44,6 +46,7 @@ class Attention(nnx.Module):
         rotary_base: float = 10_000.0,
         block_size: int = 128,
         implementation: str | None = None,
+        sequence_split: SequenceSplit | None = None,
     ):
         check_sizes(num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim)
         check_sizes(window=window, cache_length=cache_length, block_size=block_size)
@@ -59,6 +62,7 @@ class Attention(nnx.Module):
         self.cache_length = min(cache_length, window) if window else cache_length
         self.rotary, self.rotary_base = rotary, rotary_base
         self.block_size, self.implementation = block_size, implementation
+        self.sequence_split = sequence_split
         self.query = linear(d_model, num_heads * head_dim, EMBED, HEADS, use_bias=False, rngs=rngs)
         self.key_value = linear(
             d_model, 2 * num_kv_heads * head_dim, EMBED, HEADS, use_bias=False, rngs=rngs
@@ -140,6 +144,7 @@ class Attention(nnx.Module):
             log_forget=attend_to.get("log_forget"),
             block_size=self.block_size,
             implementation=self.implementation,
+            sequence_split=self.sequence_split,
         )
 
         new_state = {

@@ -37,6 +37,7 @@ from seqjax.layers.norms import RMSNorm
 from seqjax.layers.partitioning import EMBED, HEADS, linear
 from seqjax.layers.registry import register
 from seqjax.ops.delta_rule import delta_rule
+from seqjax.ops.sequence_parallel import SequenceSplit
 from seqjax.typing import Array, PyTree
 
 L2_NORM_EPSILON = 1e-6
@@ -97,6 +98,7 @@ class DeltaNet(nnx.Module):
         output_gate: bool = False,
         chunk_size: int = 16,
         implementation: str | None = None,
+        sequence_split: SequenceSplit | None = None,
     ):
         check_sizes(
             num_heads=num_heads, head_dim=head_dim, value_dim=value_dim, chunk_size=chunk_size
@@ -108,6 +110,7 @@ class DeltaNet(nnx.Module):
         self.value_dim = value_size = value_dim or key_size
         self.negative_eigenvalues = negative_eigenvalues
         self.chunk_size, self.implementation = chunk_size, implementation
+        self.sequence_split = sequence_split
         n = self.num_householder
 
         def projection(width):
@@ -119,7 +122,9 @@ class DeltaNet(nnx.Module):
         self.beta_proj = projection(n * heads)
         # One depthwise conv over the concatenated q, k, v channels (three separate ones).
         channels = (1 + n) * heads * key_size + n * heads * value_size
-        self.conv = ShortConv(conv_width, channels, bias=None, rngs=rngs)
+        self.conv = ShortConv(
+            conv_width, channels, bias=None, sequence_split=sequence_split, rngs=rngs
+        )
         self.norm = RMSNorm(value_size, logical_axis=None, epsilon=OUTPUT_NORM_EPSILON)
         self.gate_proj = projection(heads * value_size) if output_gate else None
         self.out_proj = linear(heads * value_size, d_model, HEADS, EMBED, use_bias=False, rngs=rngs)
@@ -174,6 +179,7 @@ class DeltaNet(nnx.Module):
             scale=self.head_dim**-0.5,
             chunk_size=self.chunk_size,
             implementation=self.implementation,
+            sequence_split=self.sequence_split,
         )
         o = self.norm(o)
         if self.gate_proj is not None:

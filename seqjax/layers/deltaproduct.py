@@ -51,7 +51,7 @@ def householder_product_delta_rule(
       log_decay: None or log α_t [B, T, H] (<= 0).
       segment_starts: bool [B, T]; the state is zeroed before each true position.
       op_options: of ``delta_rule`` (initial_state, scale, chunk_size counting micro-steps,
-        implementation).
+        implementation, sequence_split).
     """
     batch, length, n, heads, key_size = k.shape
     if q.shape != (batch, length, heads, key_size):

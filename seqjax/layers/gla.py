@@ -26,6 +26,7 @@ from seqjax.layers.norms import RMSNorm
 from seqjax.layers.partitioning import EMBED, HEADS, linear
 from seqjax.layers.registry import register
 from seqjax.ops.linear_attention import gated_linear_attention
+from seqjax.ops.sequence_parallel import SequenceSplit
 from seqjax.typing import Array
 
 NORM_EPSILON = 1e-5
@@ -46,7 +47,7 @@ def gated_linear_attention_heads(
       gate_logits: W_α2 W_α1 x + b_α [B, T, H, K].
       normalizer: τ.
       op_options: of ``gated_linear_attention`` (initial_state S [B, H, K, V],
-        segment_starts, chunk_size, implementation).
+        segment_starts, chunk_size, implementation, sequence_split).
     """
     return gated_linear_attention(
         q,
@@ -80,6 +81,7 @@ class GLA(nnx.Module):
         gate_logit_normalizer: float = 16.0,
         chunk_size: int = 64,
         implementation: str | None = None,
+        sequence_split: SequenceSplit | None = None,
     ):
         check_sizes(num_heads=num_heads, gate_low_rank_dim=gate_low_rank_dim, chunk_size=chunk_size)
         key_width, value_width = int(d_model * expand_k), int(d_model * expand_v)
@@ -92,6 +94,7 @@ class GLA(nnx.Module):
         self.key_size, self.value_size = key_width // num_heads, value_width // num_heads
         self.gate_logit_normalizer = gate_logit_normalizer
         self.chunk_size, self.implementation = chunk_size, implementation
+        self.sequence_split = sequence_split
 
         def projection(width):
             return linear(d_model, width, EMBED, HEADS, use_bias=False, rngs=rngs)
@@ -121,6 +124,7 @@ class GLA(nnx.Module):
             segment_starts=segment_starts,
             chunk_size=self.chunk_size,
             implementation=self.implementation,
+            sequence_split=self.sequence_split,
         )
         normed = merge_heads(self.norm(o))
         return self.output(jax.nn.silu(self.output_gate(x)) * normed), final_state

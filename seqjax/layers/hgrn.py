@@ -53,7 +53,7 @@ def hgrn_recurrence(
       forget_logits: W_f x + b_f [B, T, N].
       lower_bound: γ, the least value of the forget gate.
       op_options: of ``linear_recurrence`` (initial_state h [B, N], segment_starts,
-        implementation).
+        implementation, sequence_split).
     """
     forget = hgrn_forget_gate(forget_logits, lower_bound)
     candidate = jax.nn.silu(candidate_logits.astype(jnp.float32))
@@ -95,6 +95,7 @@ class HGRN(InputGatedRNN):
             initial_state=state,
             segment_starts=segment_starts,
             implementation=self.implementation,
+            sequence_split=self.sequence_split,
         )
         gated = jax.nn.sigmoid(output_logits.astype(jnp.float32)) * h
         return self.out_proj(self.norm(gated).astype(x.dtype)), final_state

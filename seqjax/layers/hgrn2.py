@@ -32,6 +32,7 @@ from seqjax.layers.norms import LayerNorm
 from seqjax.layers.partitioning import EMBED, HEADS, linear
 from seqjax.layers.registry import register
 from seqjax.ops.linear_attention import gated_linear_attention
+from seqjax.ops.sequence_parallel import SequenceSplit
 from seqjax.typing import Array
 
 
@@ -64,7 +65,7 @@ def hgrn2_recurrence(
       input_logits: W_i x [B, T, H, V] (i_t = SiLU of it).
       lower_bound: γ, the least value of the forget gate.
       op_options: of ``gated_linear_attention`` (initial_state S [B, H, K, V],
-        segment_starts, chunk_size, implementation).
+        segment_starts, chunk_size, implementation, sequence_split).
     """
     log_forget, key = hgrn2_gates(forget_logits, lower_bound)
     return gated_linear_attention(
@@ -96,12 +97,14 @@ class HGRN2(nnx.Module):
         implementation: str | None = None,
         layer_index: int = 0,
         num_layers: int = 1,
+        sequence_split: SequenceSplit | None = None,
     ):
         check_sizes(expand_ratio=expand_ratio, chunk_size=chunk_size)
         check_divides("expand_ratio", expand_ratio, "d_model", d_model)
         self.num_heads, self.expand_ratio = d_model // expand_ratio, expand_ratio
         self.forget_lower_bound = depth_lower_bound(forget_lower_bound, layer_index, num_layers)
         self.chunk_size, self.implementation = chunk_size, implementation
+        self.sequence_split = sequence_split
         # Query (output gate), forget gate and input from one projection.
         self.input_proj = linear(d_model, 3 * d_model, EMBED, HEADS, rngs=rngs)
         self.norm = LayerNorm(d_model, logical_axis=HEADS)
@@ -126,6 +129,7 @@ class HGRN2(nnx.Module):
             segment_starts=segment_starts,
             chunk_size=self.chunk_size,
             implementation=self.implementation,
+            sequence_split=self.sequence_split,
         )
         y = self.norm(merge_heads(y)).astype(x.dtype)
         return self.out_proj(y), final_state

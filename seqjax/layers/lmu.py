@@ -29,6 +29,7 @@ from seqjax.layers.checks import check_size, check_sizes
 from seqjax.layers.partitioning import EMBED, HEADS, linear
 from seqjax.layers.registry import register
 from seqjax.ops.scan import linear_recurrence
+from seqjax.ops.sequence_parallel import SequenceSplit
 from seqjax.typing import Array
 
 
@@ -62,7 +63,8 @@ def diagonal_legendre_memory(order: int, theta: float) -> tuple[np.ndarray, ...]
 
 def legendre_memory(u: Array, order: int, theta: float, **op_options) -> tuple[Array, Array]:
     """m_t = Ā m_{t-1} + B̄ u_t for every channel of u [B, T, M], run in the eigenbasis;
-    op_options: of ``linear_recurrence`` (initial_state z [B, M, q], segment_starts).
+    op_options: of ``linear_recurrence`` (initial_state z [B, M, q], segment_starts,
+    sequence_split).
 
     Returns the memory m [B, T, M, q] float32 and the eigenbasis state z_{T-1} [B, M, q]
     complex64 (m = Re(V z)).
@@ -96,10 +98,12 @@ class LMU(nnx.Module):
         order: int = 6,
         theta: float = 64.0,
         memory_size: int | None = None,
+        sequence_split: SequenceSplit | None = None,
     ):
         check_sizes(memory_size=memory_size)
         self.order, self.theta = order, float(theta)
         self.memory_size = memory_size or max(1, d_model // 4)
+        self.sequence_split = sequence_split
         diagonal_legendre_memory(self.order, self.theta)  # validates order and theta
         self.encoder = linear(d_model, self.memory_size, EMBED, HEADS, use_bias=False, rngs=rngs)
         # From the memory of every channel and x together: [M·q + D, D].
@@ -119,6 +123,7 @@ class LMU(nnx.Module):
             self.theta,
             initial_state=state,
             segment_starts=segment_starts,
+            sequence_split=self.sequence_split,
         )
         features = jnp.concatenate([memory.reshape(batch, length, -1), inputs], axis=-1)
         return self.output(features).astype(x.dtype), final_state

@@ -23,6 +23,7 @@ from seqjax.layers.partitioning import EMBED, HEADS, param
 from seqjax.layers.registry import register
 from seqjax.layers.s4 import complex64
 from seqjax.ops.scan import linear_recurrence
+from seqjax.ops.sequence_parallel import SequenceSplit
 from seqjax.typing import Array
 
 
@@ -75,9 +76,11 @@ class LRU(nnx.Module):
         r_min: float = 0.9,
         r_max: float = 0.999,
         max_phase: float = math.pi / 10,
+        sequence_split: SequenceSplit | None = None,
     ):
         check_sizes(state_size=state_size)
         self.state_size = state_size = state_size or d_model
+        self.sequence_split = sequence_split
         nu, theta, log_gamma = ring_init(
             rngs.params(), state_size, r_min=r_min, r_max=r_max, max_phase=max_phase
         )
@@ -107,6 +110,7 @@ class LRU(nnx.Module):
             inputs,
             initial_state=state,
             segment_starts=segment_starts,
+            sequence_split=self.sequence_split,
         )
         # Re(C h) = C_re h_re - C_im h_im, as two real matrix products.
         y = h.real @ self.output_real[...] - h.imag @ self.output_imag[...] + self.skip[...] * u

@@ -29,6 +29,7 @@ from seqjax.layers.initializers import symmetric_uniform
 from seqjax.layers.partitioning import EMBED, HEADS, linear, param
 from seqjax.layers.registry import register
 from seqjax.ops.scan import linear_recurrence
+from seqjax.ops.sequence_parallel import SequenceSplit
 from seqjax.typing import Array, PyTree
 
 
@@ -54,7 +55,7 @@ def selective_scan(
       skip: D [E].
       negative_eigenvalues: decays 2 exp(Δ A) - 1 instead of exp(Δ A).
       op_options: of ``linear_recurrence`` (initial_state h [B, E, N], segment_starts,
-        implementation).
+        implementation, sequence_split).
     """
     u32, delta = u.astype(jnp.float32), delta.astype(jnp.float32)
     decay = selective_decay(delta, log_decay_rate, negative_eigenvalues=negative_eigenvalues)
@@ -111,16 +112,19 @@ class Mamba(nnx.Module):
         dt_max: float = 0.1,
         negative_eigenvalues: bool = False,
         implementation: str | None = None,
+        sequence_split: SequenceSplit | None = None,
     ):
         check_sizes(state_size=state_size, expand=expand, dt_rank=dt_rank)
         self.inner_size = inner = expand * d_model
         self.state_size = state_size
         self.dt_rank = dt_rank = dt_rank or math.ceil(d_model / 16)
         self.negative_eigenvalues = negative_eigenvalues
-        self.implementation = implementation
+        self.implementation, self.sequence_split = implementation, sequence_split
 
         self.in_proj = linear(d_model, 2 * inner, EMBED, HEADS, use_bias=False, rngs=rngs)
-        self.conv = ShortConv(conv_width, inner, bias="uniform", rngs=rngs)
+        self.conv = ShortConv(
+            conv_width, inner, bias="uniform", sequence_split=sequence_split, rngs=rngs
+        )
         self.x_proj = linear(
             inner, dt_rank + 2 * state_size, HEADS, None, use_bias=False, rngs=rngs
         )
@@ -162,5 +166,6 @@ class Mamba(nnx.Module):
             segment_starts=segment_starts,
             negative_eigenvalues=self.negative_eigenvalues,
             implementation=self.implementation,
+            sequence_split=self.sequence_split,
         )
         return self.out_proj(y * jax.nn.silu(gate)), {"conv": conv_state, "ssm": ssm_state}

@@ -32,6 +32,7 @@ from seqjax.layers.norms import rms_normalize
 from seqjax.layers.partitioning import EMBED, HEADS, linear, param
 from seqjax.layers.registry import register
 from seqjax.ops.linear_attention import gated_linear_attention
+from seqjax.ops.sequence_parallel import SequenceSplit
 from seqjax.typing import Array, PyTree
 
 NORM_EPSILON = 1e-5
@@ -71,7 +72,7 @@ def state_space_duality(
       output_matrix: C_t [B, T, G, N].
       skip: D [H].
       op_options: of ``gated_linear_attention`` (initial_state S [B, H, N, P],
-        segment_starts, chunk_size, implementation).
+        segment_starts, chunk_size, implementation, sequence_split).
     """
     heads, groups = x.shape[2], input_matrix.shape[2]
     if heads % groups:
@@ -121,6 +122,7 @@ class Mamba2(nnx.Module):
         dt_max: float = 0.1,
         chunk_size: int = 64,
         implementation: str | None = None,
+        sequence_split: SequenceSplit | None = None,
     ):
         check_sizes(
             state_size=state_size,
@@ -135,12 +137,15 @@ class Mamba2(nnx.Module):
         check_divides("num_groups", num_groups, "the number of heads", heads)
         self.head_dim, self.state_size, self.num_groups = head_dim, state_size, num_groups
         self.chunk_size, self.implementation = chunk_size, implementation
+        self.sequence_split = sequence_split
         self.conv_size = conv_size = inner + 2 * num_groups * state_size  # x, B, C
 
         self.in_proj = linear(
             d_model, inner + conv_size + heads, EMBED, HEADS, use_bias=False, rngs=rngs
         )
-        self.conv = ShortConv(conv_width, conv_size, bias="uniform", rngs=rngs)
+        self.conv = ShortConv(
+            conv_width, conv_size, bias="uniform", sequence_split=sequence_split, rngs=rngs
+        )
         self.log_decay_rate, self.dt_bias = ssd_decay_parameters(rngs, heads, dt_min, dt_max)
         self.skip = param(jnp.ones((heads,), jnp.float32), HEADS)
         self.norm_scale = param(jnp.ones((inner,), jnp.float32), HEADS)
@@ -179,6 +184,7 @@ class Mamba2(nnx.Module):
             segment_starts=segment_starts,
             chunk_size=self.chunk_size,
             implementation=self.implementation,
+            sequence_split=self.sequence_split,
         )
         y = gated_rms_normalize(merge_heads(y), gate, self.norm_scale[...], self.num_groups)
         return self.out_proj(y), {"conv": conv_state, "ssm": ssm_state}

@@ -23,6 +23,7 @@ from seqjax.layers.checks import check_sizes
 from seqjax.layers.partitioning import EMBED, HEADS, linear
 from seqjax.layers.registry import register
 from seqjax.ops.scan import linear_recurrence
+from seqjax.ops.sequence_parallel import SequenceSplit
 from seqjax.typing import Array
 
 
@@ -63,10 +64,11 @@ class InputGatedRNN(nnx.Module):
         rngs: nnx.Rngs,
         hidden_size: int | None = None,
         implementation: str | None = None,
+        sequence_split: SequenceSplit | None = None,
     ):
         check_sizes(hidden_size=hidden_size)
         self.hidden_size = hidden = hidden_size or d_model
-        self.implementation = implementation
+        self.implementation, self.sequence_split = implementation, sequence_split
         self.input_proj = linear(d_model, (self.num_gates + 1) * hidden, EMBED, HEADS, rngs=rngs)
         self.out_proj = linear(hidden, d_model, HEADS, EMBED, rngs=rngs)
 
@@ -85,6 +87,7 @@ class InputGatedRNN(nnx.Module):
             initial_state=state,
             segment_starts=segment_starts,
             implementation=self.implementation,
+            sequence_split=self.sequence_split,
         )
         return self.out_proj(h.astype(x.dtype)), final_state
 

@@ -16,6 +16,11 @@ own defaults where it names one again). Registering a class checks its inputs at
 checks ``d_model`` at construction; ``create`` also checks each option against its type
 hint (or, without one, the type of its default), so text given for a number is refused by
 name.
+
+A mixer whose ops can run sequence-parallel declares ``sequence_split`` (a
+``seqjax.ops.sequence_parallel.SequenceSplit``, set by the backbone) and passes it to every
+op it calls that runs over time; one that does not declare it has no sequence-parallel form,
+and ``create`` refuses to build it with a split.
 """
 
 import functools
@@ -26,10 +31,12 @@ from typing import Any
 from flax import nnx
 
 from seqjax.layers.checks import check_mixer_inputs, check_size, check_type
+from seqjax.ops.sequence_parallel import SequenceSplit
 
 _MIXERS: dict[str, type[nnx.Module]] = {}
-# Set by the backbone, not by configs: a mixer that declares them learns where it sits.
-DEPTH_ARGUMENTS = ("layer_index", "num_layers")
+# Set by the backbone, not by configs: a mixer that declares them learns where it sits and
+# the mesh axis its ops split the time axis over.
+BACKBONE_ARGUMENTS = ("layer_index", "num_layers", "sequence_split")
 _NOT_OPTIONS = ("self", "d_model", "rngs")
 
 
@@ -104,7 +111,7 @@ def _option_parameters(name: str) -> dict[str, inspect.Parameter]:
     return {
         option: parameter
         for option, parameter in parameters.items()
-        if option not in (*_NOT_OPTIONS, *DEPTH_ARGUMENTS)
+        if option not in (*_NOT_OPTIONS, *BACKBONE_ARGUMENTS)
     }
 
 
@@ -125,13 +132,15 @@ def create(
     rngs: nnx.Rngs,
     layer_index: int = 0,
     num_layers: int = 1,
+    sequence_split: SequenceSplit | None = None,
     **options: Any,
 ) -> nnx.Module:
     """Builds the mixer registered as ``name`` with width ``d_model`` and its ``options``.
 
     ``layer_index`` and ``num_layers`` reach only mixers whose constructor declares them
-    (HGRN's forget-gate lower bound rises with depth). A bad option value is a ValueError
-    that starts with the mixer's name.
+    (HGRN's forget-gate lower bound rises with depth), and so does ``sequence_split``; a
+    mixer that does not declare it is refused when one is given. A bad option value is a
+    ValueError that starts with the mixer's name.
     """
     parameters = _option_parameters(name)
     unknown = sorted(set(options) - set(parameters))
@@ -140,13 +149,19 @@ def create(
             f"mixer {name!r} got unknown option(s) {', '.join(unknown)}; "
             f"valid options: {', '.join(parameters) or '(none)'}"
         )
-    depth = {"layer_index": layer_index, "num_layers": num_layers}
     declared = _constructor_parameters(mixer_class(name))
-    depth = {argument: value for argument, value in depth.items() if argument in declared}
+    if sequence_split is not None and "sequence_split" not in declared:
+        raise ValueError(
+            f"mixer {name!r} cannot run sequence-parallel (split over mesh axis "
+            f"{sequence_split.axis!r}): it has no sequence-parallel form (its constructor takes "
+            "no sequence_split), so its recurrence would need the whole sequence on every device"
+        )
+    backbone = dict(layer_index=layer_index, num_layers=num_layers, sequence_split=sequence_split)
+    backbone = {argument: value for argument, value in backbone.items() if argument in declared}
     try:
         for option, value in options.items():
             check_type(option, value, _expected_type(parameters[option]))
-        return mixer_class(name)(d_model=d_model, rngs=rngs, **depth, **options)
+        return mixer_class(name)(d_model=d_model, rngs=rngs, **backbone, **options)
     except ValueError as error:
         raise ValueError(f"mixer {name!r}: {error}") from error
 

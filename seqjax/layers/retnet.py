@@ -31,6 +31,7 @@ from seqjax.layers.partitioning import EMBED, HEADS, linear, param
 from seqjax.layers.registry import register
 from seqjax.ops.attention import rotary_embedding
 from seqjax.ops.linear_attention import gated_linear_attention
+from seqjax.ops.sequence_parallel import SequenceSplit
 from seqjax.typing import Array, PyTree
 
 GROUP_NORM_EPSILON = 1e-5
@@ -64,7 +65,7 @@ def multi_scale_retention(
       positions: [B, T] integer positions of the rotation.
       rotary_base: of the rotation.
       op_options: of ``gated_linear_attention`` (initial_state S [B, H, K, V],
-        segment_starts, chunk_size, implementation).
+        segment_starts, chunk_size, implementation, sequence_split).
 
     Returns:
       o [B, T, H, V] and S_T [B, H, K, V] (float32).
@@ -99,6 +100,7 @@ class RetNet(nnx.Module):
         rotary_base: float = 10_000.0,
         chunk_size: int = 64,
         implementation: str | None = None,
+        sequence_split: SequenceSplit | None = None,
     ):
         check_sizes(num_heads=num_heads, expand_v=expand_v, chunk_size=chunk_size)
         check_divides("num_heads", num_heads, "d_model", d_model)
@@ -111,6 +113,7 @@ class RetNet(nnx.Module):
         self.value_size = expand_v * self.key_size
         self.rotary_base = rotary_base
         self.chunk_size, self.implementation = chunk_size, implementation
+        self.sequence_split = sequence_split
         inner = num_heads * self.value_size
 
         def projection(width):
@@ -151,6 +154,7 @@ class RetNet(nnx.Module):
             rotary_base=self.rotary_base,
             chunk_size=self.chunk_size,
             implementation=self.implementation,
+            sequence_split=self.sequence_split,
         )
         normed = merge_heads(
             layer_normalize(o, self.norm_scale[...], self.norm_bias[...], GROUP_NORM_EPSILON)

@@ -23,6 +23,7 @@ from seqjax.layers.conv import ShortConv
 from seqjax.layers.partitioning import EMBED, HEADS, linear, param
 from seqjax.layers.registry import register
 from seqjax.ops.scan import linear_recurrence
+from seqjax.ops.sequence_parallel import SequenceSplit
 from seqjax.typing import Array, PyTree
 
 GATE_EXPONENT = 8.0  # c in a_t = a^{c r_t}
@@ -43,7 +44,7 @@ def rg_lru(
       input_gate_logits: W_x x + b_x [B, T, N] (i_t = σ of it).
       decay_logits: Λ [N]; a = σ(Λ).
       op_options: of ``linear_recurrence`` (initial_state h [B, N], segment_starts,
-        implementation).
+        implementation, sequence_split).
     """
     log_decay = rg_lru_log_decay(recurrence_gate_logits, decay_logits)
     # √(1 - a_t²) = √(-expm1(2 log a_t)) stays accurate as a_t → 1.
@@ -103,6 +104,7 @@ class RGLRU(nnx.Module):
         min_decay: float = 0.9,
         max_decay: float = 0.999,
         implementation: str | None = None,
+        sequence_split: SequenceSplit | None = None,
     ):
         check_sizes(lru_width=lru_width)
         if not 0.0 < min_decay <= max_decay < 1.0:
@@ -110,10 +112,10 @@ class RGLRU(nnx.Module):
                 f"need 0 < min_decay <= max_decay < 1, got {min_decay} and {max_decay}"
             )
         self.lru_width = width = lru_width or d_model
-        self.implementation = implementation
+        self.implementation, self.sequence_split = implementation, sequence_split
         self.gate_proj = linear(d_model, width, EMBED, HEADS, rngs=rngs)
         self.input_proj = linear(d_model, width, EMBED, HEADS, rngs=rngs)
-        self.conv = ShortConv(conv_width, width, rngs=rngs)
+        self.conv = ShortConv(conv_width, width, sequence_split=sequence_split, rngs=rngs)
         self.gates = linear(width, 2 * width, None, HEADS, rngs=rngs)  # recurrence, input gates
         decay_logits = decay_logits_init(rngs.params(), width, min_decay, max_decay)
         self.decay_logits = param(decay_logits, HEADS)
@@ -141,5 +143,6 @@ class RGLRU(nnx.Module):
             initial_state=state["rnn"],
             segment_starts=segment_starts,
             implementation=self.implementation,
+            sequence_split=self.sequence_split,
         )
         return self.out_proj(h * gate), {"conv": conv_state, "rnn": rnn_state}

@@ -43,6 +43,7 @@ from seqjax.layers.partitioning import EMBED, HEADS, linear, param
 from seqjax.layers.registry import register
 from seqjax.ops.delta_rule import generalized_delta_rule
 from seqjax.ops.linear_attention import gated_linear_attention
+from seqjax.ops.sequence_parallel import SequenceSplit
 from seqjax.typing import Array, PyTree
 
 # GroupNorm epsilon of RWKV-6 and RWKV-7's output norm (1e-5 · head_size_divisor², 8² = 64).
@@ -118,7 +119,7 @@ def rwkv6_recurrence(
       bonus: u [H, K].
       segment_starts: bool [B, T]; the state is reset to zero before each true position.
       op_options: of ``gated_linear_attention`` (initial_state S [B, H, K, V] after the
-        previous token, chunk_size, implementation).
+        previous token, chunk_size, implementation, sequence_split).
 
     Returns:
       o [B, T, H, V] in float32 and the state after the last token [B, H, K, V].
@@ -178,8 +179,8 @@ def rwkv7_recurrence(
 
     All of r, k̃, κ̂, a, log w [B, T, H, K]; v [B, T, H, V]; state [B, H, K, V] (RWKV's
     [V, K] state transposed); op_options: of ``generalized_delta_rule`` (initial_state,
-    segment_starts, chunk_size, implementation). Returns o [B, T, H, V] in float32 and the
-    final state.
+    segment_starts, chunk_size, implementation, sequence_split). Returns o [B, T, H, V] in
+    float32 and the final state.
     """
     output, state = generalized_delta_rule(
         r,
@@ -221,13 +222,14 @@ class _RWKVTimeMix(nnx.Module):
         head_size: int = 64,
         chunk_size: int = 64,
         implementation: str | None = None,
+        sequence_split: SequenceSplit | None = None,
     ):
         check_sizes(head_size=head_size, chunk_size=chunk_size)
         self.head_size = min(head_size, d_model)
         check_divides("head_size", self.head_size, "d_model", d_model)
         self.num_heads = d_model // self.head_size
         self.chunk_size = chunk_size
-        self.implementation = implementation
+        self.implementation, self.sequence_split = implementation, sequence_split
 
     def init_state(self, batch_size: int) -> PyTree:
         size = (batch_size, self.num_heads, self.head_size, self.head_size)
@@ -260,6 +262,7 @@ class _RWKVTimeMix(nnx.Module):
             segment_starts=segment_starts,
             chunk_size=self.chunk_size,
             implementation=self.implementation,
+            sequence_split=self.sequence_split,
         )
         return self.output(gated.astype(x.dtype)), {"shift": last, "wkv": wkv}
 

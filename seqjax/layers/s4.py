@@ -33,6 +33,7 @@ from seqjax.layers.partitioning import EMBED, HEADS, linear, param
 from seqjax.layers.registry import register
 from seqjax.ops import finite
 from seqjax.ops.scan import linear_recurrence
+from seqjax.ops.sequence_parallel import SequenceSplit
 from seqjax.typing import Array
 
 S4D_INITS = ("legs", "lin")
@@ -133,7 +134,8 @@ def s4d_recurrence(
     """y_t = 2 Re(C h_t) with h_t = Ā ⊙ h_{t-1} + B̄ u_t, per channel.
 
     decay Ā, input_matrix B̄, output_matrix C: [D, N/2] complex; u: [B, T, D] float32;
-    op_options: of ``linear_recurrence`` (initial_state h [B, D, N/2], segment_starts).
+    op_options: of ``linear_recurrence`` (initial_state h [B, D, N/2], segment_starts,
+    sequence_split).
     Returns y [B, T, D] and h_{T-1} [B, D, N/2].
     """
     h, final_state = linear_recurrence(decay, u[..., None] * input_matrix, **op_options)
@@ -243,7 +245,8 @@ class S4D(nnx.Module):
     compute the same function, state and gradients, with states passed between pieces and
     segment resets. The recurrence is the default because it is exactly causal: the FFT
     mixes every position into every other at rounding level (gradients of ~1e-9 reach
-    future inputs), which the exact causality check of the mixer protocol refuses.
+    future inputs), which the exact causality check of the mixer protocol refuses. Only the
+    recurrence runs sequence-parallel.
     """
 
     def __init__(
@@ -256,11 +259,17 @@ class S4D(nnx.Module):
         dt_min: float = 0.001,
         dt_max: float = 0.1,
         mode: str = "recurrence",
+        sequence_split: SequenceSplit | None = None,
     ):
         check_choice("mode", mode, S4D_MODES)
+        if sequence_split is not None and mode == "convolution":
+            raise ValueError(
+                "mode 'convolution' cannot run sequence-parallel: its FFT runs over the whole "
+                "sequence; use mode 'recurrence'"
+            )
         if state_size < 2 or state_size % 2:
             raise ValueError(f"state_size must be even and at least 2, got {state_size}")
-        self.mode = mode
+        self.mode, self.sequence_split = mode, sequence_split
         self.num_modes = state_size // 2
         eigenvalues, input_matrix = s4d_init(init, state_size)
         per_channel = functools.partial(np.broadcast_to, shape=(d_model, self.num_modes))
@@ -297,6 +306,8 @@ class S4D(nnx.Module):
     ) -> tuple[Array, Array]:
         u = x.astype(jnp.float32)
         decay, input_matrix, output_matrix = self.discretized()
+        # (The constructor refused a split for the convolution.)
+        split = {"sequence_split": self.sequence_split} if self.mode == "recurrence" else {}
         y, final_state = S4D_MODES[self.mode](
             decay,
             input_matrix,
@@ -304,6 +315,7 @@ class S4D(nnx.Module):
             u,
             initial_state=state,
             segment_starts=segment_starts,
+            **split,
         )
         y = jax.nn.gelu(y + self.skip[...] * u)
         return jax.nn.glu(self.output(y), axis=-1).astype(x.dtype), final_state
@@ -326,9 +338,11 @@ class S5(nnx.Module):
         num_blocks: int = 1,
         dt_min: float = 0.001,
         dt_max: float = 0.1,
+        sequence_split: SequenceSplit | None = None,
     ):
         check_sizes(state_size=state_size, num_blocks=num_blocks)
         state_size = state_size or d_model
+        self.sequence_split = sequence_split
         eigenvalues, eigenvectors = s5_init(state_size, num_blocks)
         self.num_modes = num_modes = state_size // 2
         # The P/2 modes are S5's inner width.
@@ -362,7 +376,11 @@ class S5(nnx.Module):
         decay, input_matrix = self.discretized()
         inputs = jax.lax.complex(u @ input_matrix.real.T, u @ input_matrix.imag.T)
         h, final_state = linear_recurrence(
-            decay, inputs, initial_state=state, segment_starts=segment_starts
+            decay,
+            inputs,
+            initial_state=state,
+            segment_starts=segment_starts,
+            sequence_split=self.sequence_split,
         )
         # 2 Re(C̃ h): the dropped conjugate modes contribute the complex conjugate.
         y = 2.0 * (h.real @ self.output_real[...] - h.imag @ self.output_imag[...])

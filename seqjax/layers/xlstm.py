@@ -45,6 +45,7 @@ from seqjax.layers.partitioning import EMBED, HEADS, linear, param
 from seqjax.layers.registry import register
 from seqjax.ops import cells
 from seqjax.ops.mlstm import mlstm, zero_mlstm_state
+from seqjax.ops.sequence_parallel import SequenceSplit
 from seqjax.typing import Array, PyTree
 
 GROUP_NORM_EPSILON = 1e-5
@@ -91,6 +92,7 @@ class MLSTM(nnx.Module):
         qkv_block_size: int = 4,
         chunk_size: int = 64,
         implementation: str | None = None,
+        sequence_split: SequenceSplit | None = None,
     ):
         check_sizes(
             num_heads=num_heads, expand=expand, qkv_block_size=qkv_block_size, chunk_size=chunk_size
@@ -100,9 +102,10 @@ class MLSTM(nnx.Module):
         check_divides("qkv_block_size", qkv_block_size, "expand * d_model", inner)
         self.num_heads, self.head_size = num_heads, inner // num_heads
         self.chunk_size, self.implementation = chunk_size, implementation
+        self.sequence_split = sequence_split
 
         self.up_proj = linear(d_model, 2 * inner, EMBED, HEADS, use_bias=False, rngs=rngs)
-        self.conv = ShortConv(conv_width, inner, rngs=rngs)
+        self.conv = ShortConv(conv_width, inner, sequence_split=sequence_split, rngs=rngs)
         num_blocks = inner // qkv_block_size
         self.qkv_kernels = _block_kernel(rngs.params(), num_blocks, qkv_block_size, count=3)
         # Gate pre-activations (ĩ, f̃) per head from (q, k, v): zero weights, biases as the paper.
@@ -148,6 +151,7 @@ class MLSTM(nnx.Module):
             segment_starts=segment_starts,
             chunk_size=self.chunk_size,
             implementation=self.implementation,
+            sequence_split=self.sequence_split,
         )
         h = merge_heads(group_normalize(h, self.norm_scale[...]))
         h = (h + self.skip[...] * conv) * jax.nn.silu(z)

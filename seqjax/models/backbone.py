@@ -11,9 +11,11 @@ T = 1 after a parallel prefill.
 
 Every parameter declares its logical axis names where it is created (layers/partitioning.py)
 and the residual stream is constrained to (batch, sequence), which training maps to mesh
-axes. ``remat`` recomputes
-each block's activations in the backward pass: "none", "full" (keep only the block inputs)
-or "dots" (also keep the results of matmuls without batch dimensions).
+axes. With ``sequence_split`` (seqjax.ops.sequence_parallel) every mixer runs its ops over
+time sequence-parallel over that mesh axis; a mixer that cannot is refused by name when the
+backbone is built. ``remat`` recomputes each block's activations in the backward pass:
+"none", "full" (keep only the block inputs) or "dots" (also keep the results of matmuls
+without batch dimensions).
 """
 
 from collections.abc import Mapping, Sequence
@@ -29,6 +31,7 @@ from seqjax.layers.embeddings import InputProjection, TokenEmbedding
 from seqjax.layers.mlp import GatedMLP
 from seqjax.layers.norms import NORMS, create_norm
 from seqjax.layers.partitioning import BATCH, EMBED, SEQUENCE, VOCAB, constrain, linear
+from seqjax.ops.sequence_parallel import SequenceSplit
 from seqjax.typing import Array, PyTree
 
 POOLINGS = ("last", "mean")
@@ -64,6 +67,7 @@ class Block(nnx.Module):
         rngs: nnx.Rngs,
         layer_index: int = 0,
         num_layers: int = 1,
+        sequence_split: SequenceSplit | None = None,
     ):
         self.mixer_norm = create_norm(norm, d_model)
         self.mixer = layers.create(
@@ -72,6 +76,7 @@ class Block(nnx.Module):
             rngs=rngs,
             layer_index=layer_index,
             num_layers=num_layers,
+            sequence_split=sequence_split,
             **mixer_options,
         )
         if mlp_expansion:
@@ -98,7 +103,8 @@ class Block(nnx.Module):
 class Backbone(nnx.Module):
     """Embedding (token ids [B, T]) or projection (features [B, T, F]) -> blocks -> norm.
 
-    Returns hidden states [B, T, D] and the stacked state.
+    Returns hidden states [B, T, D] and the stacked state. ``sequence_split`` reaches every
+    mixer (a ValueError names a mixer that has no sequence-parallel form).
     """
 
     def __init__(
@@ -114,6 +120,7 @@ class Backbone(nnx.Module):
         mlp_expansion: int = 4,
         norm: str = "rms",
         remat: str = "none",
+        sequence_split: SequenceSplit | None = None,
     ):
         if (vocab_size is None) == (input_dim is None):
             raise ValueError("give exactly one of vocab_size (token inputs) or input_dim")
@@ -148,6 +155,7 @@ class Backbone(nnx.Module):
                     rngs=rngs,
                     layer_index=i,
                     num_layers=num_layers,
+                    sequence_split=sequence_split,
                 )
                 for i in range(num_layers)
             ]

@@ -10,7 +10,8 @@ model.pooling        "last" or "mean": how a classifier reads its sequence (a cl
                      key only; a language model reads every position)
 
 ``remat`` (a training option, "none", "full" or "dots") recomputes block activations in the
-backward pass; it changes no parameter.
+backward pass, and ``sequence_split`` (set by the trainer for a mesh whose sequence axis is
+split) runs every mixer sequence-parallel; neither changes a parameter.
 """
 
 from collections.abc import Mapping
@@ -19,6 +20,7 @@ from typing import Any
 from flax import nnx
 
 from seqjax.models.backbone import Backbone, Classifier, LanguageModel
+from seqjax.ops.sequence_parallel import SequenceSplit
 
 MODEL_KEYS = ("mixer", "num_layers", "d_model", "mlp_expansion", "norm", "mixers")
 CLASSIFIER_KEYS = (*MODEL_KEYS, "pooling")
@@ -32,6 +34,7 @@ def create_model(
     input_dim: int | None = None,
     num_classes: int | None = None,
     remat: str = "none",
+    sequence_split: SequenceSplit | None = None,
 ) -> LanguageModel | Classifier:
     """A language model over ``vocab_size`` tokens, or a classifier into ``num_classes``.
 
@@ -60,6 +63,7 @@ def create_model(
         mlp_expansion=model_config.get("mlp_expansion", 4),
         norm=model_config.get("norm", "rms"),
         remat=remat,
+        sequence_split=sequence_split,
         rngs=rngs,
     )
     if num_classes is not None:

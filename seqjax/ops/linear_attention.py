@@ -86,7 +86,7 @@ def gated_linear_attention(
         log_decay = jnp.zeros((batch, length, heads), jnp.float32)
     starts = jnp.zeros((batch, length), bool) if segment_starts is None else segment_starts
     f32 = functools.partial(jnp.asarray, dtype=jnp.float32)
-    if (split := sequence_parallel.active_split(op, sequence_split, context=True)) is not None:
+    if (split := sequence_parallel.active_split(op, sequence_split)) is not None:
 
         def local(q, k, v, log_decay, starts):
             return gated_linear_attention(

@@ -86,7 +86,7 @@ def linear_recurrence(
         a = jnp.where(_expand(_reset_positions(starts, reverse), a.ndim), 0, a)
     checks.at_least_one(op, "chunk_size", chunk_size)
     implementation = _resolve(implementation, jnp.result_type(a.dtype, x.dtype))
-    if (split := sequence_parallel.active_split(op, sequence_split, context=True)) is not None:
+    if (split := sequence_parallel.active_split(op, sequence_split)) is not None:
         local = functools.partial(
             linear_recurrence, reverse=reverse, implementation=implementation,
             chunk_size=chunk_size,

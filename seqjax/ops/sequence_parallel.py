@@ -27,15 +27,10 @@ op's initial state, so every shard learns the state entering it:
 (segment starts inside a shard drop what enters it, as in the unsplit op). Memory per
 device is that of T / n steps plus the gathered boundary states (or, for attention, the
 gathered keys and values). Autodiff goes through the shard_map and the gathers.
-
-The context variable ``split_sequence`` (read by linear_recurrence and gated_linear_attention
-only, when no ``sequence_split`` is given) is kept for callers not yet passing the argument.
 """
 
-import contextlib
-import contextvars
 import dataclasses
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -52,30 +47,9 @@ class SequenceSplit:
     batch_axes: tuple[str, ...] = ()
 
 
-_CURRENT: contextvars.ContextVar[SequenceSplit | None] = contextvars.ContextVar(
-    "sequence_split", default=None
-)
-
-
-@contextlib.contextmanager
-def split_sequence(axis: str, batch_axes: Sequence[str] = ()) -> Iterator[None]:
-    """linear_recurrence and gated_linear_attention traced inside this context without a
-    ``sequence_split`` run as if given ``SequenceSplit(axis, batch_axes)``."""
-    token = _CURRENT.set(SequenceSplit(axis, tuple(batch_axes)))
-    try:
-        yield
-    finally:
-        _CURRENT.reset(token)
-
-
-def active_split(
-    op: str, sequence_split: SequenceSplit | None, *, context: bool = False
-) -> SequenceSplit | None:
-    """The split ``op`` runs under: ``sequence_split``, else (with ``context``) that of an
-    enclosing ``split_sequence``; None when there is none or its axis has one device."""
-    split = sequence_split
-    if split is None and context:
-        split = _CURRENT.get()
+def active_split(op: str, split: SequenceSplit | None) -> SequenceSplit | None:
+    """The split ``op`` runs under: ``split`` (its ``sequence_split`` argument), or None when
+    that is None or its axis has one device."""
     if split is None:
         return None
     if not isinstance(split, SequenceSplit):
@@ -107,8 +81,7 @@ def split_linear_recurrence(
     """
 
     def shard(a, x, initial_state):
-        with _local():
-            h, final = local_op(a, x)
+        h, final = local_op(a, x)
         # The decay from the state entering the shard to each of its steps: a cumulative
         # product from the shard's first step (from its last one when reversed).
         decay_to = jnp.flip(jnp.cumprod(jnp.flip(a, 1), 1), 1) if reverse else jnp.cumprod(a, 1)
@@ -141,8 +114,7 @@ def split_gated_linear_attention(
     """
 
     def shard(q, k, v, log_decay, starts, initial_state):
-        with _local():
-            output, final = local_op(q, k, v, log_decay, starts)
+        output, final = local_op(q, k, v, log_decay, starts)
         per_key = log_decay if log_decay.ndim == 4 else log_decay[..., None]
         cumulative = jnp.cumsum(per_key, axis=1)  # b_t, <= 0
         carried = jnp.cumsum(starts, axis=1) == 0  # steps before the shard's first start
@@ -184,8 +156,7 @@ def split_left_linear_state(
         )
         start = jnp.concatenate([jnp.zeros_like(initial_state), identity], axis=-1)
         values = jnp.concatenate([v, jnp.zeros((batch, length, heads, key_size), v.dtype)], -1)
-        with _local():
-            output, final = local_op(values, *arrays, start)
+        output, final = local_op(values, *arrays, start)
         # final = [N | M], output = [o⁰ | r] with r_t = scale · M_tᵀ q_t.
         transition, from_zero = final[..., value_size:], final[..., :value_size]
         entering, final = _fold_shards(split.axis, initial_state, (transition, from_zero), _affine)
@@ -227,13 +198,11 @@ def split_mlstm(
             jnp.zeros_like(initial_state.normalizer),
             jnp.full_like(initial_state.stabilizer, EMPTY_STABILIZER),
         )
-        with _local():
-            _, own = local_op(*arrays, starts, empty)
+        _, own = local_op(*arrays, starts, empty)
         keeps = (jnp.cumsum(starts, axis=1)[:, -1] == 0)[:, None]  # no start: [B, 1]
         summary = (own, jnp.sum(log_forget, axis=1), keeps)
         entering, final = _fold_shards(split.axis, initial_state, summary, _mlstm_fold)
-        with _local():
-            output, _ = local_op(*arrays, starts, entering)
+        output, _ = local_op(*arrays, starts, entering)
         return output, final
 
     return _shard_map("mlstm", shard, split, (*arrays, log_forget, starts), (initial_state,))
@@ -267,11 +236,9 @@ def split_causal_conv(
     is the state entering the next one; each shard needs at least W - 1 steps."""
 
     def shard(x, starts, initial_state, kernel):
-        with _local():
-            _, own = local_op(x, starts, kernel, jnp.zeros_like(initial_state))
+        _, own = local_op(x, starts, kernel, jnp.zeros_like(initial_state))
         entering, final = _fold_shards(split.axis, initial_state, own, lambda own, _: own)
-        with _local():
-            y, _ = local_op(x, starts, kernel, entering)
+        y, _ = local_op(x, starts, kernel, entering)
         return y, final
 
     pieces = jax.sharding.get_abstract_mesh().shape[split.axis]
@@ -321,8 +288,7 @@ def split_softmax_attention(
             gathered = {name: jnp.roll(x, later, axis=1) for name, x in gathered.items()}
             moved = jnp.arange(pieces * length) < later  # the later shards' keys, now first
             gathered["log_forget"] = jnp.where(moved[:, None], 0.0, gathered["log_forget"])
-        with _local():
-            return local_op(**local_queries, **gathered)
+        return local_op(**local_queries, **gathered)
 
     return _shard_map(
         "softmax_attention", shard, split, (*queries.values(), *keys.values()), (), final=False
@@ -392,13 +358,3 @@ def _shard_map(op, shard, split, sequence_arrays, batch_arrays, *, replicated=()
         return results
     outputs, finals = results
     return outputs, jax.tree.map(lambda f: f[0], finals)
-
-
-@contextlib.contextmanager
-def _local() -> Iterator[None]:
-    """Inside a shard the op runs on its own piece of the sequence, unsplit."""
-    token = _CURRENT.set(None)
-    try:
-        yield
-    finally:
-        _CURRENT.reset(token)

@@ -7,8 +7,11 @@
 The state is created by a jitted function whose outputs carry the shardings of the
 parameters' logical axes, so no parameter is ever whole on one device. The step is jitted
 with the state's shardings in and out (the state donated) and the batch split over the batch
-and sequence axes; inside it, activations follow the same rules and the recurrences run
-sequence-parallel when the sequence axis is split.
+and sequence axes; inside it, activations follow the same rules. When the sequence axis is
+split, the step's model is built with ``sequence_split`` (every mixer's ops over time run
+sequence-parallel over that axis, and a mixer that cannot run so stops the run before it
+starts); ``graphdef``, the model evaluation reads (its batches whole on every device), has
+no split.
 
 Every process passes its stop signal (0 when none arrived) into the step, and the step's
 metrics hold, replicated on every device, its ``report``: the largest signal of any process,
@@ -17,7 +20,7 @@ that has already finished tells every process the same thing at the same step, w
 blocking all-gather.
 """
 
-import contextlib
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -27,9 +30,9 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from seqjax.data import Task
-from seqjax.layers.partitioning import BATCH, SEQUENCE, axis_rules
+from seqjax.layers.partitioning import BATCH, SEQUENCE, Rules, axis_rules
 from seqjax.models import create_model
-from seqjax.ops.sequence_parallel import split_sequence
+from seqjax.ops.sequence_parallel import SequenceSplit
 from seqjax.training import config as config_lib
 from seqjax.training import sharding
 from seqjax.training.optimizer import create_optimizer, learning_rate_schedule
@@ -54,13 +57,14 @@ class Trainer:
         self.schedule = learning_rate_schedule(config.optimizer, training.num_steps)
         self.optimizer = create_optimizer(config.optimizer, training.num_steps)
 
-        def create_model_now():
+        def create_model_now(sequence_split=None):
             return create_model(
                 config.model,
                 vocab_size=task.vocab_size,
                 input_dim=task.input_dim,
                 rngs=nnx.Rngs(config.seed),
                 remat=training.remat,
+                sequence_split=sequence_split,
             )
 
         def create_state():
@@ -74,6 +78,15 @@ class Trainer:
             )
 
         self.graphdef = nnx.graphdef(nnx.eval_shape(create_model_now))
+        # The step's model: the same parameters, the mixers' ops split over the sequence axis.
+        self.sequence_split = _sequence_split(mesh, self.rules)
+        self.train_graphdef = (
+            self.graphdef
+            if self.sequence_split is None
+            else nnx.graphdef(
+                nnx.eval_shape(functools.partial(create_model_now, self.sequence_split))
+            )
+        )
         shapes = jax.eval_shape(create_state)
         self.state_shardings = sharding.tree_shardings(shapes, mesh, self.rules)
         self.abstract_state = jax.tree.map(
@@ -155,7 +168,7 @@ class Trainer:
     def _traced_step(self, state, batch, stop_signal):
         with self.sharding_context():
             state, metrics = train_step(
-                self.graphdef,
+                self.train_graphdef,
                 self.optimizer,
                 self.schedule,
                 state,
@@ -168,16 +181,19 @@ class Trainer:
         )
         return state, metrics
 
-    @contextlib.contextmanager
     def sharding_context(self):
-        """While tracing: activations follow the rules; recurrences split the sequence axis."""
-        mapping = dict(self.rules)
-        with contextlib.ExitStack() as stack:
-            stack.enter_context(axis_rules(self.rules, dict(self.mesh.shape)))
-            sequence_axis = mapping.get(SEQUENCE)
-            if isinstance(sequence_axis, str) and self.mesh.shape[sequence_axis] > 1:
-                batch_axes = mapping.get(BATCH) or ()
-                batch_axes = (batch_axes,) if isinstance(batch_axes, str) else tuple(batch_axes)
-                batch_axes = tuple(a for a in batch_axes if self.mesh.shape[a] > 1)
-                stack.enter_context(split_sequence(sequence_axis, batch_axes))
-            yield
+        """While tracing: activations follow the rules."""
+        return axis_rules(self.rules, dict(self.mesh.shape))
+
+
+def _sequence_split(mesh: Mesh, rules: Rules) -> SequenceSplit | None:
+    """The split of the time axis over the mesh axis the rules map ``sequence`` to, with the
+    batch over the (split) axes of the ``batch`` rule; None unless that axis has more than one
+    device."""
+    mapping = dict(rules)
+    sequence_axis = mapping.get(SEQUENCE)
+    if not isinstance(sequence_axis, str) or mesh.shape[sequence_axis] == 1:
+        return None
+    batch_axes = mapping.get(BATCH) or ()
+    batch_axes = (batch_axes,) if isinstance(batch_axes, str) else tuple(batch_axes)
+    return SequenceSplit(sequence_axis, tuple(a for a in batch_axes if mesh.shape[a] > 1))

@@ -2,7 +2,8 @@
 
 - the whole sequence equals the sequence fed in two pieces with the state passed between
   them, and equals it fed one token at a time (outputs and final state);
-- outputs at position t do not depend on inputs after t (checked by gradient);
+- outputs at position t do not depend on inputs after t (checked by gradient), and a NaN at
+  the last position leaves every earlier output finite and as it was;
 - a packed batch, whose rows start their segments at different positions, equals its
   segments run separately, and a segment start resets a carried state;
 - bfloat16 inputs give the float32 outputs and states within BFLOAT16;
@@ -97,8 +98,9 @@ def observe(mixer, x):
     batch stacks the runs that share a length and whether a state and segment starts are
     given), so that a case compiles once.
 
-    1. x with no segment start (the whole sequence), x packed in SEGMENTS, and each earlier
-       segment alone at the start of a row (zeros after it).
+    1. x with no segment start (the whole sequence), x packed in SEGMENTS, each earlier
+       segment alone at the start of a row (zeros after it), and x with NaN at its last
+       position.
     2. The first piece, from no state, with its gradient at CAUSAL_POSITION.
     3. The second piece three times: after the first piece's state (the pieces), after the
        whole sequence's state with a segment start at its first token (a reset), and from
@@ -111,8 +113,11 @@ def observe(mixer, x):
     for i, (row, start, end) in enumerate(segments):
         alone = alone.at[i, : end - start].set(x[row, start:end])
     no_starts = np.zeros((BATCH, LENGTH), bool)
-    starts = np.concatenate([no_starts, starts_at(SEGMENTS), starts_at([()] * len(segments))])
-    outputs, states = mixer(stack(x, x, alone), segment_starts=jnp.asarray(starts))
+    starts = np.concatenate(
+        [no_starts, starts_at(SEGMENTS), starts_at([()] * len(segments)), no_starts]
+    )
+    nan_at_last = x.at[:, -1].set(jnp.nan)
+    outputs, states = mixer(stack(x, x, alone, nan_at_last), segment_starts=jnp.asarray(starts))
 
     first, pullback, first_state = jax.vjp(mixer, x[:, :SPLIT], has_aux=True)
     # The gradient of Σ y²/2 at CAUSAL_POSITION (a plain Σ y is constant after a norm).
@@ -141,7 +146,8 @@ def observe(mixer, x):
         whole_state=whole_state,
         packed=outputs[BATCH : 2 * BATCH],
         packed_state=rows(states, slice(BATCH, 2 * BATCH)),
-        alone=outputs[2 * BATCH :],
+        alone=outputs[2 * BATCH : -BATCH],
+        nan_at_last=outputs[-BATCH:],
         pieces=jnp.concatenate([first, pieces], axis=1),
         pieces_state=rows(second_states, slice(0, BATCH)),
         gradient=gradient,
@@ -211,6 +217,14 @@ def test_causal_by_gradient(index):
     gradient = observations(index)[1]["gradient"]
     assert np.all(gradient[:, CAUSAL_POSITION + 1 :] == 0.0), "output depends on future inputs"
     assert np.any(gradient[:, : CAUSAL_POSITION + 1] != 0.0), "output depends on no input"
+
+
+@parametrize_cases
+def test_a_nan_at_the_last_position_leaves_the_earlier_outputs_as_they_were(index):
+    seen = observations(index)[1]
+    earlier = seen["nan_at_last"][:, :-1]
+    assert np.all(np.isfinite(earlier)), "a NaN at the last position reaches earlier outputs"
+    assert_trees_close(earlier, seen["whole"][:, :-1])
 
 
 @parametrize_cases

@@ -1,5 +1,7 @@
 """The mixer registry builds mixers by name, reads their options through inheritance, and
-rejects bad names, option types and option values clearly, naming the mixer and the option.
+rejects bad names, option types and option values clearly, naming the mixer and the option;
+the arguments the backbone sets are no options, and a sequence split reaches only a mixer
+that declares it.
 """
 
 import pytest
@@ -7,6 +9,7 @@ from flax import nnx
 
 from seqjax import layers
 from seqjax.layers import registry
+from seqjax.ops.sequence_parallel import SequenceSplit
 
 
 def create(name, d_model=8, **options):
@@ -48,6 +51,28 @@ def test_a_subclass_takes_its_parents_options_without_repeating_them(monkeypatch
     assert (mixer.scale, mixer.bias, mixer.d_model) == (3, 5, 8)
     with pytest.raises(ValueError, match="mixer 'test_shifted': scale must be float"):
         create("test_shifted", scale="3")
+
+
+def test_a_sequence_split_reaches_only_a_mixer_that_declares_it(monkeypatch):
+    monkeypatch.setattr(registry, "_MIXERS", dict(registry._MIXERS))  # forgotten afterwards
+
+    @layers.register("test_whole")
+    class Whole(nnx.Module):
+        def __init__(self, d_model: int, *, rngs: nnx.Rngs):
+            pass
+
+    @layers.register("test_split")
+    class Split(Whole):
+        def __init__(self, d_model: int, *, rngs: nnx.Rngs, sequence_split=None):
+            self.sequence_split = sequence_split
+
+    split = SequenceSplit("sequence")
+    for name in layers.available():
+        assert not set(registry.BACKBONE_ARGUMENTS) & set(layers.mixer_options(name))
+    assert create("test_split", sequence_split=split).sequence_split == split
+    assert create("test_whole", sequence_split=None).d_model == 8
+    with pytest.raises(ValueError, match=r"mixer 'test_whole' cannot run sequence-parallel"):
+        create("test_whole", sequence_split=split)
 
 
 def test_the_mixers_that_extend_another_take_its_options():

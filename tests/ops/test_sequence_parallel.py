@@ -5,8 +5,8 @@ of them on a shard boundary: linear_recurrence (both directions), gated_linear_a
 decay per head and per key), delta_rule (with and without decay, beta up to 2),
 generalized_delta_rule, mlstm, causal_conv1d and softmax_attention (causal, window, segment
 ids, GQA, forget gate). Each shard runs the implementation asked for; one that cannot run is
-an error, never a substitute; so is an op that cannot run split. The context variable
-``split_sequence`` still reaches linear_recurrence and gated_linear_attention."""
+an error, never a substitute; so is an op that cannot run split. A split over an axis of one
+device runs the whole op."""
 
 import functools
 
@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from parity import outputs_and_grads
+from sequence_split import SPLIT, auto_mesh, data_and_sequence_mesh
 from test_mlstm import flat_mlstm
 from tolerances import SHARDED_FLOAT32
 
@@ -24,19 +25,14 @@ from seqjax.ops.conv import causal_conv1d
 from seqjax.ops.delta_rule import delta_rule, generalized_delta_rule
 from seqjax.ops.linear_attention import gated_linear_attention
 from seqjax.ops.scan import linear_recurrence
-from seqjax.ops.sequence_parallel import SequenceSplit, split_sequence
+from seqjax.ops.sequence_parallel import SequenceSplit
 
 BATCH, LENGTH, HEADS, KEY, VALUE = 4, 32, 2, 4, 3
-SPLIT = SequenceSplit("sequence", batch_axes=("data",))
-
-
-def auto_mesh(shape, names):
-    return jax.make_mesh(shape, names, axis_types=(jax.sharding.AxisType.Auto,) * len(shape))
 
 
 @pytest.fixture(scope="module")
 def mesh():
-    return auto_mesh((2, 4), ("data", "sequence"))
+    return data_and_sequence_mesh()
 
 
 def assert_split_equals_whole(op, arrays, mesh, **options):
@@ -190,15 +186,12 @@ def test_split_softmax_attention_equals_the_whole_sequence(mesh, options, forget
     assert_split_equals_whole(attention_with_a_final, arrays, mesh, **options)
 
 
-def test_the_context_reaches_the_recurrences_and_the_argument_wins(mesh):
-    """Inside ``split_sequence`` linear_recurrence runs split without the argument; given an
-    explicit split over an axis of one device, it runs whole."""
+def test_a_split_over_an_axis_of_one_device_runs_the_whole_op():
     a = x = np.ones((BATCH, 8, 2), np.float32)
-    with jax.set_mesh(mesh), split_sequence("sequence", batch_axes=("data",)):
-        assert "shard_map" in str(jax.make_jaxpr(linear_recurrence)(a, x))
+    split = functools.partial(linear_recurrence, sequence_split=SequenceSplit("sequence"))
     whole = functools.partial(linear_recurrence, sequence_split=SequenceSplit("data"))
-    with jax.set_mesh(auto_mesh((8, 1), ("sequence", "data"))), split_sequence("sequence"):
-        assert "shard_map" in str(jax.make_jaxpr(linear_recurrence)(a, x))
+    with jax.set_mesh(auto_mesh((8, 1), ("sequence", "data"))):
+        assert "shard_map" in str(jax.make_jaxpr(split)(a, x))
         assert "shard_map" not in str(jax.make_jaxpr(whole)(a, x))
 
 

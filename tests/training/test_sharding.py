@@ -3,9 +3,11 @@
 20 steps of a tiny Mamba + GLA language model on the meshes (data=8), (fsdp=8),
 (data=2, fsdp=2, tensor=2) and (data=2, sequence=4) give the losses and parameters of one
 device; sharded weights really are split (each device holds 1/n of them) from creation on;
-the sequence mesh runs the recurrences sequence-parallel; a checkpoint saved on (fsdp=8)
-restores on one device and continues with the same losses; gradient accumulation with
-rematerialization changes nothing; bfloat16 compute keeps float32 parameters and state.
+on the sequence mesh every op over time of the step runs sequence-parallel, and evaluation
+(batches whole on every device) gives the one device's metrics; a model with a mixer that
+cannot run sequence-parallel refuses to train there, naming it; a checkpoint saved on
+(fsdp=8) restores on one device and continues with the same losses; gradient accumulation
+with rematerialization changes nothing; bfloat16 compute keeps float32 parameters and state.
 """
 
 import dataclasses
@@ -16,11 +18,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from sequence_split import recording_splits
 from tolerances import SHARDED_FLOAT32
 
 from seqjax.data import create_task
 from seqjax.training import ConfigError, load_config, train
 from seqjax.training.checkpoint import Checkpoints
+from seqjax.training.evaluate import evaluate
 from seqjax.training.sharding import create_mesh
 from seqjax.training.step import TrainState, train_step
 from seqjax.training.trainer import Trainer
@@ -71,10 +75,12 @@ class Run:
     params: dict  # the final parameters, on the host
     kernel_placement: tuple[int, set]  # of the MLP kernel as created: devices, shard shapes
     checkpoint: Path | None  # the state after STEPS // 2 steps, if asked
+    eval_metrics: dict | None  # of the final state, if asked
 
 
-def run(config, mesh, checkpoint_to=None):
-    trainer = Trainer(config, create_task(**config.task), mesh)
+def run(config, mesh, checkpoint_to=None, evaluates=False):
+    task = create_task(**config.task)
+    trainer = Trainer(config, task, mesh)
     state = trainer.initial_state()
     kernel = state.params["backbone"]["blocks"][0]["mlp"]["gate_and_up"]["kernel"].get_value()
     placement = (len(kernel.sharding.device_set), {s.data.shape for s in kernel.addressable_shards})
@@ -87,7 +93,13 @@ def run(config, mesh, checkpoint_to=None):
         state, metrics = trainer.step(state, trainer.batch(step))
         losses.append(float(metrics["loss"]))
     params = jax.device_get(state.params)
-    return Run(trainer, np.array(losses), params, placement, checkpoint_to)
+    eval_metrics = None
+    if evaluates:
+        batch_size = config.training.eval_batch_size
+        eval_metrics = evaluate(
+            trainer.graphdef, state.params, task, batch_size=batch_size, mesh=mesh
+        )
+    return Run(trainer, np.array(losses), params, placement, checkpoint_to, eval_metrics)
 
 
 def assert_same_params(actual, expected):
@@ -97,7 +109,7 @@ def assert_same_params(actual, expected):
 @pytest.fixture(scope="module")
 def one_device():
     config = tiny_config("mesh.data=1")
-    return run(config, create_mesh(config.mesh, jax.devices()[:1]))
+    return run(config, create_mesh(config.mesh, jax.devices()[:1]), evaluates=True)
 
 
 @pytest.fixture(scope="module")
@@ -110,24 +122,33 @@ def fsdp_run(tmp_path_factory):
 @pytest.mark.parametrize("name", MESHES)
 def test_training_on_a_mesh_equals_one_device(one_device, fsdp_run, name):
     axes, kernel_shard_shape = MESHES[name]
+    split_sequence = axes.get("sequence", 1) > 1
     if name == "fsdp=8":
         sharded = fsdp_run
     else:
         config = tiny_config(*mesh_overrides(axes))
-        sharded = run(config, create_mesh(config.mesh))
+        sharded = run(config, create_mesh(config.mesh), evaluates=split_sequence)
     np.testing.assert_allclose(sharded.losses, one_device.losses, **SHARDED_FLOAT32)
     assert_same_params(sharded.params, one_device.params)
     # Created split: every device holds its own 1/n block of the kernel, none the whole.
     assert sharded.kernel_placement == (8, {kernel_shard_shape})
-    if axes.get("sequence", 1) > 1:
+    if split_sequence:
         trainer = sharded.trainer
         batch = trainer.batch(0)
         assert batch["inputs"].addressable_shards[0].data.shape == (8, 4)
-        step = functools.partial(train_step, trainer.graphdef, trainer.optimizer, trainer.schedule)
-        with jax.set_mesh(trainer.mesh), trainer.sharding_context():
+        step = functools.partial(
+            train_step, trainer.train_graphdef, trainer.optimizer, trainer.schedule
+        )
+        with jax.set_mesh(trainer.mesh), trainer.sharding_context(), recording_splits() as calls:
             jaxpr = str(jax.make_jaxpr(step)(trainer.abstract_state, batch))
-        # The Mamba scan and GLA run sequence-parallel, forward and backward.
-        assert jaxpr.count("shard_map") == 4
+        # Every op over time, Mamba's conv and scan and GLA's, runs split: one shard_map
+        # forward and one backward each.
+        ops = sorted(op for op, _ in calls)
+        assert ops == ["causal_conv1d", "gated_linear_attention", "linear_recurrence"]
+        assert all(ran_split for _, ran_split in calls)
+        assert jaxpr.count("shard_map") == 2 * len(calls)
+        for metric, value in sharded.eval_metrics.items():
+            np.testing.assert_allclose(value, one_device.eval_metrics[metric], **SHARDED_FLOAT32)
 
 
 def test_a_checkpoint_saved_on_fsdp8_continues_on_one_device(one_device, fsdp_run):
@@ -176,6 +197,10 @@ def test_bfloat16_compute_keeps_float32_parameters_and_optimizer_state(one_devic
         (["mesh.data=-1", "mesh.fsdp=-1"], r"at most one -1"),
         (["mesh.data=8", "training.batch_size=12"], r"batch_size \(12\) must be a multiple"),
         (["mesh.data=1", "mesh.sequence=8", "task.seq_len=12"], r"sequence length \(12\)"),
+        (
+            ["model.mixer=gla,gru", "mesh.data=2", "mesh.sequence=4"],
+            r"mixer 'gru' cannot run sequence-parallel",
+        ),
         (["mesh.rules=(('embed', 'model'),)"], r"unknown mesh axis 'model'"),
         (["training.compute_dtype=float16"], r"compute_dtype must be one of"),
     ],
