@@ -210,12 +210,18 @@ def causal_fft_convolution(u: Array, kernel: Array) -> Array:
 
 
 def segmented_convolution(u: Array, kernel: Array, segment_ids: Array) -> Array:
-    """y_t = Σ_{s≤t, seg(s)=seg(t)} kernel_{t-s} u_s: the masked Toeplitz product."""
+    """y_t = Σ_{s≤t, seg(s)=seg(t)} kernel_{t-s} u_s: the masked Toeplitz product.
+
+    Its zeros above the diagonal multiply later inputs inside the product, so non-finite
+    entries are treated as in ``causal_fft_convolution``."""
     length = u.shape[1]
+    (u,), nonfinite = finite.zero_nonfinite(u)
+    (kernel,), kernel_nonfinite = finite.zero_nonfinite(kernel[None])
     lag = jnp.arange(length)[:, None] - jnp.arange(length)[None, :]
-    toeplitz = jnp.where((lag >= 0)[..., None], kernel[jnp.maximum(lag, 0)], 0.0)  # [T, T, D]
+    toeplitz = jnp.where((lag >= 0)[..., None], kernel[0][jnp.maximum(lag, 0)], 0.0)  # [T, T, D]
     same_segment = segment_ids[:, :, None] == segment_ids[:, None, :]
-    return jnp.einsum("tsd,btsd->btd", toeplitz, jnp.where(same_segment[..., None], u[:, None], 0))
+    y = jnp.einsum("tsd,btsd->btd", toeplitz, jnp.where(same_segment[..., None], u[:, None], 0))
+    return finite.nan_from_first(nonfinite | kernel_nonfinite, y)
 
 
 def _real_product(h: Array, output_matrix: Array) -> Array:

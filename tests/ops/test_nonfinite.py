@@ -22,7 +22,7 @@ import kernels_pallas.chunked_delta_rule
 import kernels_pallas.chunked_gla
 import kernels_pallas.flash_attention
 import kernels_pallas.linear_scan
-from seqjax.layers.s4 import causal_fft_convolution
+from seqjax.layers.s4 import causal_fft_convolution, segmented_convolution
 from seqjax.ops import attention, cells, conv, delta_rule, linear_attention, mlstm, scan
 
 BATCH, LENGTH, HEADS, KEY_SIZE, VALUE_SIZE, FEATURES = 2, 21, 2, 4, 3, 3
@@ -238,6 +238,17 @@ def fft_convolution_case():
     )  # fmt: skip
 
 
+def segmented_convolution_case():
+    arrays = random_arrays(
+        10, u=((BATCH, LENGTH, FEATURES), None), kernel=((LENGTH, FEATURES), None)
+    )
+    arrays["segment_ids"] = np.repeat([[0] * 9 + [1] * (LENGTH - 9)], BATCH, axis=0)
+    return Case(
+        lambda arrays: (segmented_convolution(**arrays), None), arrays, ("u", "kernel"),
+        unbatched=("kernel",),
+    )  # fmt: skip
+
+
 CASES = {
     **{f"linear_recurrence-{form}": (linear_recurrence_case, form) for form in forms(scan)},
     **{
@@ -259,6 +270,7 @@ CASES = {
     "causal_conv1d": (causal_conv1d_case,),
     **{f"run_cell-{name}": (cell_case, name) for name in ("elman", "lstm", "gru", "slstm")},
     "s4-causal_fft_convolution": (fft_convolution_case,),
+    "s4-segmented_convolution": (segmented_convolution_case,),
 }
 
 
