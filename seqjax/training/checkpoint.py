@@ -133,14 +133,42 @@ def checksum_problem(directory: Path) -> str | None:
     return None
 
 
+def structure_difference(item_directory: Path, like: PyTree) -> str | None:
+    """How the arrays saved in an orbax item differ from those of ``like``, by their paths
+    (None: they match, or the item's metadata cannot be read, which restoring then reports).
+    Empty nodes (an optimizer's EmptyState) are saved as entries without data and are left
+    out. A checkpoint of another model is refused by this before anything is read, whether
+    or not it has checksums, rather than taken for a corrupt one."""
+    try:
+        tree = json.loads((item_directory / "_METADATA").read_text())["tree_metadata"]
+        saved = {p for p, m in tree.items() if not m["value_metadata"].get("skip_deserialize")}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    expected = {str(_key_names(path)) for path, _ in jax.tree_util.tree_flatten_with_path(like)[0]}
+    missing, unexpected = sorted(expected - saved), sorted(saved - expected)
+    if not missing and not unexpected:
+        return None
+    parts = []
+    if missing:
+        parts.append(f"lack {len(missing)} arrays of the model, e.g. {missing[0]}")
+    if unexpected:
+        parts.append(f"hold {len(unexpected)} arrays the model has not, e.g. {unexpected[0]}")
+    return " and ".join(parts)
+
+
 @jax.jit
 def _finite_leaves(tree: PyTree) -> jax.Array:
     return jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)])
 
 
+def _key_names(path: tuple) -> tuple[str, ...]:
+    """The names of a key path of jax.tree_util, as orbax writes them in its tree metadata."""
+    return tuple(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
+
+
 def _path_name(path: tuple) -> str:
     """``params.backbone.blocks.0.mixer.kernel.value`` for a key path of jax.tree_util."""
-    return ".".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
+    return ".".join(_key_names(path))
 
 
 def nonfinite_leaves(tree: PyTree) -> list[str]:
@@ -244,6 +272,16 @@ class Checkpoints:
         problem = checksum_problem(self.directory / str(step))
         if problem:
             raise self._corrupt(step, problem)
+        likes = {"params": params_like, "opt_state": opt_state_like}
+        for item, like in likes.items():
+            difference = like is not None and structure_difference(
+                self.directory / str(step) / item, like
+            )
+            if difference:
+                raise CheckpointError(
+                    f"the checkpoint at step {step} in {self.directory} does not fit this model "
+                    f"(was it saved with another config or version?): its {item} {difference}"
+                )
         items = {"params": ocp.args.StandardRestore(abstract_like(params_like))}
         if opt_state_like is not None:
             items["opt_state"] = ocp.args.StandardRestore(abstract_like(opt_state_like))

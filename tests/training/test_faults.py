@@ -237,6 +237,26 @@ def test_checkpoints_holding_nonfinite_values_are_refused_and_passed_over(tmp_pa
     only_bad.close()
 
 
+def test_a_checkpoint_of_another_model_is_refused_as_not_fitting_not_as_corrupt(tmp_path):
+    """Arrays saved under other names (another model, or a checkpoint written before a
+    parameter moved), with or without checksums: refused by name, nothing set aside."""
+    checkpoints = Checkpoints(tmp_path / "checkpoints")
+    saved, model = {"conv_kernel": jnp.ones(3)}, {"conv": {"kernel": jnp.ones(3)}}
+    checkpoints.save(1, saved, saved)
+    checkpoints.save(2, saved, saved)
+    checkpoints.wait()
+    (tmp_path / "checkpoints" / "2" / "checksums.json").unlink()
+    for step in (1, 2):
+        with pytest.raises(CheckpointError, match="does not fit this model") as error:
+            checkpoints.restore(step, model, model)
+        assert not isinstance(error.value, CorruptCheckpointError)
+        assert "('conv', 'kernel')" in str(error.value) and "('conv_kernel',)" in str(error.value)
+    with pytest.raises(CheckpointError, match="does not fit this model"):
+        checkpoints.restore_newest_intact(model, model)
+    checkpoints.close()
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["1", "2"]
+
+
 def test_nonfinite_metrics_are_not_reported_as_a_result(trained_run, monkeypatch):
     run = load_run(trained_run[0])
     monkeypatch.setattr(evaluation, "evaluate", lambda *a, **k: {"loss": math.nan, "accuracy": 0.5})
