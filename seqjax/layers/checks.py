@@ -34,6 +34,13 @@ def check_sizes(**sizes: Any) -> None:
             check_size(name, value)
 
 
+def check_number(name: str, value: Any) -> None:
+    """Refuses ``value`` unless it is a finite real number > 0 (a bool is not a number)."""
+    is_real = isinstance(value, int | float | np.integer | np.floating)
+    if isinstance(value, bool | np.bool_) or not is_real or not np.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+
+
 def check_divides(divisor_name: str, divisor: int, width_name: str, width: int) -> None:
     """Refuses a ``width`` that ``divisor`` (heads, groups, blocks) does not divide."""
     if width % divisor:

@@ -1,4 +1,7 @@
-"""The gated MLP of the residual blocks (GLU variants, Shazeer 2020)."""
+"""The gated MLP of the residual blocks (GLU variants, Shazeer 2020): SwiGLU with "silu",
+GeGLU with "gelu" (exact, erf) or "gelu_tanh" (the tanh approximation Gemma uses)."""
+
+import functools
 
 import jax
 from flax import nnx
@@ -7,7 +10,12 @@ from seqjax.layers.checks import check_choice, check_size
 from seqjax.layers.partitioning import EMBED, MLP, linear
 from seqjax.typing import Array
 
-ACTIVATIONS = {"silu": jax.nn.silu, "gelu": jax.nn.gelu, "relu": jax.nn.relu}
+ACTIVATIONS = {
+    "silu": jax.nn.silu,
+    "gelu": functools.partial(jax.nn.gelu, approximate=False),
+    "gelu_tanh": functools.partial(jax.nn.gelu, approximate=True),
+    "relu": jax.nn.relu,
+}
 
 
 class GatedMLP(nnx.Module):

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from seqjax.layers.checks import check_choice, check_size
+from seqjax.layers.checks import check_choice, check_number, check_size
 from seqjax.layers.partitioning import EMBED, param
 from seqjax.typing import Array
 
@@ -31,15 +31,28 @@ def layer_normalize(x: Array, scale: Array, bias: Array, epsilon: float) -> Arra
 
 
 class RMSNorm(nnx.Module):
-    """Root-mean-square norm with a learned scale, over the last axis [..., D]."""
+    """Root-mean-square norm with a learned scale, over the last axis [..., D].
 
-    def __init__(self, dim: int, *, logical_axis: str | None, epsilon: float = 1e-6):
+    ``scale_offset=1`` stores the scale as its difference from 1 (x̂ ⊙ (1 + w), as Gemma's
+    norms do), so a saved ``w`` keeps its bits.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        logical_axis: str | None,
+        epsilon: float = 1e-6,
+        scale_offset: float = 0.0,
+    ):
         check_size("dim", dim)
-        self.scale = param(jnp.ones((dim,), jnp.float32), logical_axis)
-        self.epsilon = epsilon
+        check_number("epsilon", epsilon)
+        self.scale = param(jnp.full((dim,), 1.0 - scale_offset, jnp.float32), logical_axis)
+        self.epsilon, self.scale_offset = epsilon, scale_offset
 
     def __call__(self, x: Array) -> Array:
-        return rms_normalize(x, self.scale[...], self.epsilon)
+        scale = self.scale[...].astype(jnp.float32) + self.scale_offset
+        return rms_normalize(x, scale, self.epsilon)
 
 
 class LayerNorm(nnx.Module):
@@ -47,6 +60,7 @@ class LayerNorm(nnx.Module):
 
     def __init__(self, dim: int, *, logical_axis: str | None, epsilon: float = 1e-5):
         check_size("dim", dim)
+        check_number("epsilon", epsilon)
         self.scale = param(jnp.ones((dim,), jnp.float32), logical_axis)
         self.bias = param(jnp.zeros((dim,), jnp.float32), logical_axis)
         self.epsilon = epsilon
@@ -55,10 +69,19 @@ class LayerNorm(nnx.Module):
         return layer_normalize(x, self.scale[...], self.bias[...], self.epsilon)
 
 
-NORMS = {"rms": RMSNorm, "layer": LayerNorm}
+# name -> (class, options): "rms_plus_one" is Gemma's x̂ ⊙ (1 + w).
+NORMS = {
+    "rms": (RMSNorm, {}),
+    "rms_plus_one": (RMSNorm, {"scale_offset": 1.0}),
+    "layer": (LayerNorm, {}),
+}
 
 
-def create_norm(kind: str, dim: int) -> nnx.Module:
-    """A norm of the residual stream [..., D] by name: ``"rms"`` or ``"layer"``."""
+def create_norm(kind: str, dim: int, *, epsilon: float | None = None) -> nnx.Module:
+    """A norm of the residual stream [..., D] by name (a key of NORMS); ``epsilon`` None
+    keeps the norm's default (1e-6 for RMS, 1e-5 for layer norm)."""
     check_choice("norm", kind, NORMS)
-    return NORMS[kind](dim, logical_axis=EMBED)
+    cls, options = NORMS[kind]
+    if epsilon is not None:
+        options = {**options, "epsilon": epsilon}
+    return cls(dim, logical_axis=EMBED, **options)

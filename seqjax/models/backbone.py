@@ -1,13 +1,20 @@
 """The residual backbone shared by every model, and its heads.
 
-    x = embed(inputs)
+    x = embed(inputs) · embedding_multiplier
     for each block:  x = x + mixer(norm(x));  x = x + mlp(norm(x))
-    y = head(norm(x))
+    y = head(norm(x)),  capped to c · tanh(y / c) with a ``logit_soft_cap`` c
 
 The mixer of block i is ``pattern[i % len(pattern)]``, so hybrids such as Griffin's
-(rg_lru, rg_lru, local_attention) are configuration. Models take and return the stacked
-state (a tuple with one mixer state per block), so decoding is the same ``__call__`` with
-T = 1 after a parallel prefill.
+(rg_lru, rg_lru, local_attention) are configuration; ``mixer_options[name]`` configures
+every block of that mixer and ``layer_options[i]`` updates them for block i alone (a
+window of its own in one attention layer). Models take and return the stacked state (a
+tuple with one mixer state per block), so decoding is the same ``__call__`` with T = 1
+after a parallel prefill.
+
+The rest is configuration the published models need, not copies of the backbone: the norm
+kind and its epsilon, the MLP's hidden size and activation (``mlp_hidden_size`` 0: blocks
+with a mixer and no MLP), the embedding multiplier, an output layer tied to the embedding
+or of its own, with or without a bias.
 
 Every parameter declares its logical axis names where it is created (layers/partitioning.py)
 and the residual stream is constrained to (batch, sequence), which training maps to mesh
@@ -26,9 +33,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from seqjax import layers
-from seqjax.layers.checks import check_choice, check_size
+from seqjax.layers.checks import check_choice, check_number, check_size
 from seqjax.layers.embeddings import InputProjection, TokenEmbedding
-from seqjax.layers.mlp import GatedMLP
+from seqjax.layers.mlp import ACTIVATIONS, GatedMLP
 from seqjax.layers.norms import NORMS, create_norm
 from seqjax.layers.partitioning import BATCH, EMBED, SEQUENCE, VOCAB, constrain, linear
 from seqjax.ops.sequence_parallel import SequenceSplit
@@ -54,7 +61,7 @@ def parse_pattern(pattern: str | Sequence[str]) -> tuple[str, ...]:
 
 
 class Block(nnx.Module):
-    """Pre-norm residual block: token mixer, then (if ``mlp_expansion`` > 0) a gated MLP."""
+    """Pre-norm residual block: token mixer, then (if ``mlp_hidden_size`` > 0) a gated MLP."""
 
     def __init__(
         self,
@@ -62,14 +69,16 @@ class Block(nnx.Module):
         d_model: int,
         *,
         mixer_options: Mapping[str, Any],
-        mlp_expansion: int,
+        mlp_hidden_size: int,
         norm: str,
         rngs: nnx.Rngs,
+        norm_epsilon: float | None = None,
+        mlp_activation: str = "silu",
         layer_index: int = 0,
         num_layers: int = 1,
         sequence_split: SequenceSplit | None = None,
     ):
-        self.mixer_norm = create_norm(norm, d_model)
+        self.mixer_norm = create_norm(norm, d_model, epsilon=norm_epsilon)
         self.mixer = layers.create(
             mixer,
             d_model=d_model,
@@ -79,9 +88,9 @@ class Block(nnx.Module):
             sequence_split=sequence_split,
             **mixer_options,
         )
-        if mlp_expansion:
-            self.mlp_norm = create_norm(norm, d_model)
-            self.mlp = GatedMLP(d_model, mlp_expansion * d_model, rngs=rngs)
+        if mlp_hidden_size:
+            self.mlp_norm = create_norm(norm, d_model, epsilon=norm_epsilon)
+            self.mlp = GatedMLP(d_model, mlp_hidden_size, activation=mlp_activation, rngs=rngs)
         else:
             self.mlp_norm = self.mlp = None
 
@@ -117,8 +126,13 @@ class Backbone(nnx.Module):
         vocab_size: int | None = None,
         input_dim: int | None = None,
         mixer_options: Mapping[str, Mapping[str, Any]] | None = None,
+        layer_options: Mapping[int, Mapping[str, Any]] | None = None,
         mlp_expansion: int = 4,
+        mlp_hidden_size: int | None = None,
+        mlp_activation: str = "silu",
         norm: str = "rms",
+        norm_epsilon: float | None = None,
+        embedding_multiplier: float = 1.0,
         remat: str = "none",
         sequence_split: SequenceSplit | None = None,
     ):
@@ -127,10 +141,16 @@ class Backbone(nnx.Module):
         check_size("d_model", d_model)
         check_size("num_layers", num_layers)
         check_size("mlp_expansion", mlp_expansion, minimum=0)
+        if mlp_hidden_size is None:
+            mlp_hidden_size = mlp_expansion * d_model
+        check_size("mlp_hidden_size", mlp_hidden_size, minimum=0)
+        check_choice("mlp_activation", mlp_activation, ACTIVATIONS)
         check_choice("norm", norm, NORMS)
         check_choice("remat", remat, REMAT_POLICIES)
+        check_number("embedding_multiplier", embedding_multiplier)
         self.d_model = d_model
         self.remat = remat
+        self.embedding_multiplier = embedding_multiplier
         self.pattern = parse_pattern(pattern)
         mixer_options = dict(mixer_options or {})
         unknown = sorted(set(mixer_options) - set(layers.available()))
@@ -139,28 +159,37 @@ class Backbone(nnx.Module):
                 f"mixer_options has entries for unknown mixer(s) {', '.join(unknown)}; "
                 f"available mixers: {', '.join(layers.available())}"
             )
+        layer_options = {int(i): dict(options) for i, options in (layer_options or {}).items()}
+        outside = sorted(i for i in layer_options if not 0 <= i < num_layers)
+        if outside:
+            raise ValueError(
+                f"layer_options has entries for layers {outside}, outside 0..{num_layers - 1}"
+            )
         self.embed = (
             TokenEmbedding(vocab_size, d_model, rngs=rngs)
             if vocab_size is not None
             else InputProjection(input_dim, d_model, rngs=rngs)
         )
+        mixers = [self.pattern[i % len(self.pattern)] for i in range(num_layers)]
         self.blocks = nnx.List(
             [
                 Block(
-                    self.pattern[i % len(self.pattern)],
+                    mixer,
                     d_model,
-                    mixer_options=dict(mixer_options.get(self.pattern[i % len(self.pattern)], {})),
-                    mlp_expansion=mlp_expansion,
+                    mixer_options={**mixer_options.get(mixer, {}), **layer_options.get(i, {})},
+                    mlp_hidden_size=mlp_hidden_size,
+                    mlp_activation=mlp_activation,
                     norm=norm,
+                    norm_epsilon=norm_epsilon,
                     rngs=rngs,
                     layer_index=i,
                     num_layers=num_layers,
                     sequence_split=sequence_split,
                 )
-                for i in range(num_layers)
+                for i, mixer in enumerate(mixers)
             ]
         )
-        self.final_norm = create_norm(norm, d_model)
+        self.final_norm = create_norm(norm, d_model, epsilon=norm_epsilon)
 
     def __call__(
         self, inputs: Array, *, state: PyTree | None = None, segment_starts: Array | None = None
@@ -168,7 +197,10 @@ class Backbone(nnx.Module):
         states = (None,) * len(self.blocks) if state is None else state
         if len(states) != len(self.blocks):
             raise ValueError(f"state must hold {len(self.blocks)} block states, got {len(states)}")
-        x = constrain(self.embed(inputs), BATCH, SEQUENCE, None)
+        x = self.embed(inputs)
+        if self.embedding_multiplier != 1.0:
+            x = x * jnp.asarray(self.embedding_multiplier, x.dtype)
+        x = constrain(x, BATCH, SEQUENCE, None)
         new_states = []
         for block, block_state in zip(self.blocks, states, strict=True):
             x, new_state = self._run_block(block, x, block_state, segment_starts)
@@ -198,29 +230,69 @@ class Backbone(nnx.Module):
 
 class _HeadedModel(nnx.Module):
     """A backbone and a linear head over what ``read`` takes of its hidden states [B, T, D];
-    logits in float32 whatever the compute dtype."""
+    logits in float32 whatever the compute dtype, soft-capped if ``logit_soft_cap`` is set."""
+
+    logit_soft_cap: float | None = None
 
     def read(self, hidden: Array) -> Array:
         return hidden
+
+    def project(self, hidden: Array) -> Array:
+        return self.head(hidden)
 
     def __call__(
         self, inputs: Array, *, state: PyTree | None = None, segment_starts: Array | None = None
     ) -> tuple[Array, tuple[PyTree, ...]]:
         hidden, new_state = self.backbone(inputs, state=state, segment_starts=segment_starts)
-        return self.head(self.read(hidden)).astype(jnp.float32), new_state
+        logits = self.project(self.read(hidden)).astype(jnp.float32)
+        if self.logit_soft_cap is not None:
+            logits = self.logit_soft_cap * jnp.tanh(logits / self.logit_soft_cap)
+        return logits, new_state
 
     def init_state(self, batch_size: int) -> tuple[PyTree, ...]:
         return self.backbone.init_state(batch_size)
 
 
 class LanguageModel(_HeadedModel):
-    """Backbone with a next-token head: token ids [B, T] -> logits [B, T, vocab_size]."""
+    """Backbone with a next-token head: token ids [B, T] -> logits [B, T, vocab_size].
 
-    def __init__(self, backbone: Backbone, vocab_size: int, *, rngs: nnx.Rngs):
+    ``tie_embeddings`` reads the logits from the embedding table (no head of its own);
+    ``head_bias`` gives a head of its own a bias.
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        vocab_size: int,
+        *,
+        rngs: nnx.Rngs,
+        tie_embeddings: bool = False,
+        head_bias: bool = True,
+        logit_soft_cap: float | None = None,
+    ):
         check_size("vocab_size", vocab_size)
+        if logit_soft_cap is not None:
+            check_number("logit_soft_cap", logit_soft_cap)
         self.backbone = backbone
         self.vocab_size = vocab_size
-        self.head = linear(backbone.d_model, vocab_size, EMBED, VOCAB, rngs=rngs)
+        self.tie_embeddings = tie_embeddings
+        self.logit_soft_cap = logit_soft_cap
+        if tie_embeddings:
+            if not isinstance(backbone.embed, TokenEmbedding):
+                raise ValueError("tie_embeddings needs a backbone with a token embedding")
+            if backbone.embed.vocab_size != vocab_size:
+                raise ValueError(
+                    f"tie_embeddings needs the embedding's vocab_size "
+                    f"({backbone.embed.vocab_size}) to equal the head's ({vocab_size})"
+                )
+            self.head = None
+        else:
+            self.head = linear(
+                backbone.d_model, vocab_size, EMBED, VOCAB, use_bias=head_bias, rngs=rngs
+            )
+
+    def project(self, hidden: Array) -> Array:
+        return self.backbone.embed.attend(hidden) if self.head is None else self.head(hidden)
 
 
 class Classifier(_HeadedModel):

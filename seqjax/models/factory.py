@@ -4,8 +4,16 @@ model.mixer          "gru", or a comma-separated pattern "rg_lru,rg_lru,attentio
 model.num_layers     blocks; block i uses pattern[i % len(pattern)]
 model.d_model        width D
 model.mlp_expansion  gated MLP width as a multiple of D (0: no MLP)
-model.norm           "rms" or "layer"
+model.mlp_hidden_size  the MLP's width itself (None: mlp_expansion * D; 0: no MLP)
+model.mlp_activation "silu" (SwiGLU), "gelu", "gelu_tanh" (GeGLU) or "relu"
+model.norm           "rms", "rms_plus_one" (Gemma's) or "layer"
+model.norm_epsilon   the norms' epsilon (None: the norm's default)
 model.mixers.<name>  options for mixer <name>, passed to its constructor
+model.layer_options.<i>  options that update those of layer i's mixer
+model.embedding_multiplier  the embeddings' scale (Gemma's √D)
+model.tie_embeddings a language model's logits read from its embedding table
+model.head_bias      a bias in a head of its own
+model.logit_soft_cap c: logits c · tanh(logits / c) (None: none)
 model.pooling        "last" or "mean": how a classifier reads its sequence (a classifier's
                      key only; a language model reads every position)
 
@@ -22,8 +30,21 @@ from flax import nnx
 from seqjax.models.backbone import Backbone, Classifier, LanguageModel
 from seqjax.ops.sequence_parallel import SequenceSplit
 
-MODEL_KEYS = ("mixer", "num_layers", "d_model", "mlp_expansion", "norm", "mixers")
-CLASSIFIER_KEYS = (*MODEL_KEYS, "pooling")
+BACKBONE_KEYS = (
+    "mixer",
+    "num_layers",
+    "d_model",
+    "mlp_expansion",
+    "mlp_hidden_size",
+    "mlp_activation",
+    "norm",
+    "norm_epsilon",
+    "mixers",
+    "layer_options",
+    "embedding_multiplier",
+)
+MODEL_KEYS = (*BACKBONE_KEYS, "tie_embeddings", "head_bias", "logit_soft_cap")
+CLASSIFIER_KEYS = (*BACKBONE_KEYS, "pooling")
 
 
 def create_model(
@@ -53,6 +74,7 @@ def create_model(
             f"unknown model config key(s) {', '.join(unknown)}; expected {', '.join(keys)}"
         )
     mixers = model_config.get("mixers", {})
+    layer_options = model_config.get("layer_options") or {}
     backbone = Backbone(
         d_model=model_config["d_model"],
         num_layers=model_config["num_layers"],
@@ -60,8 +82,13 @@ def create_model(
         vocab_size=vocab_size if input_dim is None else None,
         input_dim=input_dim,
         mixer_options={name: dict(options) for name, options in mixers.items()},
+        layer_options={int(i): dict(options) for i, options in layer_options.items()},
         mlp_expansion=model_config.get("mlp_expansion", 4),
+        mlp_hidden_size=model_config.get("mlp_hidden_size"),
+        mlp_activation=model_config.get("mlp_activation", "silu"),
         norm=model_config.get("norm", "rms"),
+        norm_epsilon=model_config.get("norm_epsilon"),
+        embedding_multiplier=model_config.get("embedding_multiplier", 1.0),
         remat=remat,
         sequence_split=sequence_split,
         rngs=rngs,
@@ -72,4 +99,11 @@ def create_model(
         )
     if vocab_size is None:
         raise ValueError("a language model needs vocab_size; give num_classes for a classifier")
-    return LanguageModel(backbone, vocab_size, rngs=rngs)
+    return LanguageModel(
+        backbone,
+        vocab_size,
+        tie_embeddings=model_config.get("tie_embeddings", False),
+        head_bias=model_config.get("head_bias", True),
+        logit_soft_cap=model_config.get("logit_soft_cap"),
+        rngs=rngs,
+    )

@@ -131,7 +131,7 @@ def test_bad_inputs_raise_clear_errors():
         (dict(num_layers=0), "num_layers must be an integer >= 1, got 0"),
         (dict(mlp_expansion=-1), "mlp_expansion must be an integer >= 0, got -1"),
         (dict(mlp_expansion=1.5), "mlp_expansion must be an integer >= 0, got 1.5"),
-        (dict(norm="batch"), "norm must be one of 'rms', 'layer', got 'batch'"),
+        (dict(norm="batch"), "norm must be one of 'rms', 'rms_plus_one', 'layer', got 'batch'"),
         (dict(remat="some"), "remat must be one of 'none', 'full', 'dots', got 'some'"),
         (dict(vocab_size=0), "vocab_size must be an integer >= 1, got 0"),
         (dict(mixer_options={"gru": {"hidden_size": "abc"}}), "mixer 'gru': hidden_size must"),
