@@ -15,6 +15,12 @@ CHUNKED_BFLOAT16_RELATIVE = 2e-2
 # reduced in another order.
 SHARDED_FLOAT32 = dict(rtol=1e-5, atol=1e-5)
 
+# A converted pretrained model against the transformers model it came from (same weights):
+# the largest logit error relative to the largest logit, float32 as the issue asks; in
+# bfloat16 both sides round every activation to 8 bits, in different orders.
+PRETRAINED_FLOAT32_RELATIVE = 1e-4
+PRETRAINED_BFLOAT16_RELATIVE = 5e-2
+
 
 def relative_error(actual, expected) -> float:
     """max |actual - expected| / max |expected| (0 when both are 0)."""

@@ -12,6 +12,9 @@ x → in_proj → (u, z); u → causal conv → SiLU → S6 → ⊙ SiLU(z) → 
 With ``negative_eigenvalues=True`` the decays exp(Δ A) ∈ (0, 1) are mapped to
 2 exp(Δ A) - 1 ∈ (-1, 1) ("Unlocking State-Tracking in Linear RNNs Through Negative
 Eigenvalues", Grazzi et al., 2025), which lets the state flip sign (parity, modular counts).
+With ``bc_dt_norm_epsilon`` ε, the low-rank Δ input, B_t and C_t are each RMS-normalized
+(no learned scale) before use, as in Falcon Mamba ("Falcon Mamba: The First Competitive
+Attention-free 7B Language Model", Zuo et al., 2024).
 
 State: {"conv": the last conv_width - 1 inputs of the conv [B, W-1, E],
 "ssm": h [B, E, N]}.
@@ -23,9 +26,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from seqjax.layers.checks import check_sizes
+from seqjax.layers.checks import check_number, check_sizes
 from seqjax.layers.conv import ShortConv
 from seqjax.layers.initializers import symmetric_uniform
+from seqjax.layers.norms import rms_normalize
 from seqjax.layers.partitioning import EMBED, HEADS, linear, param
 from seqjax.layers.registry import register
 from seqjax.ops.scan import linear_recurrence
@@ -96,7 +100,8 @@ class Mamba(nnx.Module):
 
     Options: ``state_size`` N, ``expand`` (E = expand * D), ``conv_width``, ``dt_rank`` (rank
     of the Δ projection; None for ⌈D / 16⌉), ``dt_min``/``dt_max`` (range of the initial Δ),
-    ``negative_eigenvalues`` and ``implementation`` (of ``linear_recurrence``).
+    ``negative_eigenvalues``, ``bc_dt_norm_epsilon`` (None: no norms of Δ, B, C) and
+    ``implementation`` (of ``linear_recurrence``).
     """
 
     def __init__(
@@ -111,10 +116,14 @@ class Mamba(nnx.Module):
         dt_min: float = 0.001,
         dt_max: float = 0.1,
         negative_eigenvalues: bool = False,
+        bc_dt_norm_epsilon: float | None = None,
         implementation: str | None = None,
         sequence_split: SequenceSplit | None = None,
     ):
         check_sizes(state_size=state_size, expand=expand, dt_rank=dt_rank)
+        if bc_dt_norm_epsilon is not None:
+            check_number("bc_dt_norm_epsilon", bc_dt_norm_epsilon)
+        self.bc_dt_norm_epsilon = bc_dt_norm_epsilon
         self.inner_size = inner = expand * d_model
         self.state_size = state_size
         self.dt_rank = dt_rank = dt_rank or math.ceil(d_model / 16)
@@ -154,6 +163,11 @@ class Mamba(nnx.Module):
         low_rank_delta, input_matrix, output_matrix = jnp.split(
             self.x_proj(u), [self.dt_rank, self.dt_rank + self.state_size], axis=-1
         )
+        if self.bc_dt_norm_epsilon is not None:
+            low_rank_delta, input_matrix, output_matrix = (
+                rms_normalize(z, 1.0, self.bc_dt_norm_epsilon)
+                for z in (low_rank_delta, input_matrix, output_matrix)
+            )
         delta = jax.nn.softplus(self.dt_proj(low_rank_delta).astype(jnp.float32))
         y, ssm_state = selective_scan(
             u,

@@ -1,0 +1,5 @@
+"""One converter per transformers ``model_type``: the config mapped to a seqjax model config,
+the weight names mapped to parameter paths, and nothing else (seqjax/interop/pretrained.py
+does the reading and writing). Importing this package registers them all."""
+
+from seqjax.interop.huggingface import mamba  # noqa: F401
