@@ -11,7 +11,10 @@ positions and segment ids (empty slots have position -1), the next position and 
 segment id, so a sequence fed in pieces, or one token at a time, equals the whole. Without
 a window the cache must hold every token of the context (``cache_length``); with a window it
 only needs the last ``window`` tokens. ``rotary=False`` leaves positions out of the scores
-(no positional encoding; the forgetting-attention subclass in fox_attention.py uses this).
+(no positional encoding; the forgetting-attention subclass in fox_attention.py uses this);
+``rotary_fraction`` < 1 rotates only that leading fraction of each head's dimensions (the
+partial rotary embedding of Griffin and Bamba), with frequencies over that width.
+``output_bias`` gives the output projection a bias (RecurrentGemma's).
 ``block_size``, ``implementation`` and ``sequence_split`` (set by the backbone) are those of
 ``softmax_attention``.
 """
@@ -44,6 +47,8 @@ class Attention(nnx.Module):
         cache_length: int = 2048,
         rotary: bool = True,
         rotary_base: float = 10_000.0,
+        rotary_fraction: float = 1.0,
+        output_bias: bool = False,
         block_size: int = 128,
         implementation: str | None = None,
         sequence_split: SequenceSplit | None = None,
@@ -55,8 +60,14 @@ class Attention(nnx.Module):
         if head_dim is None:
             check_divides("num_heads", num_heads, "d_model", d_model)
             head_dim = d_model // num_heads
-        if rotary and head_dim % 2:
-            raise ValueError(f"head_dim must be even for rotary positions, got {head_dim}")
+        if not 0 < rotary_fraction <= 1:
+            raise ValueError(f"rotary_fraction must be in (0, 1], got {rotary_fraction!r}")
+        self.rotary_size = int(head_dim * rotary_fraction)
+        if rotary and (self.rotary_size % 2 or not self.rotary_size):
+            raise ValueError(
+                f"rotary positions need an even number of rotated dimensions, got "
+                f"head_dim * rotary_fraction = {head_dim} * {rotary_fraction}"
+            )
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.window = window
         self.cache_length = min(cache_length, window) if window else cache_length
@@ -67,7 +78,9 @@ class Attention(nnx.Module):
         self.key_value = linear(
             d_model, 2 * num_kv_heads * head_dim, EMBED, HEADS, use_bias=False, rngs=rngs
         )
-        self.output = linear(num_heads * head_dim, d_model, HEADS, EMBED, use_bias=False, rngs=rngs)
+        self.output = linear(
+            num_heads * head_dim, d_model, HEADS, EMBED, use_bias=output_bias, rngs=rngs
+        )
 
     @property
     def context_limit(self) -> int | None:
@@ -84,6 +97,13 @@ class Attention(nnx.Module):
             "next_position": jnp.zeros((batch_size,), jnp.int32),
             "segment_id": jnp.zeros((batch_size,), jnp.int32),
         }
+
+    def _rotate(self, x: Array, positions: Array) -> Array:
+        """Rotary positions on the leading ``rotary_size`` dimensions of heads [B, T, H, K]."""
+        rotated = rotary_embedding(x[..., : self.rotary_size], positions, base=self.rotary_base)
+        if self.rotary_size == self.head_dim:
+            return rotated
+        return jnp.concatenate([rotated, x[..., self.rotary_size :]], axis=-1)
 
     def __call__(
         self, x: Array, *, state: PyTree | None = None, segment_starts: Array | None = None
@@ -117,8 +137,7 @@ class Attention(nnx.Module):
         queries = split_heads(self.query(x), self.num_heads)
         keys, values = jnp.split(split_heads(self.key_value(x), 2 * self.num_kv_heads), 2, axis=2)
         if self.rotary:
-            queries = rotary_embedding(queries, positions, base=self.rotary_base)
-            keys = rotary_embedding(keys, positions, base=self.rotary_base)
+            queries, keys = (self._rotate(z, positions) for z in (queries, keys))
 
         # Per-key arrays of the new tokens; the cache holds the same arrays for earlier ones.
         new = {"keys": keys, "values": values, "positions": positions, "segment_ids": segment_ids}
