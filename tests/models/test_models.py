@@ -135,6 +135,14 @@ def test_bad_inputs_raise_clear_errors():
         (dict(remat="some"), "remat must be one of 'none', 'full', 'dots', got 'some'"),
         (dict(vocab_size=0), "vocab_size must be an integer >= 1, got 0"),
         (dict(mixer_options={"gru": {"hidden_size": "abc"}}), "mixer 'gru': hidden_size must"),
+        (dict(mlp_hidden_size=-3), "mlp_hidden_size must be an integer >= 0, got -3"),
+        (dict(mlp_activation="swish"), "mlp_activation must be one of 'silu', 'gelu', 'gelu_t"),
+        (dict(norm_epsilon=0.0), "epsilon must be a finite number > 0, got 0.0"),
+        (dict(embedding_multiplier=-1.0), "embedding_multiplier must be a finite number > 0"),
+        (
+            dict(layer_options={3: {"hidden_size": 4}}),
+            r"layer_options has entries for layers \[3\]",
+        ),
     ],
 )
 def test_bad_backbone_settings_are_named(options, message):
@@ -151,6 +159,45 @@ def test_bad_head_settings_are_named():
         Classifier(backbone, -2, rngs=nnx.Rngs(1))
     with pytest.raises(ValueError, match="max_new_tokens must be an integer >= 1, got 0"):
         generate(LanguageModel(backbone, VOCAB, rngs=nnx.Rngs(1)), tokens(1, 2), max_new_tokens=0)
+
+
+def test_published_model_options_compute_what_they_say():
+    """The options of converted checkpoints: per-layer mixer options, blocks without an MLP,
+    Gemma's (1 + w) norm, the embedding multiplier, a tied head and logit soft-capping."""
+    settings = dict(d_model=8, num_layers=2, pattern="attention", vocab_size=VOCAB)
+    backbone = Backbone(
+        **settings, rngs=nnx.Rngs(0), mlp_hidden_size=0, norm="rms_plus_one",
+        norm_epsilon=1e-3, embedding_multiplier=8**0.5,
+        mixer_options={"attention": {"num_heads": 2, "window": 5}},
+        layer_options={1: {"window": 3}},
+    )  # fmt: skip
+    assert [block.mixer.window for block in backbone.blocks] == [5, 3]
+    assert all(block.mlp is None and block.mlp_norm is None for block in backbone.blocks)
+    norm = backbone.final_norm
+    assert norm.epsilon == 1e-3 and float(jnp.max(jnp.abs(norm.scale[...]))) == 0.0
+    x = jax.random.normal(jax.random.key(0), (2, 3, 8))
+    expected = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + 1e-3)
+    np.testing.assert_allclose(norm(x), expected, **FLOAT32)
+
+    model = LanguageModel(
+        backbone, VOCAB, tie_embeddings=True, logit_soft_cap=2.0, rngs=nnx.Rngs(1)
+    )
+    assert model.head is None
+    inputs = tokens(2, 6)
+    logits, _ = model(inputs)
+    hidden, _ = backbone(inputs)
+    table = backbone.embed.embedding[...]
+    np.testing.assert_allclose(logits, 2.0 * jnp.tanh(hidden @ table.T / 2.0), **FLOAT32)
+    assert float(jnp.max(jnp.abs(logits))) < 2.0
+    x = backbone.embed(inputs) * 8**0.5  # what the first block reads
+    for block in backbone.blocks:
+        x, _ = block(x)
+    np.testing.assert_allclose(hidden, backbone.final_norm(x), **FLOAT32)
+
+    with pytest.raises(ValueError, match=r"tie_embeddings needs the embedding's vocab_size"):
+        LanguageModel(backbone, VOCAB + 1, tie_embeddings=True, rngs=nnx.Rngs(1))
+    untied = LanguageModel(backbone, VOCAB, head_bias=False, rngs=nnx.Rngs(1))
+    assert untied.head.bias is None
 
 
 def test_hgrn_forget_lower_bound_rises_with_depth():
