@@ -11,8 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from seqjax.interop import from_pretrained, save_pretrained
-from seqjax.models import generate
+from seqjax.models import from_pretrained, generate, save_pretrained
 from tests.tolerances import (
     PRETRAINED_BFLOAT16_RELATIVE,
     PRETRAINED_FLOAT32_RELATIVE,
