@@ -15,11 +15,14 @@ The block (as in flash-linear-attention): q, k, v projections, each through a sh
 depthwise conv (width 4) and SiLU; q and k L2-normalized per head; the delta rule
 (``seqjax.ops.delta_rule``); a per-head RMSNorm of the outputs, times SiLU(W_g x) with an
 output gate (on by default only for Gated DeltaNet); an output projection.
+With more value heads than key heads (``num_value_heads``, as Qwen3-Next), each query and
+key head is shared by a group of H_v / H value heads, each with its own state, β and decay.
 ``negative_eigenvalues=True`` takes β_t = 2σ(W_β x_t) ∈ (0, 2), so I - β_t k_t k_tᵀ can have
 the eigenvalue 1 - β_t < 0 ("Unlocking State-Tracking in Linear RNNs Through Negative
 Eigenvalues", Grazzi et al., 2025).
 
-State: {"conv": the last W - 1 conv inputs [B, W-1, 2HK + HV], "recurrent": S [B, H, K, V]}.
+State: {"conv": the last W - 1 conv inputs [B, W-1, 2HK + H_vV], "recurrent": S [B, H_v, K, V]}
+(H_v = H unless ``num_value_heads`` says otherwise).
 DeltaProduct (deltaproduct.py) reuses this block with several keys and values per token.
 """
 
@@ -75,8 +78,10 @@ class DeltaNet(nnx.Module):
 
     Options: ``num_heads`` H (few, large heads: the state H K² = D²/H holds more key-value
     associations; 2 heads reach 99.7% on configs/mqar.py in 1000 steps, 4 heads 40%),
-    ``head_dim`` K (None: D / H), ``value_dim`` V (None: K),
-    ``conv_width`` W, ``negative_eigenvalues``, ``output_gate``, and ``chunk_size`` and
+    ``head_dim`` K (None: D / H), ``value_dim`` V (None: K), ``num_value_heads`` H_v (None:
+    H; a multiple of H, value head h reads query and key head h // (H_v / H)),
+    ``conv_width`` W, ``negative_eigenvalues``, ``output_gate``, ``output_norm_epsilon``
+    (the ε of the per-head RMSNorm), and ``chunk_size`` and
     ``implementation`` of ``delta_rule`` (chunks of 16 were the fastest of 8 to 64 on CPU for
     T = 64: the XLA triangular solve of a 64-step chunk is slow there).
     """
@@ -93,19 +98,28 @@ class DeltaNet(nnx.Module):
         num_heads: int = 2,
         head_dim: int | None = None,
         value_dim: int | None = None,
+        num_value_heads: int | None = None,
         conv_width: int = 4,
         negative_eigenvalues: bool = False,
         output_gate: bool = False,
+        output_norm_epsilon: float = OUTPUT_NORM_EPSILON,
         chunk_size: int = 16,
         implementation: str | None = None,
         sequence_split: SequenceSplit | None = None,
     ):
         check_sizes(
-            num_heads=num_heads, head_dim=head_dim, value_dim=value_dim, chunk_size=chunk_size
+            num_heads=num_heads,
+            head_dim=head_dim,
+            value_dim=value_dim,
+            num_value_heads=num_value_heads,
+            chunk_size=chunk_size,
         )
         if head_dim is None:
             check_divides("num_heads", num_heads, "d_model", d_model)
+        num_value_heads = num_value_heads or num_heads
+        check_divides("num_heads", num_heads, "num_value_heads", num_value_heads)
         self.num_heads = heads = num_heads
+        self.num_value_heads = value_heads = num_value_heads
         self.head_dim = key_size = head_dim or d_model // num_heads
         self.value_dim = value_size = value_dim or key_size
         self.negative_eigenvalues = negative_eigenvalues
@@ -118,37 +132,39 @@ class DeltaNet(nnx.Module):
 
         self.q_proj = projection(heads * key_size)
         self.k_proj = projection(n * heads * key_size)
-        self.v_proj = projection(n * heads * value_size)
-        self.beta_proj = projection(n * heads)
+        self.v_proj = projection(n * value_heads * value_size)
+        self.beta_proj = projection(n * value_heads)
         # One depthwise conv over the concatenated q, k, v channels (three separate ones).
-        channels = (1 + n) * heads * key_size + n * heads * value_size
+        channels = (1 + n) * heads * key_size + n * value_heads * value_size
         self.conv = ShortConv(
             conv_width, channels, bias=None, sequence_split=sequence_split, rngs=rngs
         )
-        self.norm = RMSNorm(value_size, logical_axis=None, epsilon=OUTPUT_NORM_EPSILON)
-        self.gate_proj = projection(heads * value_size) if output_gate else None
-        self.out_proj = linear(heads * value_size, d_model, HEADS, EMBED, use_bias=False, rngs=rngs)
+        self.norm = RMSNorm(value_size, logical_axis=None, epsilon=output_norm_epsilon)
+        self.gate_proj = projection(value_heads * value_size) if output_gate else None
+        self.out_proj = linear(
+            value_heads * value_size, d_model, HEADS, EMBED, use_bias=False, rngs=rngs
+        )
         self.decay_proj = nnx.data(None)  # set by _add_decay
 
     def _add_decay(self, d_model: int, dt_min: float, dt_max: float, rngs: nnx.Rngs) -> None:
         """Gated DeltaNet's decay: logits W_α x, and A_log, b_Δ initialized as Mamba-2's."""
-        self.decay_proj = linear(d_model, self.num_heads, EMBED, HEADS, use_bias=False, rngs=rngs)
-        self.log_decay_rate, self.dt_bias = ssd_decay_parameters(
-            rngs, self.num_heads, dt_min, dt_max
-        )
+        heads = self.num_value_heads
+        self.decay_proj = linear(d_model, heads, EMBED, HEADS, use_bias=False, rngs=rngs)
+        self.log_decay_rate, self.dt_bias = ssd_decay_parameters(rngs, heads, dt_min, dt_max)
 
     def init_state(self, batch_size: int) -> PyTree:
         return {
             "conv": self.conv.init_state(batch_size),
             "recurrent": jnp.zeros(
-                (batch_size, self.num_heads, self.head_dim, self.value_dim), jnp.float32
+                (batch_size, self.num_value_heads, self.head_dim, self.value_dim), jnp.float32
             ),
         }
 
     def __call__(
         self, x: Array, *, state: PyTree | None = None, segment_starts: Array | None = None
     ) -> tuple[Array, PyTree]:
-        heads, n = self.num_heads, self.num_householder
+        heads, value_heads, n = self.num_heads, self.num_value_heads, self.num_householder
+        group = value_heads // heads
         if state is None:
             state = self.init_state(x.shape[0])
         features = jnp.concatenate([self.q_proj(x), self.k_proj(x), self.v_proj(x)], axis=-1)
@@ -156,9 +172,10 @@ class DeltaNet(nnx.Module):
         q, k, v = jnp.split(
             jax.nn.silu(features), [heads * self.head_dim, (1 + n) * heads * self.head_dim], -1
         )
-        q = l2_normalize(split_heads(q, heads))
-        k = l2_normalize(k.reshape(*k.shape[:2], n, heads, self.head_dim))
-        v = v.reshape(*v.shape[:2], n, heads, self.value_dim)
+        # Each query and key head serves its group of value heads (h // group).
+        q = jnp.repeat(l2_normalize(split_heads(q, heads)), group, axis=-2)
+        k = jnp.repeat(l2_normalize(k.reshape(*k.shape[:2], n, heads, self.head_dim)), group, -2)
+        v = v.reshape(*v.shape[:2], n, value_heads, self.value_dim)
         beta = delta_beta(
             split_heads(self.beta_proj(x), n),
             negative_eigenvalues=self.negative_eigenvalues,
@@ -183,7 +200,7 @@ class DeltaNet(nnx.Module):
         )
         o = self.norm(o)
         if self.gate_proj is not None:
-            gate = split_heads(self.gate_proj(x), heads)
+            gate = split_heads(self.gate_proj(x), value_heads)
             o = o * jax.nn.silu(gate.astype(jnp.float32))
         y = self.out_proj(merge_heads(o).astype(x.dtype))
         return y, {"conv": conv_state, "recurrent": recurrent_state}

@@ -28,7 +28,7 @@ VARIANTS = [
     ("mamba2", dict(num_groups=2, head_dim=8, state_size=4)),
     ("hgrn2", dict(forget_lower_bound=0.5, expand_ratio=8)),
     ("deltanet", dict(negative_eigenvalues=True)),
-    ("gated_deltanet", dict(negative_eigenvalues=True)),
+    ("gated_deltanet", dict(negative_eigenvalues=True, num_value_heads=4)),
     ("deltaproduct", dict(num_householder=3, gated=True, negative_eigenvalues=True)),
     ("fox_attention", dict(num_heads=4, num_kv_heads=2, window=3, output_gate=True)),
     ("slstm", dict(conv_width=0)),

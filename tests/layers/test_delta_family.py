@@ -30,13 +30,15 @@ def unit(v):
     return v / np.sqrt(np.sum(v * v, axis=-1, keepdims=True) + 1e-6)
 
 
-def numpy_delta_block(mixer, x):
+def numpy_delta_block(mixer, x, norm_epsilon=1e-5):
     """The DeltaNet / Gated DeltaNet / DeltaProduct block, one token (and one Householder
     factor) at a time: S ← α S, then for j = 1..n_h S ← (I - β_j k_j k_jᵀ) S + β_j k_j v_jᵀ,
-    then o = Sᵀ q / √K; per-head RMSNorm, SiLU output gate, output projection."""
+    then o = Sᵀ q / √K (value head h with query and key head h // (H_v / H)); per-head
+    RMSNorm, SiLU output gate, output projection."""
     batch, length, _ = x.shape
     heads, key_size, value_size = mixer.num_heads, mixer.head_dim, mixer.value_dim
-    n = mixer.num_householder
+    value_heads, n = mixer.num_value_heads, mixer.num_householder
+    group = value_heads // heads
     features = np.concatenate(
         [linear(mixer.q_proj, x), linear(mixer.k_proj, x), linear(mixer.v_proj, x)], axis=-1
     )
@@ -44,17 +46,18 @@ def numpy_delta_block(mixer, x):
     q_size, k_size = heads * key_size, n * heads * key_size
     q = unit(features[..., :q_size].reshape(batch, length, heads, key_size))
     k = unit(features[..., q_size : q_size + k_size].reshape(batch, length, n, heads, key_size))
-    v = features[..., q_size + k_size :].reshape(batch, length, n, heads, value_size)
-    beta = sigmoid(linear(mixer.beta_proj, x)).reshape(batch, length, n, heads)
+    q, k = np.repeat(q, group, axis=-2), np.repeat(k, group, axis=-2)
+    v = features[..., q_size + k_size :].reshape(batch, length, n, value_heads, value_size)
+    beta = sigmoid(linear(mixer.beta_proj, x)).reshape(batch, length, n, value_heads)
     if mixer.negative_eigenvalues:
         beta = 2 * beta
-    decay = np.ones((batch, length, heads))
+    decay = np.ones((batch, length, value_heads))
     if mixer.decay_proj is not None:
         step = np.logaddexp(0.0, linear(mixer.decay_proj, x) + param(mixer.dt_bias))
         decay = np.exp(-np.exp(param(mixer.log_decay_rate)) * step)
 
-    state = np.zeros((batch, heads, key_size, value_size))
-    out = np.zeros((batch, length, heads, value_size))
+    state = np.zeros((batch, value_heads, key_size, value_size))
+    out = np.zeros((batch, length, value_heads, value_size))
     for t in range(length):
         state = decay[:, t, :, None, None] * state
         for j in range(n):
@@ -63,7 +66,8 @@ def numpy_delta_block(mixer, x):
             state = householder @ state + beta_j * k_j[..., :, None] * v_j[..., None, :]
         out[:, t] = np.einsum("bhk,bhkv->bhv", q[:, t], state) / np.sqrt(key_size)
 
-    out = out / np.sqrt(np.mean(out**2, axis=-1, keepdims=True) + 1e-5) * param(mixer.norm.scale)
+    rms = np.sqrt(np.mean(out**2, axis=-1, keepdims=True) + norm_epsilon)
+    out = out / rms * param(mixer.norm.scale)
     if mixer.gate_proj is not None:
         out = out * silu(linear(mixer.gate_proj, x).reshape(out.shape))
     return linear(mixer.out_proj, out.reshape(batch, length, -1)), state
@@ -72,7 +76,9 @@ def numpy_delta_block(mixer, x):
 DELTA_CASES = [
     ("deltanet", dict(num_heads=2, negative_eigenvalues=True, output_gate=True, value_dim=3)),
     ("gated_deltanet", dict(num_heads=2, dt_min=0.05, dt_max=1.0)),
+    ("gated_deltanet", dict(num_value_heads=4, value_dim=3, output_norm_epsilon=1e-2)),
     ("deltaproduct", dict(num_householder=3, gated=True, negative_eigenvalues=True, dt_max=1.0)),
+    ("deltaproduct", dict(num_householder=2, gated=True, num_value_heads=6, dt_max=1.0)),
 ]
 
 
@@ -86,9 +92,15 @@ def test_delta_mixers_equal_loop_of_their_equations(name, options):
     mixer = layers.create(name, d_model=D_MODEL, rngs=nnx.Rngs(0), chunk_size=4, **options)
     x = inputs()
     y, state = apply(mixer, x)
-    expected_y, expected_state = numpy_delta_block(mixer, x)
+    epsilon = options.get("output_norm_epsilon", 1e-5)
+    expected_y, expected_state = numpy_delta_block(mixer, x, epsilon)
     np.testing.assert_allclose(np.asarray(y), expected_y, **FLOAT32)
     np.testing.assert_allclose(np.asarray(state["recurrent"]), expected_state, **FLOAT32)
+
+
+def test_value_heads_must_be_a_multiple_of_the_key_heads():
+    with pytest.raises(ValueError, match="num_heads"):
+        layers.create("gated_deltanet", d_model=D_MODEL, rngs=nnx.Rngs(0), num_value_heads=3)
 
 
 def test_negative_eigenvalues_give_beta_in_zero_two_with_some_above_one():
