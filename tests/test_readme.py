@@ -17,6 +17,14 @@ def test_models_table_lists_exactly_the_registered_mixers():
     assert tuple(names) == layers.available()
 
 
+def test_pretrained_table_lists_exactly_the_converters():
+    from seqjax.interop import supported_model_types
+
+    table = README.split("<!-- pretrained table")[1].split("\n\n")[0]
+    names = re.findall(r"^\| `([a-z0-9_]+)` \|", table, flags=re.MULTILINE)
+    assert sorted(names) == supported_model_types()
+
+
 def test_python_example_runs():
     example = README.split("From Python:\n\n```python\n")[1].split("```")[0]
     namespace = {}
