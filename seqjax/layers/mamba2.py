@@ -2,14 +2,15 @@
 
 "Transformers are SSMs: Generalized Models and Efficient Algorithms Through Structured State
 Space Duality" (Dao & Gu, 2024). Per head h with input x_t [P], step Δ_t = softplus(dt_t +
-b_h) and A_h = -exp(A_log_h) < 0, and B_t, C_t [N] of the head's group:
+b_h) (clipped to [Δ_min, Δ_max] where a limit is set) and A_h = -exp(A_log_h) < 0, and B_t,
+C_t [N] of the head's group:
 
     S_t = exp(Δ_t A_h) S_{t-1} + B_t (Δ_t x_t)ᵀ,    y_t = S_tᵀ C_t + D_h x_t      S_t: [N, P]
 
 that is ``gated_linear_attention(q=C, k=B, v=Δ·x, log_decay=Δ·A)`` with a scalar decay per
 head [B, T, H], shared by all N state dimensions (the "scalar times identity" A of SSD). The
 block: x → in_proj → (z, x, B, C, dt); (x, B, C) → causal conv → SiLU; SSD; ⊙ SiLU(z) then
-an RMS norm (per group of heads); out_proj:
+an RMS norm (per group of heads, or over all E at once); out_proj:
 
     out = W_out RMSNorm(y ⊙ SiLU(z))
 
@@ -24,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from seqjax.layers.checks import check_divides, check_sizes
+from seqjax.layers.checks import check_divides, check_number, check_sizes
 from seqjax.layers.conv import ShortConv
 from seqjax.layers.heads import merge_heads, split_heads
 from seqjax.layers.mamba import step_size_bias
@@ -90,12 +91,14 @@ def state_space_duality(
     return (y + skip.astype(jnp.float32)[:, None] * x32).astype(x.dtype), final_state
 
 
-def gated_rms_normalize(y: Array, gate: Array, scale: Array, groups: int) -> Array:
+def gated_rms_normalize(
+    y: Array, gate: Array, scale: Array, groups: int, epsilon: float = NORM_EPSILON
+) -> Array:
     """RMSNorm(y ⊙ SiLU(gate)) over each of ``groups`` equal groups of the last axis [..., E],
     with a learned ``scale`` [E] (Mamba-2's norm after the gate)."""
     gated = y.astype(jnp.float32) * jax.nn.silu(gate.astype(jnp.float32))
     grouped = gated.reshape(*gated.shape[:-1], groups, -1)
-    normed = rms_normalize(grouped, scale.reshape(groups, -1), NORM_EPSILON)
+    normed = rms_normalize(grouped, scale.reshape(groups, -1), epsilon)
     return normed.reshape(gated.shape).astype(y.dtype)
 
 
@@ -104,8 +107,12 @@ class Mamba2(nnx.Module):
     """The Mamba-2 block (Dao & Gu, 2024); see the module docstring. x: [B, T, D].
 
     Options: ``state_size`` N, ``head_dim`` P (H = E / P heads), ``expand`` (E = expand · D),
-    ``num_groups`` G (of B, C and the norm), ``conv_width``, ``dt_min``/``dt_max`` (range of
-    the initial Δ), ``chunk_size`` and ``implementation`` (of ``gated_linear_attention``).
+    ``num_groups`` G (of B, C and by default the norm), ``conv_width``, ``dt_min``/``dt_max`` (range of
+    the initial Δ), ``chunk_size`` and ``implementation`` (of ``gated_linear_attention``);
+    ``dt_limit_min``/``dt_limit_max`` clip Δ (None: no upper limit; transformers'
+    ``time_step_limit``), ``norm_groups`` the groups of the gated norm (None: G; 1 normalizes
+    all E at once, as transformers' Mamba2 and Bamba do) and ``norm_epsilon`` its ε,
+    ``conv_bias`` a bias in the conv, ``projection_bias`` biases in in_proj and out_proj.
     """
 
     def __init__(
@@ -120,6 +127,12 @@ class Mamba2(nnx.Module):
         conv_width: int = 4,
         dt_min: float = 0.001,
         dt_max: float = 0.1,
+        dt_limit_min: float = 0.0,
+        dt_limit_max: float | None = None,
+        norm_groups: int | None = None,
+        norm_epsilon: float = NORM_EPSILON,
+        conv_bias: bool = True,
+        projection_bias: bool = False,
         chunk_size: int = 64,
         implementation: str | None = None,
         sequence_split: SequenceSplit | None = None,
@@ -129,27 +142,42 @@ class Mamba2(nnx.Module):
             head_dim=head_dim,
             expand=expand,
             num_groups=num_groups,
+            norm_groups=norm_groups,
             chunk_size=chunk_size,
         )
         self.inner_size = inner = expand * d_model
         check_divides("head_dim", head_dim, "expand * d_model", inner)
         self.num_heads = heads = inner // head_dim
         check_divides("num_groups", num_groups, "the number of heads", heads)
+        self.norm_groups = norm_groups = norm_groups or num_groups
+        check_divides("norm_groups", norm_groups, "expand * d_model", inner)
+        if not dt_limit_min >= 0.0 or (dt_limit_max is not None and dt_limit_max < dt_limit_min):
+            raise ValueError(
+                f"the step size limits must satisfy 0 <= dt_limit_min <= dt_limit_max, got "
+                f"{dt_limit_min!r}, {dt_limit_max!r}"
+            )
+        check_number("norm_epsilon", norm_epsilon)
         self.head_dim, self.state_size, self.num_groups = head_dim, state_size, num_groups
+        self.dt_limit_min, self.dt_limit_max = dt_limit_min, dt_limit_max
+        self.norm_epsilon = norm_epsilon
         self.chunk_size, self.implementation = chunk_size, implementation
         self.sequence_split = sequence_split
         self.conv_size = conv_size = inner + 2 * num_groups * state_size  # x, B, C
 
         self.in_proj = linear(
-            d_model, inner + conv_size + heads, EMBED, HEADS, use_bias=False, rngs=rngs
+            d_model, inner + conv_size + heads, EMBED, HEADS, use_bias=projection_bias, rngs=rngs
         )
         self.conv = ShortConv(
-            conv_width, conv_size, bias="uniform", sequence_split=sequence_split, rngs=rngs
+            conv_width,
+            conv_size,
+            bias="uniform" if conv_bias else None,
+            sequence_split=sequence_split,
+            rngs=rngs,
         )
         self.log_decay_rate, self.dt_bias = ssd_decay_parameters(rngs, heads, dt_min, dt_max)
         self.skip = param(jnp.ones((heads,), jnp.float32), HEADS)
         self.norm_scale = param(jnp.ones((inner,), jnp.float32), HEADS)
-        self.out_proj = linear(inner, d_model, HEADS, EMBED, use_bias=False, rngs=rngs)
+        self.out_proj = linear(inner, d_model, HEADS, EMBED, use_bias=projection_bias, rngs=rngs)
 
     def init_state(self, batch_size: int) -> PyTree:
         state_shape = (batch_size, self.num_heads, self.state_size, self.head_dim)
@@ -173,6 +201,7 @@ class Mamba2(nnx.Module):
             axis=-1,
         )
         delta = jax.nn.softplus(dt.astype(jnp.float32) + self.dt_bias[...])
+        delta = jnp.clip(delta, self.dt_limit_min, self.dt_limit_max)
         y, ssm_state = state_space_duality(
             split_heads(u, self.num_heads),
             delta,
@@ -186,5 +215,7 @@ class Mamba2(nnx.Module):
             implementation=self.implementation,
             sequence_split=self.sequence_split,
         )
-        y = gated_rms_normalize(merge_heads(y), gate, self.norm_scale[...], self.num_groups)
+        y = gated_rms_normalize(
+            merge_heads(y), gate, self.norm_scale[...], self.norm_groups, self.norm_epsilon
+        )
         return self.out_proj(y), {"conv": conv_state, "ssm": ssm_state}

@@ -2,4 +2,7 @@
 the weight names mapped to parameter paths, and nothing else (seqjax/interop/pretrained.py
 does the reading and writing). Importing this package registers them all."""
 
-from seqjax.interop.huggingface import mamba  # noqa: F401
+from seqjax.interop.huggingface import (
+    mamba,  # noqa: F401
+    mamba2,  # noqa: F401
+)
