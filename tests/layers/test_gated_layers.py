@@ -104,29 +104,98 @@ def test_negative_eigenvalues_let_the_state_flip_sign():
 # --- rg_lru ----------------------------------------------------------------------------------
 
 
+def numpy_rg_lru_gates(mixer, u):
+    """The recurrence and input gates r_t, i_t of u: dense, or one block per head."""
+    if mixer.num_heads is None:
+        return np.split(sigmoid(linear(mixer.gates, u)), 2, axis=-1)
+    kernel, bias = param(mixer.gate_kernel), param(mixer.gate_bias)
+    blocks = u.reshape(*u.shape[:-1], mixer.num_heads, -1)
+    logits = np.einsum("bthi,hio->btho", blocks, kernel) + bias
+    r, i = np.split(sigmoid(logits), 2, axis=-1)
+    return r.reshape(u.shape), i.reshape(u.shape)
+
+
 def numpy_rg_lru_block(mixer, x):
-    """Hawk's recurrent block with the RG-LRU of De et al. (2024), eqs. (1)-(4)."""
+    """Hawk's recurrent block with the RG-LRU of De et al. (2024), eqs. (1)-(4); the first
+    token enters unscaled unless ``normalize_first_input`` (recurrentgemma's RG-LRU)."""
     gate = gelu_tanh(linear(mixer.gate_proj, x))
     u = causal_conv(mixer.conv, linear(mixer.input_proj, x))
-    r, i = np.split(sigmoid(linear(mixer.gates, u)), 2, axis=-1)
+    r, i = numpy_rg_lru_gates(mixer, u)
     a = sigmoid(param(mixer.decay_logits))
     h = np.zeros((x.shape[0], mixer.lru_width))
     out = np.zeros_like(u)
     for t in range(x.shape[1]):
         a_t = a ** (8 * r[:, t])
-        h = a_t * h + np.sqrt(1 - a_t**2) * (i[:, t] * u[:, t])
+        scale = 1.0 if t == 0 and not mixer.normalize_first_input else np.sqrt(1 - a_t**2)
+        h = a_t * h + scale * (i[:, t] * u[:, t])
         out[:, t] = h
     return linear(mixer.out_proj, out * gate), h
 
 
-def test_rg_lru_block_equals_loop_of_paper_equations():
+@pytest.mark.parametrize(
+    "options",
+    [{}, dict(num_heads=2), dict(normalize_first_input=True), dict(lru_width=12, num_heads=3)],
+)
+def test_rg_lru_block_equals_loop_of_paper_equations(options):
     # A wide initial decay range, so that a_t is not near 1 everywhere.
-    mixer = layers.create("rg_lru", d_model=D_MODEL, rngs=nnx.Rngs(1), min_decay=0.3)
+    mixer = layers.create("rg_lru", d_model=D_MODEL, rngs=nnx.Rngs(1), min_decay=0.3, **options)
     x = inputs(1)
     y, state = run(mixer, x)
     expected_y, expected_h = numpy_rg_lru_block(mixer, x)
     np.testing.assert_allclose(y, expected_y, **FLOAT32)
     np.testing.assert_allclose(state["rnn"], expected_h, **FLOAT32)
+    assert ("at_start" in state) != mixer.normalize_first_input
+    if "at_start" in state:
+        np.testing.assert_array_equal(state["at_start"], False)
+
+
+def test_rg_lru_resets_skip_the_input_normalization_and_drop_the_state():
+    """At a reset h_t = i_t ⊙ x_t (transformers' RecurrentGemmaRglru), elsewhere the
+    normalized recurrence."""
+    x, gate_logits, input_logits = (
+        np.asarray(jax.random.normal(jax.random.key(k), (BATCH, LENGTH, 3))) for k in (3, 4, 5)
+    )
+    decay_logits = np.asarray([0.0, 1.0, 2.0])
+    resets = np.zeros((BATCH, LENGTH), bool)
+    resets[0, [0, 4]] = resets[1, 2] = True
+    initial = np.asarray(jax.random.normal(jax.random.key(6), (BATCH, 3)))
+    h, final = rg_lru(
+        x,
+        gate_logits,
+        input_logits,
+        decay_logits,
+        resets=resets,
+        segment_starts=resets,
+        initial_state=initial,
+    )
+    a_t = sigmoid(decay_logits) ** (8 * sigmoid(gate_logits))
+    expected, state = np.zeros_like(x), initial
+    for t in range(LENGTH):
+        reset = resets[:, t, None]
+        scale = np.where(reset, 1.0, np.sqrt(1 - a_t[:, t] ** 2))
+        state = (
+            np.where(reset, 0.0, a_t[:, t] * state) + scale * sigmoid(input_logits[:, t]) * x[:, t]
+        )
+        expected[:, t] = state
+    np.testing.assert_allclose(h, expected, **FLOAT32)
+    np.testing.assert_allclose(final, state, **FLOAT32)
+
+
+def test_rg_lru_first_token_is_the_first_of_the_sequence_not_of_each_call():
+    """Fed in pieces, only the first piece's first token enters unscaled: the pieces equal
+    the whole, and a later piece from a fresh state differs from it."""
+    mixer = layers.create("rg_lru", d_model=D_MODEL, rngs=nnx.Rngs(1), min_decay=0.3)
+    x = inputs(2)
+    whole, _ = run(mixer, x)
+    first, state = apply(mixer, x[:, :3])
+    second, _ = apply(mixer, x[:, 3:], state)
+    np.testing.assert_allclose(np.concatenate([first, second], axis=1), whole, **FLOAT32)
+    fresh, _ = apply(mixer, x[:, 3:], mixer.init_state(BATCH))
+    starts = np.zeros((BATCH, LENGTH - 3), bool)
+    starts[:, 0] = True
+    reset, _ = apply(mixer, x[:, 3:], state, jnp.asarray(starts))
+    np.testing.assert_allclose(reset, fresh, **FLOAT32)
+    assert np.max(np.abs(np.asarray(fresh) - whole[:, 3:])) > 1e-3
 
 
 def test_rg_lru_decays_start_in_range_and_stay_in_zero_one():
@@ -139,15 +208,22 @@ def test_rg_lru_decays_start_in_range_and_stay_in_zero_one():
     assert np.all(a_t >= a**8 - 1e-6), "a_t = a^(8 r_t) must lie in [a^8, 1]"
 
 
-def test_rg_lru_normalization_keeps_unit_variance():
-    """With i_t = 1, a stationary unit-variance input gives h of variance 1 - a^(2t) → 1."""
+@pytest.mark.parametrize("normalize_first_input", [False, True])
+def test_rg_lru_normalization_keeps_unit_variance(normalize_first_input):
+    """With i_t = 1, a stationary unit-variance input gives h of variance 1 at every step
+    from an unscaled first input (1 - a^(2t+2) → 1 from a scaled one)."""
     batch, steps, width = 4096, 64, 3
     x = jax.random.normal(jax.random.key(2), (batch, steps, width))
     open_gate = jnp.full((batch, steps, width), 30.0)  # i_t = σ(30) = 1
     decay_logits = jnp.asarray([0.0, 1.0, 2.0])  # a = 0.5, 0.73, 0.88; a^8 ≤ 0.36
-    h, _ = rg_lru(x, jnp.zeros_like(x), open_gate, decay_logits)
-    variance = np.var(np.asarray(h[:, -1]), axis=0)
-    np.testing.assert_allclose(variance, 1.0, atol=0.08)  # sampling error ≈ 0.02 per channel
+    resets = None if normalize_first_input else jnp.zeros((batch, steps), bool).at[:, 0].set(True)
+    h, _ = rg_lru(x, jnp.zeros_like(x), open_gate, decay_logits, resets=resets)
+    checked = np.asarray([0, 1, 8, steps - 1])
+    variance = np.var(np.asarray(h)[:, checked], axis=0)  # [4, N]
+    a_t = sigmoid(np.asarray(decay_logits)) ** 4  # r_t = σ(0) = 1/2
+    steps_done = checked[:, None] + 1
+    expected = 1 - a_t ** (2 * steps_done) if normalize_first_input else np.ones_like(variance)
+    np.testing.assert_allclose(variance, expected, atol=0.08)  # sampling error ≈ 0.02
 
 
 def test_rg_lru_gradients_stay_finite_when_the_decay_reaches_one():
