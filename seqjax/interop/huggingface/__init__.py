@@ -5,4 +5,5 @@ does the reading and writing). Importing this package registers them all."""
 from seqjax.interop.huggingface import (
     mamba,  # noqa: F401
     mamba2,  # noqa: F401
+    recurrent_gemma,  # noqa: F401
 )
