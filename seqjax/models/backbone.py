@@ -12,8 +12,8 @@ tuple with one mixer state per block), so decoding is the same ``__call__`` with
 after a parallel prefill.
 
 The rest is configuration the published models need, not copies of the backbone: the norm
-kind and its epsilon, the MLP's hidden size and activation (``mlp_hidden_size`` 0: blocks
-with a mixer and no MLP), the embedding multiplier, an output layer tied to the embedding
+kind and its epsilon, the MLP's hidden size, activation and biases (``mlp_hidden_size`` 0:
+blocks with a mixer and no MLP), the embedding multiplier, an output layer tied to the embedding
 or of its own, with or without a bias.
 
 Every parameter declares its logical axis names where it is created (layers/partitioning.py)
@@ -74,6 +74,7 @@ class Block(nnx.Module):
         rngs: nnx.Rngs,
         norm_epsilon: float | None = None,
         mlp_activation: str = "silu",
+        mlp_bias: bool = False,
         layer_index: int = 0,
         num_layers: int = 1,
         sequence_split: SequenceSplit | None = None,
@@ -90,7 +91,9 @@ class Block(nnx.Module):
         )
         if mlp_hidden_size:
             self.mlp_norm = create_norm(norm, d_model, epsilon=norm_epsilon)
-            self.mlp = GatedMLP(d_model, mlp_hidden_size, activation=mlp_activation, rngs=rngs)
+            self.mlp = GatedMLP(
+                d_model, mlp_hidden_size, activation=mlp_activation, use_bias=mlp_bias, rngs=rngs
+            )
         else:
             self.mlp_norm = self.mlp = None
 
@@ -130,6 +133,7 @@ class Backbone(nnx.Module):
         mlp_expansion: int = 4,
         mlp_hidden_size: int | None = None,
         mlp_activation: str = "silu",
+        mlp_bias: bool = False,
         norm: str = "rms",
         norm_epsilon: float | None = None,
         embedding_multiplier: float = 1.0,
@@ -179,6 +183,7 @@ class Backbone(nnx.Module):
                     mixer_options={**mixer_options.get(mixer, {}), **layer_options.get(i, {})},
                     mlp_hidden_size=mlp_hidden_size,
                     mlp_activation=mlp_activation,
+                    mlp_bias=mlp_bias,
                     norm=norm,
                     norm_epsilon=norm_epsilon,
                     rngs=rngs,

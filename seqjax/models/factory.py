@@ -6,6 +6,7 @@ model.d_model        width D
 model.mlp_expansion  gated MLP width as a multiple of D (0: no MLP)
 model.mlp_hidden_size  the MLP's width itself (None: mlp_expansion * D; 0: no MLP)
 model.mlp_activation "silu" (SwiGLU), "gelu", "gelu_tanh" (GeGLU) or "relu"
+model.mlp_bias       biases in the MLP's projections (RecurrentGemma's)
 model.norm           "rms", "rms_plus_one" (Gemma's) or "layer"
 model.norm_epsilon   the norms' epsilon (None: the norm's default)
 model.mixers.<name>  options for mixer <name>, passed to its constructor
@@ -16,6 +17,8 @@ model.head_bias      a bias in a head of its own
 model.logit_soft_cap c: logits c · tanh(logits / c) (None: none)
 model.pooling        "last" or "mean": how a classifier reads its sequence (a classifier's
                      key only; a language model reads every position)
+model.init_from      a Hugging Face checkpoint directory that training starts from (read by
+                     training, not here: the other keys are its converter's recipe)
 
 ``remat`` (a training option, "none", "full" or "dots") recomputes block activations in the
 backward pass, and ``sequence_split`` (set by the trainer for a mesh whose sequence axis is
@@ -37,13 +40,14 @@ BACKBONE_KEYS = (
     "mlp_expansion",
     "mlp_hidden_size",
     "mlp_activation",
+    "mlp_bias",
     "norm",
     "norm_epsilon",
     "mixers",
     "layer_options",
     "embedding_multiplier",
 )
-MODEL_KEYS = (*BACKBONE_KEYS, "tie_embeddings", "head_bias", "logit_soft_cap")
+MODEL_KEYS = (*BACKBONE_KEYS, "tie_embeddings", "head_bias", "logit_soft_cap", "init_from")
 CLASSIFIER_KEYS = (*BACKBONE_KEYS, "pooling")
 
 
@@ -86,6 +90,7 @@ def create_model(
         mlp_expansion=model_config.get("mlp_expansion", 4),
         mlp_hidden_size=model_config.get("mlp_hidden_size"),
         mlp_activation=model_config.get("mlp_activation", "silu"),
+        mlp_bias=model_config.get("mlp_bias", False),
         norm=model_config.get("norm", "rms"),
         norm_epsilon=model_config.get("norm_epsilon"),
         embedding_multiplier=model_config.get("embedding_multiplier", 1.0),

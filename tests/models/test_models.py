@@ -198,6 +198,13 @@ def test_published_model_options_compute_what_they_say():
         LanguageModel(backbone, VOCAB + 1, tie_embeddings=True, rngs=nnx.Rngs(1))
     untied = LanguageModel(backbone, VOCAB, head_bias=False, rngs=nnx.Rngs(1))
     assert untied.head.bias is None
+    biased = Backbone(**settings, mlp_bias=True, rngs=nnx.Rngs(0))
+    mlp = biased.blocks[0].mlp
+    assert mlp.gate_and_up.bias.shape == (2 * 4 * 8,) and mlp.down.bias.shape == (8,)
+    without_bias = mlp(x)
+    mlp.down.bias[...] = jnp.full((8,), 0.5)
+    np.testing.assert_allclose(mlp(x), without_bias + 0.5, **FLOAT32)
+    assert Backbone(**settings, rngs=nnx.Rngs(0)).blocks[0].mlp.down.bias is None
 
 
 def test_hgrn_forget_lower_bound_rises_with_depth():
