@@ -1,4 +1,5 @@
-"""The xLSTM blocks: mLSTM (matrix memory) and sLSTM (scalar memory with memory mixing).
+"""The xLSTM blocks: mLSTM (matrix memory) and sLSTM (scalar memory with memory mixing), and
+xLSTM 7B's mLSTM layer.
 
 "xLSTM: Extended Long Short-Term Memory" (Beck et al., 2024). Both cells gate their memory
 with an exponential input gate exp(ĩ) and a sigmoid forget gate, normalize it by a
@@ -26,9 +27,21 @@ Forget-gate biases start at linspace(3, 6) so forget gates start near 1 (σ(3) �
 input-gate biases start near 0 (N(0, 0.1) for mLSTM, 0 for sLSTM) with zero weights for the
 mLSTM gates and a zero recurrence for the sLSTM, all as in the xLSTM code.
 
+``mlstm_7b`` is the mLSTM layer of "xLSTM 7B: A Recurrent LLM for Fast and Efficient
+Inference" (Beck et al., 2025), built to sit in a pre-norm block followed by a SwiGLU MLP
+(the backbone's): no up-projection, conv or skip; q, k (width qk_dim_factor · D), v and the
+output-gate pre-activation o (width v_dim_factor · D) are dense projections of x, and the
+gates are soft-capped projections of x per head:
+
+    ĩ_t, f̃_t = c · tanh((W_if x_t + b_if) / c)
+    h_t = mLSTM(q_t, k_t / √K, v_t, ĩ_t, f̃_t),   y_t = W_out (σ(o_t) ⊙ LayerNorm_heads(h_t))
+
+with a layer norm of each head's values (a learned scale, no bias). The gate pre-activations
+are computed in float32 whatever the input dtype, since they enter exp.
+
 States: mlstm {"conv": [B, W-1, E], "mlstm": MLSTMState (C [B, H, K, K], n [B, H, K],
 m [B, H])}; slstm {"conv": [B, W-1, D] (if conv_width > 0), "slstm": SLSTMState (c, n, m, h,
-each [B, D])}.
+each [B, D])}; mlstm_7b MLSTMState (C [B, H, K, V], n [B, H, K], m [B, H]).
 """
 
 import functools
@@ -37,14 +50,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from seqjax.layers.checks import check_divides, check_size, check_sizes
+from seqjax.layers.checks import check_divides, check_number, check_size, check_sizes
 from seqjax.layers.conv import ShortConv
 from seqjax.layers.heads import merge_heads, split_heads
 from seqjax.layers.norms import layer_normalize
 from seqjax.layers.partitioning import EMBED, HEADS, linear, param
 from seqjax.layers.registry import register
 from seqjax.ops import cells
-from seqjax.ops.mlstm import mlstm, zero_mlstm_state
+from seqjax.ops.mlstm import MLSTMState, mlstm, zero_mlstm_state
 from seqjax.ops.sequence_parallel import SequenceSplit
 from seqjax.typing import Array, PyTree
 
@@ -63,6 +76,19 @@ def group_normalize(x: Array, scale: Array) -> Array:
     """Layer norm of each head's features of x [..., H, K] with a learned scale [H, K] and no
     bias (the paper's group norm, one group per head)."""
     return layer_normalize(x, scale, jnp.zeros_like(scale), GROUP_NORM_EPSILON)
+
+
+def soft_cap(x: Array, cap: float | None) -> Array:
+    """c · tanh(x / c), or x itself when ``cap`` is None (Gemma 2's soft-capping)."""
+    return x if cap is None else cap * jnp.tanh(x / cap)
+
+
+def head_layer_normalize(x: Array, scale: Array, epsilon: float) -> Array:
+    """Layer norm of each head's features of x [..., H, V] with a learned scale [H·V] and no
+    bias, merged to [..., H·V] (xLSTM 7B's multi-head layer norm)."""
+    heads, size = x.shape[-2:]
+    scale = scale.reshape(heads, size)
+    return merge_heads(layer_normalize(x, scale, jnp.zeros_like(scale), epsilon))
 
 
 def _block_kernel(key: Array, groups: int, size: int, count: int = 1) -> nnx.Param:
@@ -218,3 +244,88 @@ class SLSTM(nnx.Module):
         )
         y = merge_heads(group_normalize(split_heads(hidden, self.num_heads), self.norm_scale[...]))
         return y.astype(x.dtype), new_state
+
+
+@register("mlstm_7b")
+class MLSTM7B(nnx.Module):
+    """The mLSTM layer of xLSTM 7B (Beck et al., 2025); see the module docstring.
+    x: [B, T, D].
+
+    Options: ``num_heads`` H, ``qk_dim_factor`` and ``v_dim_factor`` (the q, k and the v, o
+    widths int(factor · D), each split into H heads), ``gate_soft_cap`` c (None: uncapped
+    gates), ``norm_epsilon`` (of the multi-head layer norm), ``chunk_size`` and
+    ``implementation`` (of ``mlstm``).
+
+    Parameters: ``in_proj`` [D, 2·qk + 2·v] gives (q, k, v, o) in that order, ``gate_proj``
+    [D, 2H] (ĩ, f̃) with a bias; the gates start as in the xLSTM 7B code (zero weights,
+    input bias -10, forget biases linspace(3, 6)).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        *,
+        rngs: nnx.Rngs,
+        num_heads: int = 4,
+        qk_dim_factor: float = 0.5,
+        v_dim_factor: float = 1.0,
+        gate_soft_cap: float | None = 15.0,
+        norm_epsilon: float = 1e-6,
+        chunk_size: int = 64,
+        implementation: str | None = None,
+        sequence_split: SequenceSplit | None = None,
+    ):
+        check_sizes(num_heads=num_heads, chunk_size=chunk_size)
+        qk_width, v_width = int(d_model * qk_dim_factor), int(d_model * v_dim_factor)
+        for name, width in (
+            ("qk_dim_factor * d_model", qk_width),
+            ("v_dim_factor * d_model", v_width),
+        ):
+            check_size(name, width)
+            check_divides("num_heads", num_heads, name, width)
+        if gate_soft_cap is not None:
+            check_number("gate_soft_cap", gate_soft_cap)
+        check_number("norm_epsilon", norm_epsilon)
+        self.num_heads = num_heads
+        self.qk_width, self.v_width = qk_width, v_width
+        self.key_size, self.value_size = qk_width // num_heads, v_width // num_heads
+        self.gate_soft_cap, self.norm_epsilon = gate_soft_cap, norm_epsilon
+        self.chunk_size, self.implementation = chunk_size, implementation
+        self.sequence_split = sequence_split
+
+        width = 2 * qk_width + 2 * v_width
+        self.in_proj = linear(d_model, width, EMBED, HEADS, use_bias=False, rngs=rngs)
+        self.gate_proj = linear(
+            d_model, 2 * num_heads, EMBED, HEADS, kernel_init=nnx.initializers.zeros, rngs=rngs
+        )
+        input_bias = jnp.full((num_heads,), -10.0)
+        forget_bias = jnp.linspace(3.0, 6.0, num_heads)
+        self.gate_proj.bias[...] = jnp.concatenate([input_bias, forget_bias])
+        self.norm_scale = param(jnp.ones((v_width,), jnp.float32), HEADS)
+        self.out_proj = linear(v_width, d_model, HEADS, EMBED, use_bias=False, rngs=rngs)
+
+    def init_state(self, batch_size: int) -> MLSTMState:
+        return zero_mlstm_state(batch_size, self.num_heads, self.key_size, self.value_size)
+
+    def __call__(
+        self, x: Array, *, state: MLSTMState | None = None, segment_starts: Array | None = None
+    ) -> tuple[Array, MLSTMState]:
+        qk_width, v_width = self.qk_width, self.v_width
+        cuts = (qk_width, 2 * qk_width, 2 * qk_width + v_width)
+        q, k, v, o = jnp.split(self.in_proj(x), cuts, axis=-1)
+        gates = soft_cap(self.gate_proj(x.astype(jnp.float32)), self.gate_soft_cap)
+        input_gate, forget_gate = jnp.split(gates, 2, axis=-1)
+        h, new_state = mlstm(
+            split_heads(q, self.num_heads),
+            split_heads(k, self.num_heads) * self.key_size**-0.5,
+            split_heads(v, self.num_heads),
+            input_gate,
+            forget_gate,
+            initial_state=state,
+            segment_starts=segment_starts,
+            chunk_size=self.chunk_size,
+            implementation=self.implementation,
+            sequence_split=self.sequence_split,
+        )
+        h = head_layer_normalize(h, self.norm_scale[...], self.norm_epsilon)
+        return self.out_proj(jax.nn.sigmoid(o) * h), new_state

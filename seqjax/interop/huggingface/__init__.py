@@ -6,4 +6,5 @@ from seqjax.interop.huggingface import (
     mamba,  # noqa: F401
     mamba2,  # noqa: F401
     recurrent_gemma,  # noqa: F401
+    xlstm,  # noqa: F401
 )
