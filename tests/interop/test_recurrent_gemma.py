@@ -6,7 +6,6 @@ generation (22 tokens), so both compare what the window drops."""
 import pytest
 
 from seqjax.interop import PretrainedError, from_pretrained, save_pretrained
-from seqjax.models.factory import MODEL_KEYS
 from tests.interop.hf_testing import (
     check_generation,
     check_logits,
@@ -17,10 +16,6 @@ from tests.interop.hf_testing import (
 
 VOCAB = 64
 WINDOW = 8
-needs_mlp_bias = pytest.mark.skipif(
-    "mlp_bias" not in MODEL_KEYS,
-    reason="RecurrentGemma's MLP has biases; the backbone has no model option mlp_bias yet",
-)
 
 
 def config(**overrides):
@@ -60,17 +55,14 @@ def checkpoint(request, tmp_path_factory):
     return reference, directory
 
 
-@needs_mlp_bias
 def test_logits_equal_transformers(checkpoint):
     check_logits(*checkpoint, VOCAB)
 
 
-@needs_mlp_bias
 def test_greedy_generation_equals_transformers(checkpoint):
     check_generation(*checkpoint, VOCAB)
 
 
-@needs_mlp_bias
 def test_save_load_round_trip(checkpoint, tmp_path):
     check_round_trip(*checkpoint, tmp_path, VOCAB)
 
@@ -94,13 +86,6 @@ def test_options_seqjax_does_not_compute_are_refused_by_name(tmp_path, overrides
         from_pretrained(written_config(tmp_path, **overrides))
 
 
-@pytest.mark.skipif("mlp_bias" in MODEL_KEYS, reason="the backbone has MLP biases")
-def test_mlp_biases_are_refused_by_name_without_the_backbone_option(tmp_path):
-    with pytest.raises(PretrainedError, match=r"MLP has biases .*mlp_bias"):
-        from_pretrained(written_config(tmp_path))
-
-
-@needs_mlp_bias
 def test_a_model_that_is_not_a_recurrent_gemma_is_not_saved_as_one(checkpoint, tmp_path):
     model = from_pretrained(checkpoint[1])
     other = {**model.pretrained.model_config, "norm": "rms"}
@@ -109,7 +94,6 @@ def test_a_model_that_is_not_a_recurrent_gemma_is_not_saved_as_one(checkpoint, t
     assert not (tmp_path / "out").exists()
 
 
-@needs_mlp_bias
 def test_a_config_of_transformers_4_reads_its_top_level_rotary_keys():
     """google/recurrentgemma-2b's config.json (transformers 4.40): rope_theta and
     partial_rotary_factor at the top level, embeddings_scale_by_sqrt_dim."""

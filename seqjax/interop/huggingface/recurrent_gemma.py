@@ -22,7 +22,6 @@ from seqjax.interop.pretrained import (
     same,
     transposed,
 )
-from seqjax.models.factory import MODEL_KEYS
 
 MIXERS = {"recurrent": "rg_lru", "attention": "attention"}
 BLOCK_TYPES = {mixer: block for block, mixer in MIXERS.items()}
@@ -91,11 +90,6 @@ def recipe(config: CheckpointConfig) -> tuple[dict[str, Any], int]:
             output_bias=True,
         ),
     }
-    if "mlp_bias" not in MODEL_KEYS:
-        raise PretrainedError(
-            f"{config.source}: recurrent_gemma's MLP has biases (gate_proj, up_proj, "
-            "down_proj), which seqjax's gated MLP does not have (no model option mlp_bias)"
-        )
     pattern = [MIXERS[block] for block in block_types]
     model = dict(
         mixer=",".join(pattern),
