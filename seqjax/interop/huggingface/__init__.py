@@ -3,6 +3,7 @@ the weight names mapped to parameter paths, and nothing else (seqjax/interop/pre
 does the reading and writing). Importing this package registers them all."""
 
 from seqjax.interop.huggingface import (
+    bamba,  # noqa: F401
     mamba,  # noqa: F401
     mamba2,  # noqa: F401
     recurrent_gemma,  # noqa: F401
