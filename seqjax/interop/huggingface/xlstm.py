@@ -6,7 +6,7 @@ RMSNorm, an output layer of its own (transformers' xLSTMForCausalLM never ties i
 ``weight_mode`` "single" stores q, k, v, the output gate and the two gates as separate
 linears, "fused" as one (q, k, v, o) and one (ĩ, f̃); both map to the same parameters. The
 mLSTM's denominator ``eps`` (max(|nᵀq|, exp(-m)) + eps in the state's stabilized units) is
-not in seqjax's mlstm op, so only eps = 0 is read.
+not in seqjax's mlstm op, so only eps = 0 is accepted.
 """
 
 from typing import Any
@@ -62,7 +62,7 @@ def recipe(config: CheckpointConfig) -> tuple[dict[str, Any], int]:
     config.require("eps", 0.0, 1e-6)
     config.require("inference_state_dtype", "float32", "float32")
     config.require("weight_mode", ("single", "fused"), "single")
-    config.get("tie_word_embeddings")
+    config.get("tie_word_embeddings")  # ties nothing (the module docstring)
     config.ignore(*NOT_COMPUTED)
     norm_epsilon = config.get("norm_eps", 1e-6)
     options = dict(
