@@ -40,19 +40,19 @@ NOT_COMPUTED = (
 FLOAT_TAG = "__float__"
 
 
-def read_time_step_limit(config: CheckpointConfig, key: str = "time_step_limit") -> dict:
+def read_time_step_limit(config: CheckpointConfig) -> dict:
     """``time_step_limit`` [low, high] (high may be ∞) as the mixer's dt_limit_min/max."""
-    limit = config.get(key, [0.0, math.inf])
+    limit = config.get("time_step_limit", [0.0, math.inf])
     if not isinstance(limit, list | tuple) or len(limit) != 2:
-        raise PretrainedError(f"{config.source}: {key}={limit!r} is not a pair [low, high]")
+        raise PretrainedError(f"{config.source}: time_step_limit={limit!r} is not [low, high]")
     low, high = (
         float(bound[FLOAT_TAG]) if isinstance(bound, dict) and set(bound) == {FLOAT_TAG} else bound
         for bound in limit
     )
     if not all(isinstance(b, int | float) and not isinstance(b, bool) for b in (low, high)):
-        raise PretrainedError(f"{config.source}: {key}={limit!r} is not a pair of numbers")
+        raise PretrainedError(f"{config.source}: time_step_limit={limit!r} is not two numbers")
     if not 0.0 <= low <= high:
-        raise PretrainedError(f"{config.source}: {key}={limit!r} is not 0 <= low <= high")
+        raise PretrainedError(f"{config.source}: time_step_limit={limit!r} is not 0 <= low <= high")
     return dict(dt_limit_min=float(low), dt_limit_max=None if math.isinf(high) else float(high))
 
 
