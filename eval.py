@@ -2,11 +2,18 @@
 
     python eval.py --workdir runs/mqar [--step N]          # test-split metrics: table + JSON
     python eval.py --workdir runs/text --generate "Once upon a time" [--max_new_tokens 200]
+    python eval.py --workdir runs/text --text held_out.txt [--window 512]
+    python eval.py --pretrained DIR --generate "Once upon a time"     # a Hugging Face checkpoint
+    python eval.py --pretrained DIR --text held_out.txt               # loss, perplexity, bits/byte
     python eval.py --suite chomsky_regular [--models lstm,attention] [--tasks parity_check]
                    [--workdir DIR] [--config.<key>=<value> ...]
 
 The model and task are rebuilt from the workdir's saved config.json (importing the modules
 of its ``imports`` first); the report is written to <workdir>/eval/step_<N>.json. A
+checkpoint directory (``--pretrained``: config.json, *.safetensors, tokenizer.json) is read
+with seqjax.interop.from_pretrained and its tokenizer.json. ``--text`` reads the file in
+windows of ``--window`` tokens, the model's state carried from each into the next, so the
+result is that of one pass over the file (seqjax/evaluation.py). A
 checkpoint that is corrupt or holds non-finite values, or metrics that are not finite, are an
 error, never a result. A suite (configs/suites.py) trains each model on each of its tasks
 into DIR/<task>/<model> (default DIR: runs/suites/<suite>), resuming unfinished runs, and
@@ -24,20 +31,31 @@ SUITES_FILE = Path(__file__).resolve().parent / "configs" / "suites.py"
 
 # What eval.py does (suite, metrics or generate), the options each reads (any other given is
 # an error: it would be ignored) and their defaults.
-USES = {"suite": "--suite", "metrics": "test-split metrics", "generate": "--generate"}
+USES = {
+    "suite": "--suite",
+    "metrics": "test-split metrics",
+    "generate": "--generate",
+    "text": "--text",
+}
 READ_BY = dict(
     models={"suite"},
     tasks={"suite"},
     suites_file={"suite"},
-    step={"metrics", "generate"},
+    step={"metrics", "generate", "text"},
     batch_size={"metrics"},
+    window={"text"},
     max_new_tokens={"generate"},
     temperature={"generate"},
     top_k={"generate"},
     seed={"generate"},
 )
 DEFAULTS = dict(
-    batch_size=250, max_new_tokens=200, temperature=0.0, seed=0, suites_file=str(SUITES_FILE)
+    batch_size=250,
+    window=512,
+    max_new_tokens=200,
+    temperature=0.0,
+    seed=0,
+    suites_file=str(SUITES_FILE),
 )
 
 
@@ -54,9 +72,14 @@ def at_least(minimum: float, kind: type = int):
 def parse_arguments(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", default=None, help="a train.py output directory")
+    parser.add_argument(
+        "--pretrained", metavar="DIR", default=None, help="a Hugging Face checkpoint directory"
+    )
     parser.add_argument("--step", type=at_least(0), help="checkpoint step (default latest)")
     parser.add_argument("--batch_size", type=at_least(1), help="evaluation batch size (250)")
     parser.add_argument("--generate", metavar="PROMPT", default=None, help="text to continue")
+    parser.add_argument("--text", metavar="FILE", default=None, help="score a text file")
+    parser.add_argument("--window", type=at_least(1), help="tokens per window of --text (512)")
     parser.add_argument("--max_new_tokens", type=at_least(1), help="tokens to generate (200)")
     parser.add_argument("--temperature", type=at_least(0, float), help="0 (default): greedy")
     parser.add_argument("--top_k", type=at_least(1), help="sample from the k most likely")
@@ -74,13 +97,21 @@ def parse_arguments(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         overrides = parse_overrides(rest)
     except ConfigError as error:
         parser.error(str(error))
-    if arguments.suite is None and arguments.workdir is None:
-        parser.error("give --workdir (a training run) or --suite NAME")
-    if arguments.suite is not None and arguments.generate is not None:
-        parser.error("give --suite or --generate, not both")
-    use = (
-        "suite" if arguments.suite else "generate" if arguments.generate is not None else "metrics"
-    )
+    if arguments.suite is None and arguments.workdir is None and arguments.pretrained is None:
+        parser.error("give --workdir (a training run), --pretrained DIR or --suite NAME")
+    if arguments.pretrained is not None and arguments.workdir is not None:
+        parser.error("give --workdir or --pretrained, not both")
+    chosen = [n for n in ("suite", "generate", "text") if getattr(arguments, n) is not None]
+    if len(chosen) > 1:
+        parser.error(f"give {' or '.join('--' + name for name in chosen)}, not both")
+    use = chosen[0] if chosen else "metrics"
+    if arguments.pretrained is not None:
+        if use == "suite":
+            parser.error("--pretrained does not apply to --suite (which trains its models)")
+        if use == "metrics":
+            parser.error("--pretrained needs --generate PROMPT or --text FILE")
+        if arguments.step is not None:
+            parser.error("--step applies only to --workdir (a checkpoint of a training run)")
     for name, uses in READ_BY.items():
         if getattr(arguments, name) is not None and use not in uses:
             parser.error(f"--{name} applies only to {' or '.join(USES[u] for u in sorted(uses))}")
@@ -130,39 +161,73 @@ def markdown_table(metrics: dict[str, float]) -> str:
     return "\n".join(["| metric | value |", "| --- | --- |", *rows])
 
 
+def load_model(arguments: argparse.Namespace):
+    """(model, its tokenizer, what was loaded) from --pretrained or --workdir."""
+    from seqjax.data.tokenizer import load_tokenizer
+    from seqjax.evaluation import load_run, tokenizer_of
+    from seqjax.interop import from_pretrained
+    from seqjax.interop.pretrained import checkpoint_directory
+
+    if arguments.pretrained is not None:
+        directory = checkpoint_directory(arguments.pretrained)
+        tokenizer = load_tokenizer(directory)
+        return from_pretrained(directory), tokenizer, f"the checkpoint in {directory}"
+    run = load_run(Path(arguments.workdir), step=arguments.step)
+    return run.model, tokenizer_of(run.task), f"{run.workdir} at step {run.step}"
+
+
+def generate_text(arguments: argparse.Namespace) -> str:
+    import jax
+
+    from seqjax.models import generate
+
+    model, tokenizer, _ = load_model(arguments)
+    prompt = tokenizer.encode(arguments.generate)
+    if not len(prompt):
+        raise ValueError("the prompt gives no tokens; give a prompt to continue")
+    tokens = generate(
+        model,
+        jax.numpy.asarray(prompt)[None],
+        max_new_tokens=arguments.max_new_tokens,
+        key=jax.random.key(arguments.seed),
+        temperature=arguments.temperature,
+        top_k=arguments.top_k,
+    )
+    return tokenizer.decode(tokens[0])
+
+
+def score_text(arguments: argparse.Namespace) -> str:
+    from seqjax.data.tokenizer import encode_bytes, read_file
+    from seqjax.evaluation import text_metrics
+
+    contents = read_file(arguments.text, "--text")
+    model, tokenizer, source = load_model(arguments)
+    tokens = encode_bytes(tokenizer, contents, f"--text {arguments.text}")
+    if len(tokens) < 2:
+        raise ValueError(f"--text {arguments.text} gives {len(tokens)} token; scoring needs 2")
+    metrics = text_metrics(model, tokenizer, tokens, len(contents), window=arguments.window)
+    return f"{arguments.text} under {source}\n{markdown_table(metrics)}"
+
+
 def main(argv: list[str]) -> int:
     arguments, overrides = parse_arguments(argv)
     if arguments.suite is not None:
         return run_suite(arguments, overrides)
-    import jax
-
     from seqjax.evaluation import NonFiniteResultError, evaluate_run, load_run
-    from seqjax.models import generate
     from seqjax.training.checkpoint import CheckpointError, quiet_background_failures
     from seqjax.training.files import WriteError, write_atomically
     from seqjax.training.workdir import EVAL_DIR
 
     quiet_background_failures()  # and orbax's warning that a read-only checkpoint is read-only
-    workdir = Path(arguments.workdir)
     try:
-        run = load_run(workdir, step=arguments.step)
         if arguments.generate is not None:
-            if run.task.kind != "lm":
-                raise ValueError(
-                    f"--generate needs a byte-level language model; this workdir's task is "
-                    f"{run.task.name!r}"
-                )
-            prompt = list(arguments.generate.encode("utf-8"))
-            tokens = generate(
-                run.model,
-                jax.numpy.asarray([prompt]),
-                max_new_tokens=arguments.max_new_tokens,
-                key=jax.random.key(arguments.seed),
-                temperature=arguments.temperature,
-                top_k=arguments.top_k,
-            )
-            print(bytes(int(t) for t in tokens[0]).decode("utf-8", errors="replace"))
+            print(generate_text(arguments))
             return 0
+        if arguments.text is not None:
+            print(score_text(arguments))
+            return 0
+        workdir = Path(arguments.workdir)
+        run = load_run(workdir, step=arguments.step)
         metrics = evaluate_run(run, batch_size=arguments.batch_size)
         report = {"step": run.step, "task": run.task.name, "split": "test", "metrics": metrics}
         path = workdir / EVAL_DIR / f"step_{run.step}.json"

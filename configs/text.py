@@ -1,10 +1,17 @@
-"""Byte-level language modelling on any text file you point at.
+"""Language modelling on any text file you point at: byte-level from scratch, or fine-tuning
+a pretrained Hugging Face checkpoint with its own tokenizer.
 
     python train.py --config configs/text.py --config.task.path=my_corpus.txt --workdir runs/text
     python eval.py --workdir runs/text --generate "The " --temperature 0.8 --top_k 20
 
-Reports bits per byte on the held-out tail of the file (the last 5%). On a few MB of English
-an LSTM of this size gets well under 2.5 bits per byte in the default 3000 steps.
+    python train.py --config configs/text.py --config.task.path=my_corpus.txt \
+        --config.model.init_from=path/to/checkpoint --workdir runs/finetune
+
+From scratch it reports bits per byte on the held-out tail of the file (the last 5%); on a few
+MB of English an LSTM of this size gets well under 2.5 bits per byte in the default 3000
+steps. With ``model.init_from`` (a directory with config.json, *.safetensors and
+tokenizer.json) the model section becomes the checkpoint's, the tokens its tokenizer's, and
+training starts from its weights; the held-out loss is then in nats per token.
 """
 
 import ml_collections
@@ -19,6 +26,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model = model_defaults(
         "lstm", d_model=128, mixers=mixer_defaults(attention=dict(num_heads=4))
     )
+    config.model.init_from = None
     config.optimizer = optimizer_defaults(
         learning_rate=2e-3, warmup_steps=200, end_learning_rate_ratio=0.1
     )

@@ -1,19 +1,38 @@
-"""Evaluation of trained runs: load a workdir's model at a checkpoint, score its test split.
+"""Evaluation of trained runs: load a workdir's model at a checkpoint, score its test split;
+score any language model on a text file.
 
 A checkpoint that is corrupt or holds non-finite values is refused when loaded
 (CheckpointError), and metrics that are not finite when scored (NonFiniteResultError): a
 diverged run never becomes a result.
+
+A text of tokens x_0 .. x_{N-1} is scored as one pass would score it, read in windows of
+``window`` tokens with the model's state carried from each window into the next, so nothing
+is read twice and the first token of a window is predicted from the last position of the
+one before:
+
+    nats = Σ_{t=1}^{N-1} −log p(x_t | x_<t)      loss = nats / (N − 1)      perplexity = e^loss
+    bits per byte = nats / (ln 2 · bytes of the text)
+
+The first token is given, not predicted (a tokenizer that starts every text with a
+beginning-of-text token makes that token the given one).
 """
 
 import dataclasses
+import functools
 import math
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
+import optax
 from flax import nnx
 
 from seqjax.data import Task, create_task
+from seqjax.data.tokenizer import ByteTokenizer, Tokenizer
 from seqjax.models import create_model
+from seqjax.models.backbone import LanguageModel
 from seqjax.training import config as config_lib
 from seqjax.training.checkpoint import Checkpoints
 from seqjax.training.evaluate import evaluate
@@ -72,4 +91,82 @@ def evaluate_run(run: LoadedRun, *, batch_size: int, task: Task | None = None) -
     return metrics
 
 
-__all__ = ["LoadedRun", "NonFiniteResultError", "evaluate", "evaluate_run", "load_run"]
+def tokenizer_of(task: Task) -> Tokenizer:
+    """The tokenizer of a language-modelling task: its own, or the bytes (kind "lm")."""
+    tokenizer = getattr(task, "tokenizer", None)
+    if tokenizer is not None:
+        return tokenizer
+    if task.kind == "lm":
+        return ByteTokenizer()
+    raise ValueError(
+        f"task {task.name!r} is not language modelling over text, so it has no tokenizer"
+    )
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _window_nats(graphdef, params, state, inputs, targets):
+    model = nnx.merge(graphdef, params)
+    logits, state = model(inputs, state=state)
+    nats = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+    return jnp.sum(nats, dtype=jnp.float32), state
+
+
+def token_nats(model: LanguageModel, tokens, *, window: int) -> float:
+    """Σ_{t≥1} −log p(tokens[t] | tokens[:t]) under ``model`` (nats), read ``window`` tokens
+    at a time with the state carried between windows (see the module docstring)."""
+    tokens = np.asarray(tokens)
+    if tokens.ndim != 1 or len(tokens) < 2:
+        raise ValueError(f"scoring needs at least 2 tokens in a row, got shape {tokens.shape}")
+    if window < 1:
+        raise ValueError(f"window must be at least 1, got {window}")
+    limit = model.backbone.context_limit
+    if limit is not None and len(tokens) - 1 > limit:
+        raise ValueError(
+            f"the text is {len(tokens)} tokens, more than the attention cache holds ({limit}); "
+            "raise the attention option cache_length"
+        )
+    graphdef, params = nnx.split(model)
+    state = model.init_state(1)
+    total = 0.0
+    for start in range(0, len(tokens) - 1, window):
+        piece = tokens[start : start + window + 1].astype(np.int32)[None]
+        nats, state = _window_nats(graphdef, params, state, piece[:, :-1], piece[:, 1:])
+        total += float(nats)
+    return total
+
+
+def text_metrics(
+    model: LanguageModel, tokenizer: Tokenizer, tokens, num_bytes: int, *, window: int
+) -> dict[str, float]:
+    """Loss (nats per predicted token), perplexity and bits per byte of ``tokens`` (the
+    ``tokenizer``'s ids of a text of ``num_bytes`` UTF-8 bytes); a NonFiniteResultError if
+    the model gives a non-finite loss."""
+    if tokenizer.vocab_size > model.vocab_size:
+        raise ValueError(
+            f"the tokenizer has {tokenizer.vocab_size} tokens, more than the model's "
+            f"vocabulary ({model.vocab_size})"
+        )
+    nats = token_nats(model, tokens, window=window)
+    predicted = len(tokens) - 1
+    if not math.isfinite(nats):
+        raise NonFiniteResultError(f"the model gives a non-finite loss ({nats}) on the text")
+    loss = nats / predicted
+    return {
+        "loss": loss,
+        "perplexity": math.exp(loss) if loss < math.log(np.finfo(np.float64).max) else math.inf,
+        "bits_per_byte": nats / (math.log(2) * num_bytes),
+        "num_scored_tokens": predicted,
+        "num_bytes": num_bytes,
+    }
+
+
+__all__ = [
+    "LoadedRun",
+    "NonFiniteResultError",
+    "evaluate",
+    "evaluate_run",
+    "load_run",
+    "text_metrics",
+    "token_nats",
+    "tokenizer_of",
+]

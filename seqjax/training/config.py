@@ -8,6 +8,11 @@ no setting is accepted and ignored.
 
 ``config.imports`` names modules (comma-separated) imported before anything is built, so a
 mixer or task that a user's package registers can be trained and evaluated by name.
+
+``model.init_from`` names a Hugging Face checkpoint directory to fine-tune: the model section
+becomes what its converter makes of its config.json (the recipe ``from_pretrained`` builds),
+a ``text`` task reads its tokens with the checkpoint's tokenizer.json, and a model option
+given together with init_from that the checkpoint contradicts is an error naming it.
 """
 
 import ast
@@ -16,6 +21,7 @@ import importlib
 import importlib.util
 import json
 import math
+import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -137,9 +143,102 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
         raise ConfigError(f"{path}: get_config() must return an ml_collections.ConfigDict")
     config = with_defaults(config)
     keys = apply_overrides(config, overrides)
+    if "model" in config and config.model.get("init_from") is not None:
+        start_from_pretrained(config, keys)
     if "model" in config:
         check_mixer_overrides(keys, used_mixers(config.model))
     return config
+
+
+TOKENIZER_FILE = "tokenizer.json"
+_ABSENT = object()
+
+
+def pretrained_model(init_from: Any) -> tuple[dict[str, Any], int]:
+    """The model section of a run that starts from the checkpoint directory ``init_from``
+    (its converter's recipe, with ``init_from`` made absolute) and the checkpoint's vocabulary
+    size. Only config.json is read; the weights are read when training starts at step 0."""
+    from seqjax.interop import pretrained
+
+    if not isinstance(init_from, str | os.PathLike):
+        raise ConfigError(f"model.init_from must be a checkpoint directory, got {init_from!r}")
+    try:
+        directory = pretrained.checkpoint_directory(init_from)
+        checkpoint = pretrained.read_config(directory)
+        converter = pretrained.converter_for(checkpoint.model_type, checkpoint.source)
+        model, vocab_size = converter.recipe(checkpoint)
+    except pretrained.PretrainedError as error:
+        raise ConfigError(f"model.init_from: {error}") from None
+    model = {**model, "init_from": str(directory.resolve())}
+    return _lists_to_tuples(json.loads(json.dumps(model))), vocab_size
+
+
+def pretrained_task(task: Mapping[str, Any], init_from: str, vocab_size: int) -> dict:
+    """The task section of a run that starts from the checkpoint in ``init_from``: a ``text``
+    task's tokens are those of the checkpoint's tokenizer.json, over its vocabulary. Another
+    task keeps its tokens (its vocabulary must be the checkpoint's: see Trainer)."""
+    task = dict(task)
+    if task.get("name") != "text":
+        return task
+    tokenizer = Path(init_from) / TOKENIZER_FILE
+    if not tokenizer.is_file():
+        raise ConfigError(
+            f"model.init_from: {init_from} has no {TOKENIZER_FILE}, which the text task "
+            "reads its tokens with"
+        )
+    return {**task, "tokenizer_file": str(tokenizer), "vocab_size": vocab_size}
+
+
+def start_from_pretrained(config: ml_collections.ConfigDict, given: Sequence[str]) -> None:
+    """Makes the model and task sections those of ``model.init_from`` (pretrained_model,
+    pretrained_task); a key of ``given`` (the overrides) under ``model`` that the checkpoint
+    has with another value, or does not have, is a ConfigError naming each such key."""
+    model, vocab_size = pretrained_model(config.model.init_from)
+    values, contradictions = config.model.to_dict(), []
+    for key in given:
+        section, _, path = key.partition(".")
+        if section != "model" or path == "init_from":
+            continue
+        value, wanted = _lookup(values, path), _lookup(model, path)
+        if wanted is _ABSENT:
+            contradictions.append(f"{key}={value!r} (the checkpoint's model has no {path})")
+        elif value != wanted:
+            contradictions.append(f"{key}={value!r} (the checkpoint has {wanted!r})")
+    if contradictions:
+        raise ConfigError(
+            f"model.init_from={model['init_from']} makes the model the checkpoint's, which "
+            f"these options contradict: {'; '.join(contradictions)}; leave them out"
+        )
+    task = pretrained_task(config.task, model["init_from"], vocab_size)
+    with config.ignore_type():
+        config.model = ml_collections.ConfigDict(model)
+        config.task = ml_collections.ConfigDict(task)
+
+
+def check_pretrained(config: ml_collections.ConfigDict) -> None:
+    """A config with ``model.init_from`` holds the checkpoint's model section and task (as
+    load_config makes them); otherwise a ConfigError naming each difference."""
+    init_from = config.model.get("init_from")
+    if init_from is None:
+        return
+    model, vocab_size = pretrained_model(init_from)
+    task = pretrained_task(config.task, model["init_from"], vocab_size)
+    model["init_from"] = init_from  # the directory as the config names it
+    conflicts = differences(_relevant(model), _relevant(config.model.to_dict()), "model")
+    conflicts += differences(task, config.task.to_dict(), "task")
+    if conflicts:
+        raise ConfigError(
+            f"model.init_from={init_from}: the config is not the checkpoint's (checkpoint -> "
+            f"config): {'; '.join(conflicts)}; load_config gives the checkpoint's"
+        )
+
+
+def _lookup(section: Mapping[str, Any], dotted_key: str) -> Any:
+    for name in dotted_key.split("."):
+        if not isinstance(section, Mapping) or name not in section:
+            return _ABSENT
+        section = section[name]
+    return section
 
 
 def parse_overrides(arguments: Sequence[str]) -> list[str]:
@@ -458,6 +557,9 @@ def _fill_options_added_since(saved: dict, current: dict) -> None:
 
 
 def _relevant(section: dict) -> dict:
+    if "init_from" in section and section["init_from"] is None:
+        # Training from scratch, as a config written before model.init_from meant.
+        section = {key: value for key, value in section.items() if key != "init_from"}
     if "mixers" not in section or "mixer" not in section:
         return section
     used = used_mixers(section)

@@ -1,7 +1,8 @@
 """The training loop: build, restore, step, log, evaluate, checkpoint, stop cleanly.
 
-    task, mesh <- config;  model and optimizer state created sharded on the mesh, or
-    restored onto it from the newest intact checkpoint in workdir (saved on any mesh)
+    task, mesh <- config;  model and optimizer state created sharded on the mesh (the
+    parameters read from model.init_from, if set), or restored onto it from the newest
+    intact checkpoint in workdir (saved on any mesh)
     for step in [start, num_steps):  state = train_step(state, task.train_batch(step))
         every log_every: metrics line;  every eval_every: test-split metrics
         every checkpoint_every, at the end, and on SIGTERM / Ctrl-C: checkpoint
@@ -216,6 +217,7 @@ def train(
     config = config_lib.with_defaults(config)
     config_lib.import_modules(config)
     config_lib.check_config(config)
+    config_lib.check_pretrained(config)
     training = config.training
     check_until_step(until_step, training.num_steps)
     task = create_task(**config.task)
@@ -257,6 +259,8 @@ def _train(config, workdir, trainer, checkpoints, interactive, until_step) -> Tr
         progress.message(f"{problem}; moved it to {moved}")
     if start:
         progress.message(f"resumed from the checkpoint at step {start} in {workdir}")
+    elif trainer.init_from is not None:
+        progress.message(f"started from the pretrained checkpoint in {trainer.init_from}")
     if changes:
         progress.message(
             f"config changed since step {start} (the earlier one is kept in "

@@ -5,9 +5,12 @@
     state, metrics = trainer.step(state, trainer.batch(step), trainer.stop_signal(signum))
 
 The state is created by a jitted function whose outputs carry the shardings of the
-parameters' logical axes, so no parameter is ever whole on one device. The step is jitted
-with the state's shardings in and out (the state donated) and the batch split over the batch
-and sequence axes; inside it, activations follow the same rules. When the sequence axis is
+parameters' logical axes, so no parameter is ever whole on one device; with
+``model.init_from`` the parameters are the checkpoint's instead (seqjax.interop's
+from_pretrained reads each tensor and places it on its shards) and the optimizer state is
+created around them. The step is jitted with the state's shardings in and out (the state
+donated) and the batch split over the batch and sequence axes; inside it, activations follow
+the same rules. When the sequence axis is
 split, the step's model is built with ``sequence_split`` (every mixer's ops over time run
 sequence-parallel over that axis, and a mixer that cannot run so stops the run before it
 starts); ``graphdef``, the model evaluation reads (its batches whole on every device), has
@@ -67,8 +70,7 @@ class Trainer:
                 sequence_split=sequence_split,
             )
 
-        def create_state():
-            _, params = nnx.split(create_model_now())
+        def state_of(params):
             return TrainState(
                 step=jnp.zeros((), jnp.int32),
                 params=params,
@@ -76,6 +78,9 @@ class Trainer:
                 skipped_updates=jnp.zeros((), jnp.int32),
                 first_nonfinite_step=jnp.full((), -1, jnp.int32),
             )
+
+        def create_state():
+            return state_of(nnx.split(create_model_now())[1])
 
         self.graphdef = nnx.graphdef(nnx.eval_shape(create_model_now))
         # The step's model: the same parameters, the mixers' ops split over the sequence axis.
@@ -95,6 +100,13 @@ class Trainer:
             self.state_shardings,
         )
         self._create_state = jax.jit(create_state, out_shardings=self.state_shardings)
+        self.init_from = config.model.get("init_from")
+        self._state_of = jax.jit(
+            state_of,
+            in_shardings=(self.state_shardings.params,),
+            out_shardings=self.state_shardings,
+            donate_argnums=0,
+        )
         self._replicated = NamedSharding(mesh, PartitionSpec())
         # One entry per device, so each process sets only its own.
         self._per_device = NamedSharding(mesh, PartitionSpec(*mesh.axis_names))
@@ -102,8 +114,27 @@ class Trainer:
         self._steps = {}
 
     def initial_state(self) -> TrainState:
+        """The state at step 0: new parameters, or those of ``model.init_from``."""
+        # The checkpoint's model is built abstractly outside the mesh context, where the
+        # variables' logical axis names are not taken for mesh axes.
+        params = None if self.init_from is None else self.pretrained_params()
         with jax.set_mesh(self.mesh):
-            return self._create_state()
+            return self._create_state() if params is None else self._state_of(params)
+
+    def pretrained_params(self) -> PyTree:
+        """The parameters of the checkpoint in ``model.init_from`` (whose model the config's
+        model section is: config.check_pretrained), placed as the state's, in its dtypes."""
+        from seqjax.interop import from_pretrained
+
+        model = from_pretrained(self.init_from, mesh=self.mesh, rules=self.rules)
+        if model.vocab_size != self.task.vocab_size:
+            raise ValueError(
+                f"the checkpoint in {self.init_from} has a vocabulary of {model.vocab_size} "
+                f"tokens, the task {self.task.name!r} one of {self.task.vocab_size}"
+            )
+        like = self.abstract_state.params
+        params = jax.tree.map(lambda p, shape: p.astype(shape.dtype), nnx.state(model), like)
+        return jax.device_put(params, self.state_shardings.params)
 
     def batch(self, step: int) -> dict[str, jax.Array]:
         """The global batch of ``step``, of which this process loads only its own rows."""
