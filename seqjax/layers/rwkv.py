@@ -18,14 +18,20 @@ decay w_t = exp(-e^{-0.5} σ(·)) per key, in-context learning rate a_t = σ(·)
 (RWKV's own [V, K] state is this Sᵀ; see ``generalized_delta_rule``); the block is
 W_o ((GroupNorm(o) + (r_t·(ρ ⊙ k̃_t)) v_t) ⊙ g_t) with a low-rank sigmoid gate g.
 
-Only the time-mixing block is the mixer: the backbone's gated MLP stands in for RWKV's
-channel mixing. RWKV-7's value residual (v mixed with the first layer's v, "v_first")
-crosses layers, which the mixer protocol does not carry, so it is left out. The output
-projection has the default initialization (RWKV zero-initializes it, which would leave a
+RWKV-7's value residual mixes every later layer's values with the first layer's,
+v_t ← v_t + (v¹_t - v_t) ⊙ σ(ν + (x_v W_ν↓) W_ν↑). The values cross layers, so they travel in
+the carry a stack passes from block to block (``RWKV7.call_with_carry``): the first ``rwkv7``
+layer that sees a carry without them puts its own v there.
+
+RWKV-7's channel mixing, the other half of its block, is a mixer of its own here
+(``rwkv7_channel_mix``: it has a token shift, so a state), y_t = W_v relu(W_k x_k)² with
+x_k = x_t + (x_{t-1} - x_t) ⊙ μ; an RWKV-7 model alternates the two with no gated MLP. Output
+projections have the default initialization (RWKV zero-initializes them, which would leave a
 fresh mixer with no output at all).
 
 State: {"shift": x_{T} for the next token shift [B, D], "wkv": S [B, H, K, K]}, with RWKV-6's
-S the state after the last token (its decay w_T already applied).
+S the state after the last token (its decay w_T already applied); the channel mix's is
+{"shift": x_T [B, D]}.
 """
 
 import math
@@ -35,12 +41,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from seqjax.layers.checks import check_divides, check_sizes
+from seqjax.layers.checks import check_divides, check_mixer_inputs, check_sizes
 from seqjax.layers.heads import split_heads
 from seqjax.layers.initializers import symmetric_uniform
 from seqjax.layers.norms import layer_normalize
 from seqjax.layers.partitioning import EMBED, HEADS, linear, param
 from seqjax.layers.registry import register
+from seqjax.ops.conv import causal_conv1d
 from seqjax.ops.delta_rule import generalized_delta_rule
 from seqjax.ops.linear_attention import gated_linear_attention
 from seqjax.ops.sequence_parallel import SequenceSplit
@@ -53,15 +60,32 @@ GROUP_NORM_EPSILON = 64e-5
 # cumulative log decays of a chunk (at most C · 20) small enough that the differences the
 # chunked form takes of them stay accurate (and finite: -exp(w̃) overflows for w̃ > 88).
 MAX_DECAY_EXPONENT = 3.0
+# The carry entry holding the first rwkv7 layer's values v [B, T, D] for the layers after it.
+VALUE_FIRST = "rwkv7_value_first"
 
 
 def token_shift(
-    x: Array, previous: Array, segment_starts: Array | None = None
+    x: Array,
+    previous: Array,
+    segment_starts: Array | None = None,
+    sequence_split: SequenceSplit | None = None,
 ) -> tuple[Array, Array]:
     """x_{t-1} for every t: ``previous`` [B, D] before the first token, zero at segment starts.
 
+    With ``sequence_split`` it is the causal convolution with taps (1, 0), whose split form
+    hands each shard the last token of the one before (the copy is exact).
     Returns the shifted inputs [B, T, D] and the last token [B, D] (float32) for the state.
     """
+    if sequence_split is not None:
+        taps = jnp.stack([jnp.ones(x.shape[-1]), jnp.zeros(x.shape[-1])])
+        shifted, last = causal_conv1d(
+            x,
+            taps,
+            initial_state=previous[:, None],
+            segment_starts=segment_starts,
+            sequence_split=sequence_split,
+        )
+        return shifted, last[:, 0]
     shifted = jnp.concatenate([previous[:, None].astype(x.dtype), x[:, :-1]], axis=1)
     if segment_starts is not None:
         shifted = jnp.where(segment_starts[..., None], jnp.zeros((), x.dtype), shifted)
@@ -166,6 +190,12 @@ def rwkv7_keys(
     return removal_key, k * (1.0 + (icl_rate - 1.0) * icl_key_scale)
 
 
+def rwkv7_value_residual(v: Array, value_first: Array, mix_logits: Array) -> Array:
+    """RWKV-7's value residual v + (v¹ - v) ⊙ σ(logits): v, v¹ (the first layer's), logits
+    [B, T, D]."""
+    return v + (value_first - v) * jax.nn.sigmoid(mix_logits).astype(v.dtype)
+
+
 def rwkv7_recurrence(
     r: Array,
     replacement_key: Array,
@@ -250,21 +280,29 @@ class _RWKVTimeMix(nnx.Module):
     def __call__(
         self, x: Array, *, state: PyTree | None = None, segment_starts: Array | None = None
     ) -> tuple[Array, PyTree]:
-        """The token shift, the subclass's ``time_mix`` (its gated outputs before W_o and
-        its new matrix state, given x, x_{t-1} and the op's options), then W_o."""
+        y, new_state, _ = self._mix(x, state, segment_starts)
+        return y, new_state
+
+    def _mix(
+        self, x: Array, state: PyTree | None, segment_starts: Array | None, **inputs: Any
+    ) -> tuple[Array, PyTree, Array]:
+        """The token shift, the subclass's ``time_mix`` (its gated outputs before W_o, its
+        new matrix state and its values v, given x, x_{t-1}, ``inputs`` and the op's
+        options), then W_o. Returns y, the new state and v [B, T, D]."""
         if state is None:
             state = self.init_state(x.shape[0])
-        shifted, last = token_shift(x, state["shift"], segment_starts)
-        gated, wkv = self.time_mix(
+        shifted, last = token_shift(x, state["shift"], segment_starts, self.sequence_split)
+        gated, wkv, values = self.time_mix(
             x,
             shifted,
+            **inputs,
             initial_state=state["wkv"],
             segment_starts=segment_starts,
             chunk_size=self.chunk_size,
             implementation=self.implementation,
             sequence_split=self.sequence_split,
         )
-        return self.output(gated.astype(x.dtype)), {"shift": last, "wkv": wkv}
+        return self.output(gated.astype(x.dtype)), {"shift": last, "wkv": wkv}, values
 
     def _group_norm(self, o: Array) -> Array:
         """Per-head normalization of o [B, T, H, V], learned scale and bias per channel."""
@@ -345,7 +383,7 @@ class RWKV6(_RWKVTimeMix):
             self.bonus[...],
             **op_options,
         )
-        return self._group_norm(o).reshape(x.shape) * jax.nn.silu(self.gate(x_g)), wkv
+        return self._group_norm(o).reshape(x.shape) * jax.nn.silu(self.gate(x_g)), wkv, v
 
 
 @register("rwkv7")
@@ -354,8 +392,10 @@ class RWKV7(_RWKVTimeMix):
 
     Options: those of every RWKV (``head_size`` K, capped at D, ``chunk_size`` and
     ``implementation`` of ``generalized_delta_rule``), ``decay_rank``, ``icl_rank`` and
-    ``gate_rank`` (low ranks of w, a and g; None for RWKV's size rules). Initialization
-    follows RWKV-LM's RWKV-7 by depth.
+    ``gate_rank`` (low ranks of w, a and g; None for RWKV's size rules), ``value_residual``
+    (mix v with the first rwkv7 layer's values, as every RWKV-7 layer after the first does;
+    such a layer runs only within a stack, ``call_with_carry``) and ``value_rank`` (its low
+    rank; None for RWKV's rule). Initialization follows RWKV-LM's RWKV-7 by depth.
     """
 
     def __init__(
@@ -366,12 +406,17 @@ class RWKV7(_RWKVTimeMix):
         decay_rank: int | None = None,
         icl_rank: int | None = None,
         gate_rank: int | None = None,
+        value_residual: bool = False,
+        value_rank: int | None = None,
         layer_index: int = 0,
         num_layers: int = 1,
         **time_mix_options: Any,
     ):
         super().__init__(d_model, **time_mix_options)
-        check_sizes(decay_rank=decay_rank, icl_rank=icl_rank, gate_rank=gate_rank)
+        check_sizes(
+            decay_rank=decay_rank, icl_rank=icl_rank, gate_rank=gate_rank, value_rank=value_rank
+        )
+        self.value_residual = value_residual
         ratio_0_to_1, ratio_1_to_0 = _depth_ratios(layer_index, num_layers)
         fraction = _channel_fractions(d_model)
         powers = (0.2, 0.9, 0.7, 0.7, 0.9, 0.2)  # r, w, k, v, a, g
@@ -403,6 +448,9 @@ class RWKV7(_RWKVTimeMix):
         self.icl_base = param(-0.19 + 0.3 * zigzag + 0.4 * ramp, HEADS)
         self.icl_down, self.icl_up = low_rank(icl_rank)
         self.gate_down, self.gate_up = low_rank(gate_rank)
+        if value_residual:
+            self.value_residual_base = param(0.73 - 0.4 * ramp, HEADS)
+            self.value_residual_down, self.value_residual_up = low_rank(rank(value_rank, 1.7))
         heads = (self.num_heads, self.head_size)
         self.removal_key_scale = param(self._heads(0.71 - 0.1 * ramp), HEADS, None)  # ξ
         self.icl_key_scale = param(jnp.full(heads, 1.02, jnp.float32), HEADS, None)  # α
@@ -420,9 +468,55 @@ class RWKV7(_RWKVTimeMix):
         self.value = projection(0.5 * bound)
         self._add_output_layers(d_model, 1.0, rngs)
 
-    def time_mix(self, x: Array, shifted: Array, **op_options) -> tuple[Array, Array]:
+    def __call__(
+        self, x: Array, *, state: PyTree | None = None, segment_starts: Array | None = None
+    ) -> tuple[Array, PyTree]:
+        if self.value_residual:
+            raise ValueError(
+                "rwkv7 with value_residual mixes its values with the first rwkv7 layer's, "
+                "which only a stack has: run it through call_with_carry (the backbone does)"
+            )
+        return super().__call__(x, state=state, segment_starts=segment_starts)
+
+    def call_with_carry(
+        self,
+        x: Array,
+        carry: dict[str, Array],
+        *,
+        state: PyTree | None = None,
+        segment_starts: Array | None = None,
+    ) -> tuple[Array, PyTree, dict[str, Array]]:
+        """The mixer within a stack: ``carry`` holds what the blocks before it pass on.
+
+        Without VALUE_FIRST in it, this layer is the first rwkv7 layer and puts its values
+        v [B, T, D] there; with ``value_residual`` its own values are mixed with them.
+        Returns y, the new state and the carry for the next block.
+        """
+        check_mixer_inputs("rwkv7", x, segment_starts, self.d_model)
+        value_first = carry.get(VALUE_FIRST)
+        if self.value_residual and value_first is None:
+            raise ValueError(
+                "rwkv7 with value_residual needs the first rwkv7 layer's values, and this "
+                "layer is the first rwkv7 layer of its stack (give it value_residual=False)"
+            )
+        y, new_state, values = self._mix(x, state, segment_starts, value_first=value_first)
+        if value_first is None:
+            carry = {**carry, VALUE_FIRST: values}
+        return y.astype(x.dtype), new_state, carry
+
+    def time_mix(
+        self, x: Array, shifted: Array, *, value_first: Array | None = None, **op_options
+    ) -> tuple[Array, Array, Array]:
         x_r, x_w, x_k, x_v, x_a, x_g = x + (shifted - x) * self.mix[...][:, None, None]
-        r, k, v = (self._heads(t) for t in (self.receptance(x_r), self.key(x_k), self.value(x_v)))
+        v = self.value(x_v)
+        values = v
+        if self.value_residual:
+            mix_logits = (
+                self.value_residual_base[...]
+                + (x_v @ self.value_residual_down[...]) @ self.value_residual_up[...]
+            )
+            v = rwkv7_value_residual(v, value_first, mix_logits)
+        r, k, v = (self._heads(t) for t in (self.receptance(x_r), self.key(x_k), v))
         decay_logits = (
             self.decay_base[...] + jnp.tanh(x_w @ self.decay_down[...]) @ self.decay_up[...]
         )
@@ -443,4 +537,51 @@ class RWKV7(_RWKVTimeMix):
             **op_options,
         )
         o = self._group_norm(o) + current_token_bonus(r, replacement_key, v, self.bonus[...])
-        return o.reshape(x.shape) * gate, wkv
+        return o.reshape(x.shape) * gate, wkv, values
+
+
+def rwkv7_channel_mix(x: Array, shifted: Array, mix: Array, key: nnx.Linear, value: nnx.Linear):
+    """y = W_v relu(W_k (x + (x_{t-1} - x) ⊙ μ))²: x, shifted [B, T, D], mix μ [D]."""
+    return value(jnp.square(jax.nn.relu(key(x + (shifted - x) * mix))))
+
+
+@register("rwkv7_channel_mix")
+class RWKV7ChannelMix(nnx.Module):
+    """RWKV-7 (Goose) channel mixing (Peng et al., 2025), the feed-forward half of its block
+    with the token shift that makes it a mixer; see the module docstring. x: [B, T, D].
+
+    Options: ``hidden_size`` (of W_k; None: 4·D, RWKV-7's). Initialization follows RWKV-LM's
+    RWKV-7 by depth.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        *,
+        rngs: nnx.Rngs,
+        hidden_size: int | None = None,
+        layer_index: int = 0,
+        num_layers: int = 1,
+        sequence_split: SequenceSplit | None = None,
+    ):
+        check_sizes(hidden_size=hidden_size)
+        hidden_size = hidden_size or 4 * d_model
+        ratio_1_to_0 = _depth_ratios(layer_index, num_layers)[1]
+        self.mix = param(1.0 - _channel_fractions(d_model) ** (ratio_1_to_0**4), EMBED)
+        key_init = symmetric_uniform(0.5 * d_model**-0.5)
+        self.key = linear(
+            d_model, hidden_size, EMBED, HEADS, use_bias=False, kernel_init=key_init, rngs=rngs
+        )
+        self.value = linear(hidden_size, d_model, HEADS, EMBED, use_bias=False, rngs=rngs)
+        self.sequence_split = sequence_split
+
+    def init_state(self, batch_size: int) -> PyTree:
+        return {"shift": jnp.zeros((batch_size, self.d_model), jnp.float32)}
+
+    def __call__(
+        self, x: Array, *, state: PyTree | None = None, segment_starts: Array | None = None
+    ) -> tuple[Array, PyTree]:
+        if state is None:
+            state = self.init_state(x.shape[0])
+        shifted, last = token_shift(x, state["shift"], segment_starts, self.sequence_split)
+        return rwkv7_channel_mix(x, shifted, self.mix[...], self.key, self.value), {"shift": last}
