@@ -253,7 +253,8 @@ class MLSTM7B(nnx.Module):
 
     Options: ``num_heads`` H, ``qk_dim_factor`` and ``v_dim_factor`` (the q, k and the v, o
     widths int(factor · D), each split into H heads), ``gate_soft_cap`` c (None: uncapped
-    gates), ``norm_epsilon`` (of the multi-head layer norm), ``chunk_size`` and
+    gates), ``norm_epsilon`` (of the multi-head layer norm), ``normalizer_epsilon`` (the ε
+    xLSTM 7B adds to the mLSTM's stabilized denominator), ``chunk_size`` and
     ``implementation`` (of ``mlstm``).
 
     Parameters: ``in_proj`` [D, 2·qk + 2·v] gives (q, k, v, o) in that order, ``gate_proj``
@@ -271,11 +272,15 @@ class MLSTM7B(nnx.Module):
         v_dim_factor: float = 1.0,
         gate_soft_cap: float | None = 15.0,
         norm_epsilon: float = 1e-6,
+        normalizer_epsilon: float = 1e-6,
         chunk_size: int = 64,
         implementation: str | None = None,
         sequence_split: SequenceSplit | None = None,
     ):
         check_sizes(num_heads=num_heads, chunk_size=chunk_size)
+        if isinstance(normalizer_epsilon, bool) or not normalizer_epsilon >= 0:
+            raise ValueError(f"normalizer_epsilon must be >= 0, got {normalizer_epsilon!r}")
+        self.normalizer_epsilon = normalizer_epsilon
         qk_width, v_width = int(d_model * qk_dim_factor), int(d_model * v_dim_factor)
         for name, width in (
             ("qk_dim_factor * d_model", qk_width),
@@ -324,6 +329,7 @@ class MLSTM7B(nnx.Module):
             initial_state=state,
             segment_starts=segment_starts,
             chunk_size=self.chunk_size,
+            epsilon=self.normalizer_epsilon,
             implementation=self.implementation,
             sequence_split=self.sequence_split,
         )

@@ -4,12 +4,15 @@
 input gate exp(ĩ_t) and forget gate f_t = σ(f̃_t) from their pre-activations:
 
     C_t = f_t C_{t-1} + exp(ĩ_t) k_t v_tᵀ,   n_t = f_t n_{t-1} + exp(ĩ_t) k_t
-    h_t = C_tᵀ q_t / max(|n_tᵀ q_t|, 1)
+    h_t = C_tᵀ q_t / (max(|n_tᵀ q_t|, 1) + ε)
 
 exp(ĩ_t) overflows float32 for ĩ_t > 88, so the state is kept divided by exp(m_t) with the
 stabilizer m_t = max(log f_t + m_{t-1}, ĩ_t): C_t = f' C_{t-1} + i' k_t v_tᵀ with
 i' = exp(ĩ_t - m_t), f' = exp(log f_t + m_{t-1} - m_t), both <= 1, and
-h_t = C_tᵀ q_t / max(|n_tᵀ q_t|, exp(-m_t)), which does not depend on the choice of m.
+h_t = C_tᵀ q_t / (max(|n_tᵀ q_t|, exp(-m_t)) + ε), which for ε = 0 (the paper's, the
+default) does not depend on the choice of m. xLSTM 7B ("xLSTM 7B: A Recurrent LLM for Fast
+and Efficient Inference", Beck et al., 2025) adds ε = 1e-6 to the stabilized denominator,
+as written, so ``epsilon`` is added there.
 
     "reference"  the stabilized recurrence, one step at a time
     "parallel"   the paper's quadratic form: h_i = Σ_j exp(D_ij - m_i) (q_i·k_j) v_j / ...
@@ -80,6 +83,7 @@ def mlstm(
     initial_state: MLSTMState | None = None,
     segment_starts: Array | None = None,
     chunk_size: int = 64,
+    epsilon: float = 0.0,
     implementation: str | None = None,
     sequence_split: SequenceSplit | None = None,
 ) -> tuple[Array, MLSTMState]:
@@ -94,6 +98,7 @@ def mlstm(
         (``zero_mlstm_state`` if None).
       segment_starts: bool [B, T]; the state is reset to zero before each true position.
       chunk_size: C of the chunked form.
+      epsilon: ε >= 0 added to the stabilized denominator (0: the paper's).
       implementation: one of IMPLEMENTATIONS, or None for "chunked".
       sequence_split: run sequence-parallel over this mesh axis (seqjax.ops.sequence_parallel).
 
@@ -108,12 +113,16 @@ def mlstm(
     initial_state = _check_state(initial_state, batch, heads, key_size, value_size)
     segment_starts = checks.segment_starts(op, segment_starts, batch, length)
     checks.at_least_one(op, "chunk_size", chunk_size)
+    if not epsilon >= 0:
+        raise ValueError(f"mlstm: epsilon must be >= 0, got {epsilon!r}")
     implementation = implementations.select(
         op, implementation, IMPLEMENTATIONS, preferred=("chunked",),
         cannot_run={"pallas": "there are no Pallas kernels for mlstm yet"},
     )  # fmt: skip
     starts = jnp.zeros((batch, length), bool) if segment_starts is None else segment_starts
-    run = functools.partial(_run, implementation=implementation, chunk_size=chunk_size)
+    run = functools.partial(
+        _run, implementation=implementation, chunk_size=chunk_size, epsilon=float(epsilon)
+    )
     if (split := sequence_parallel.active_split(op, sequence_split)) is not None:
 
         def local(q, k, v, input_gate, forget_gate, starts, state):
@@ -128,23 +137,24 @@ def mlstm(
     return output.astype(v.dtype), final_state
 
 
-@functools.partial(jax.jit, static_argnames=("implementation", "chunk_size"))
-def _run(state, q, k, v, input_gate, forget_gate, starts, *, implementation, chunk_size):
+@functools.partial(jax.jit, static_argnames=("implementation", "chunk_size", "epsilon"))
+def _run(state, q, k, v, input_gate, forget_gate, starts, *, implementation, chunk_size, epsilon):
     """The chosen form in float32, compiled as one unit (called eagerly, the parallel form
     would otherwise compile op by op)."""
     f32 = functools.partial(jnp.asarray, dtype=jnp.float32)
     log_forget = jax.nn.log_sigmoid(f32(forget_gate))  # log σ(f̃) without overflow
     arrays = (f32(q), f32(k), f32(v), f32(input_gate), log_forget, starts)
     if implementation == REFERENCE:
-        return _recurrent(state, *arrays)
+        return _recurrent(state, *arrays, epsilon=epsilon)
+    chunk = functools.partial(_chunk, epsilon=epsilon)
     if implementation == "parallel" or q.shape[1] <= chunk_size:
         # One chunk is the parallel form; no chunk loop needed, but the chunk loop's
         # treatment of non-finite inputs (seqjax.ops.finite).
         floating, nonfinite = finite.zero_nonfinite(*arrays[:5])
-        output, state = _chunk(state, *floating, starts, jnp.ones_like(starts))
+        output, state = chunk(state, *floating, starts, jnp.ones_like(starts))
         return finite.nan_from_first(nonfinite, output, state)
     # Padded steps of the last chunk are marked invalid: they must not raise m.
-    return scan_over_chunks(_chunk, state, (*arrays, jnp.ones_like(starts)), chunk_size=chunk_size)
+    return scan_over_chunks(chunk, state, (*arrays, jnp.ones_like(starts)), chunk_size=chunk_size)
 
 
 def _check_state(state, batch, heads, key_size, value_size) -> MLSTMState:
@@ -160,11 +170,14 @@ def _check_state(state, batch, heads, key_size, value_size) -> MLSTMState:
     return MLSTMState(*(jnp.asarray(s, jnp.float32) for s in state))
 
 
-def _normalize(numerator: Array, query_normalizer: Array, stabilizer: Array) -> Array:
-    """h = Cᵀq / max(|nᵀq|, exp(-m)): the paper's max(|ñᵀq|, 1) in units of exp(-m).
+def _normalize(
+    numerator: Array, query_normalizer: Array, stabilizer: Array, epsilon: float
+) -> Array:
+    """h = Cᵀq / (max(|nᵀq|, exp(-m)) + ε): the paper's max(|ñᵀq|, 1) in units of exp(-m).
     ``numerator`` is [..., V], the others [...]."""
     floor = jnp.exp(jnp.clip(-stabilizer, -FLOOR_EXPONENT_LIMIT, FLOOR_EXPONENT_LIMIT))
-    return _divide(numerator, jnp.maximum(jnp.abs(query_normalizer), floor)[..., None])
+    denominator = jnp.maximum(jnp.abs(query_normalizer), floor) + epsilon
+    return _divide(numerator, denominator[..., None])
 
 
 @jax.custom_jvp
@@ -181,7 +194,7 @@ def _divide_jvp(primals, tangents):
     return quotient, (dx - quotient * dy) / y
 
 
-def _recurrent(state, q, k, v, input_gate, log_forget, starts):
+def _recurrent(state, q, k, v, input_gate, log_forget, starts, *, epsilon):
     """The reference: the stabilized recurrence, one step at a time, time-major."""
 
     def step(state, inputs):
@@ -200,6 +213,7 @@ def _recurrent(state, q, k, v, input_gate, log_forget, starts):
             jnp.einsum("bhk,bhkv->bhv", q_t, cell),
             jnp.einsum("bhk,bhk->bh", q_t, normalizer),
             new_stabilizer,
+            epsilon,
         )
         return MLSTMState(cell, normalizer, new_stabilizer), h_t
 
@@ -208,7 +222,7 @@ def _recurrent(state, q, k, v, input_gate, log_forget, starts):
     return jnp.swapaxes(output, 0, 1), final_state
 
 
-def _chunk(state, q, k, v, input_gate, log_forget, starts, valid):
+def _chunk(state, q, k, v, input_gate, log_forget, starts, valid, *, epsilon):
     """The parallel form over one chunk of L steps, as [B, L, H, ·] arrays, starting from
     ``state``; ``valid`` [B, L] is false on padding. Returns h [B, L, H, V] and the state
     after the chunk's last step."""
@@ -240,7 +254,7 @@ def _chunk(state, q, k, v, input_gate, log_forget, starts, valid):
     state_weight = jnp.exp(jnp.where(carried[..., None], state_log_weight, -jnp.inf))
     numerator += state_weight[..., None] * jnp.einsum("bihk,bhkv->bihv", q, state.cell)
     query_normalizer += state_weight * jnp.einsum("bihk,bhk->bih", q, state.normalizer)
-    output = _normalize(numerator, query_normalizer, stabilizer)
+    output = _normalize(numerator, query_normalizer, stabilizer, epsilon)
 
     # The state leaving: the last row's stabilizer (padding leaves F and m unchanged), the
     # keys of the last segment and, if no segment started, the entering state.

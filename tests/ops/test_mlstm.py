@@ -78,8 +78,10 @@ def test_chunked_equals_reference():
         assert_relative(run(arrays, "chunked", chunk_size), expected, CHUNKED_FLOAT32_RELATIVE)
 
 
-def numpy_mlstm(q, k, v, input_gate, forget_gate, cell, normalizer, stabilizer, segment_starts):
-    """The stabilized recurrence of the paper (eqs. 19-27), one step at a time in float64."""
+def numpy_mlstm(q, k, v, input_gate, forget_gate, cell, normalizer, stabilizer, segment_starts,
+                epsilon=0.0):  # fmt: skip
+    """The stabilized recurrence of the paper (eqs. 19-27), one step at a time in float64,
+    with ε added to the stabilized denominator as xLSTM 7B does."""
     C, n, m = (np.asarray(a, np.float64) for a in (cell, normalizer, stabilizer))
     h = np.zeros(v.shape)
     log_forget = -np.logaddexp(0.0, -forget_gate.astype(np.float64))
@@ -96,6 +98,7 @@ def numpy_mlstm(q, k, v, input_gate, forget_gate, cell, normalizer, stabilizer, 
         n = f[..., None] * n + i[..., None] * k[:, t]
         m = new_m
         denominator = np.maximum(np.abs(np.einsum("bhk,bhk->bh", n, q[:, t])), np.exp(-m))
+        denominator += epsilon
         h[:, t] = np.einsum("bhkv,bhk->bhv", C, q[:, t]) / denominator[..., None]
     return h, (C, n, m)
 
@@ -109,6 +112,24 @@ def test_reference_equals_numpy():
     expected_final = np.concatenate([C.reshape(2, 2, -1), n, m[..., None]], axis=-1)
     np.testing.assert_allclose(h, expected_h, **FLOAT32)
     np.testing.assert_allclose(final, expected_final, **FLOAT32)
+
+
+def test_epsilon_is_added_to_the_stabilized_denominator_in_every_form():
+    """ε = 0.5 (large, so that leaving it out or adding it elsewhere shows) in the reference,
+    the parallel form (one chunk) and the chunked form over 3 chunks with segment resets."""
+    arrays = inputs(2, 2, 40, 2, 4, 3)
+    expected_h, (C, n, m) = numpy_mlstm(**arrays, epsilon=0.5)
+    expected_final = np.concatenate([C.reshape(2, 2, -1), n, m[..., None]], axis=-1)
+    without, _ = numpy_mlstm(**arrays)
+    assert np.max(np.abs(without - expected_h)) > 1e-2
+    call = jax.jit(flat_mlstm, static_argnames=("implementation", "chunk_size", "epsilon"))
+    for implementation, chunk_size in (("reference", 64), ("parallel", 64), ("chunked", 16)):
+        h, final = call(**arrays, implementation=implementation, chunk_size=chunk_size, epsilon=0.5)
+        assert_relative(dict(h=h), dict(h=expected_h), CHUNKED_FLOAT32_RELATIVE)
+        np.testing.assert_allclose(final, expected_final, **FLOAT32)
+    with pytest.raises(ValueError, match="mlstm: epsilon must be >= 0, got -1"):
+        mlstm(*(arrays[name] for name in ("q", "k", "v", "input_gate", "forget_gate")),
+              epsilon=-1.0)  # fmt: skip
 
 
 def numpy_unstabilized(q, k, v, input_gate, forget_gate, cell, normalizer, stabilizer,

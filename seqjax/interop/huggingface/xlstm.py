@@ -6,7 +6,7 @@ RMSNorm, an output layer of its own (transformers' xLSTMForCausalLM never ties i
 ``weight_mode`` "single" stores q, k, v, the output gate and the two gates as separate
 linears, "fused" as one (q, k, v, o) and one (ĩ, f̃); both map to the same parameters. The
 mLSTM's denominator ``eps`` (max(|nᵀq|, exp(-m)) + eps in the state's stabilized units) is
-not in seqjax's mlstm op, so only eps = 0 is accepted.
+the mixer's ``normalizer_epsilon``.
 """
 
 from typing import Any
@@ -59,7 +59,6 @@ def recipe(config: CheckpointConfig) -> tuple[dict[str, Any], int]:
     _same_as(config, "num_blocks", layers)
     config.require("use_bias", False)
     config.require("add_out_norm", True)
-    config.require("eps", 0.0, 1e-6)
     config.require("inference_state_dtype", "float32", "float32")
     config.require("weight_mode", ("single", "fused"), "single")
     config.get("tie_word_embeddings")  # ties nothing (the module docstring)
@@ -71,6 +70,7 @@ def recipe(config: CheckpointConfig) -> tuple[dict[str, Any], int]:
         v_dim_factor=config.get("v_dim_factor", 1.0),
         gate_soft_cap=config.get("gate_soft_cap", 15.0),
         norm_epsilon=norm_epsilon,
+        normalizer_epsilon=config.get("eps", 1e-6),
     )
     ffn_size = round_up(
         hidden * config.get("ffn_proj_factor", 2.667), config.get("ffn_round_up_to_multiple_of", 64)
@@ -220,7 +220,7 @@ def export(model: dict[str, Any], vocab_size: int, original: dict | None) -> dic
         output_logit_soft_cap=model["logit_soft_cap"],
         use_bias=False,
         add_out_norm=True,
-        eps=0.0,
+        eps=options["normalizer_epsilon"],
         inference_state_dtype="float32",
         weight_mode=values.get("weight_mode", "single"),
         tie_word_embeddings=values.get("tie_word_embeddings", False),
