@@ -52,7 +52,7 @@ import numpy as np
 from flax import nnx
 
 from seqjax.interop.pretrained import PretrainedError
-from seqjax.models.backbone import Block, LanguageModel
+from seqjax.models.backbone import LanguageModel
 from seqjax.models.factory import create_model
 
 # torch's storage types that RWKV checkpoints use, by element type.
@@ -347,12 +347,6 @@ def _load(tensors: Mapping[str, PthTensor], source: Path, dtype: Any) -> Languag
     ):
         if names:
             raise PretrainedError(f"{source} {kind} {', '.join(names)}")
-    if model_config["num_layers"] > 2 and not hasattr(Block, "call_with_carry"):
-        raise PretrainedError(
-            f"{source}: RWKV-7's layers after the first mix in the first layer's values (v0, "
-            "v1, v2), which needs a backbone that passes a carry from block to block "
-            "(Block.call_with_carry); this one does not, so only a one-layer model loads"
-        )
     model = nnx.eval_shape(
         lambda: create_model(model_config, vocab_size=vocab_size, rngs=nnx.Rngs(0))
     )

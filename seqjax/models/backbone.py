@@ -16,6 +16,10 @@ kind and its epsilon, the MLP's hidden size, activation and biases (``mlp_hidden
 blocks with a mixer and no MLP), the embedding multiplier, an output layer tied to the embedding
 or of its own, with or without a bias.
 
+A mixer with a ``call_with_carry(x, carry, *, state, segment_starts) -> (y, state, carry)``
+method is called through it: ``carry`` holds the arrays the blocks before it pass on to the
+ones after (RWKV-7's first-layer values, which every later rwkv7 layer mixes into its own).
+
 Every parameter declares its logical axis names where it is created (layers/partitioning.py)
 and the residual stream is constrained to (batch, sequence), which training maps to mesh
 axes. With ``sequence_split`` (seqjax.ops.sequence_parallel) every mixer runs its ops over
@@ -100,13 +104,29 @@ class Block(nnx.Module):
     def __call__(
         self, x: Array, *, state: PyTree | None = None, segment_starts: Array | None = None
     ) -> tuple[Array, PyTree]:
-        mixed, new_state = self.mixer(
-            self.mixer_norm(x), state=state, segment_starts=segment_starts
-        )
+        x, new_state, _ = self.call_with_carry(x, {}, state=state, segment_starts=segment_starts)
+        return x, new_state
+
+    def call_with_carry(
+        self,
+        x: Array,
+        carry: dict[str, Array],
+        *,
+        state: PyTree | None = None,
+        segment_starts: Array | None = None,
+    ) -> tuple[Array, PyTree, dict[str, Array]]:
+        """x, the mixer's new state and the carry for the next block (module docstring)."""
+        normed = self.mixer_norm(x)
+        if hasattr(self.mixer, "call_with_carry"):
+            mixed, new_state, carry = self.mixer.call_with_carry(
+                normed, carry, state=state, segment_starts=segment_starts
+            )
+        else:
+            mixed, new_state = self.mixer(normed, state=state, segment_starts=segment_starts)
         x = x + mixed
         if self.mlp is not None:
             x = x + self.mlp(self.mlp_norm(x))
-        return x, new_state
+        return x, new_state, carry
 
     def init_state(self, batch_size: int) -> PyTree:
         return self.mixer.init_state(batch_size)
@@ -206,21 +226,23 @@ class Backbone(nnx.Module):
         if self.embedding_multiplier != 1.0:
             x = x * jnp.asarray(self.embedding_multiplier, x.dtype)
         x = constrain(x, BATCH, SEQUENCE, None)
-        new_states = []
+        new_states, carry = [], {}
         for block, block_state in zip(self.blocks, states, strict=True):
-            x, new_state = self._run_block(block, x, block_state, segment_starts)
+            x, new_state, carry = self._run_block(block, x, block_state, segment_starts, carry)
             new_states.append(new_state)
             x = constrain(x, BATCH, SEQUENCE, None)
         return self.final_norm(x), tuple(new_states)
 
-    def _run_block(self, block, x, state, segment_starts):
+    def _run_block(self, block, x, state, segment_starts, carry):
         if self.remat == "none":
-            return block(x, state=state, segment_starts=segment_starts)
+            return block.call_with_carry(x, carry, state=state, segment_starts=segment_starts)
 
-        def run(block, x, state, segment_starts):
-            return block(x, state=state, segment_starts=segment_starts)
+        def run(block, x, state, segment_starts, carry):
+            return block.call_with_carry(x, carry, state=state, segment_starts=segment_starts)
 
-        return nnx.remat(run, policy=REMAT_POLICIES[self.remat])(block, x, state, segment_starts)
+        return nnx.remat(run, policy=REMAT_POLICIES[self.remat])(
+            block, x, state, segment_starts, carry
+        )
 
     def init_state(self, batch_size: int) -> tuple[PyTree, ...]:
         return tuple(block.init_state(batch_size) for block in self.blocks)

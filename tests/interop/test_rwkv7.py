@@ -16,7 +16,6 @@ from flax import nnx
 from seqjax.interop.pretrained import PretrainedError
 from seqjax.interop.rwkv7 import load_rwkv7, read_pth
 from seqjax.models import generate
-from seqjax.models.backbone import Block
 from tests.tolerances import (
     PRETRAINED_BFLOAT16_RELATIVE,
     PRETRAINED_FLOAT32_RELATIVE,
@@ -74,12 +73,6 @@ def official_weights(layers: int = LAYERS, seed: int = 0) -> dict[str, "torch.Te
     return weights
 
 
-needs_carry = pytest.mark.skipif(
-    not hasattr(Block, "call_with_carry"),
-    reason="RWKV-7's value residual crosses blocks; the backbone passes no carry between them yet",
-)
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("rwkv7") / "tiny.pth"
@@ -126,7 +119,6 @@ def seqjax_logits(model, rows: np.ndarray) -> np.ndarray:
     return np.asarray(_logits(model, jnp.asarray(rows)))
 
 
-@needs_carry
 @pytest.mark.parametrize("length", LENGTHS)
 def test_logits_equal_the_rwkv_packages_sequence_form(model, reference, length):
     rows = tokens(length)
@@ -134,7 +126,6 @@ def test_logits_equal_the_rwkv_packages_sequence_form(model, reference, length):
     assert error < PRETRAINED_FLOAT32_RELATIVE, error
 
 
-@needs_carry
 def test_logits_equal_the_rwkv_packages_token_by_token_form(model, reference):
     rows = tokens(LENGTHS[0])
     expected = np.stack([stepped_reference_logits(reference, row) for row in rows])
@@ -142,7 +133,6 @@ def test_logits_equal_the_rwkv_packages_token_by_token_form(model, reference):
     assert error < PRETRAINED_FLOAT32_RELATIVE, error
 
 
-@needs_carry
 def test_greedy_tokens_equal_the_rwkv_packages(model, reference):
     prompt = tokens(6)[0]
     logits, state = reference.forward(prompt.tolist(), None)
@@ -154,7 +144,6 @@ def test_greedy_tokens_equal_the_rwkv_packages(model, reference):
     np.testing.assert_array_equal(produced, expected)
 
 
-@needs_carry
 def test_bfloat16_storages_load_as_they_are(tmp_path):
     """Published RWKV-7 files are bfloat16: the parameters keep the stored bits, and the
     logits are within PRETRAINED_BFLOAT16_RELATIVE of the rwkv package's in bfloat16."""
@@ -178,12 +167,6 @@ def test_a_one_layer_model_equals_the_rwkv_package(tmp_path):
         seqjax_logits(load_rwkv7(tmp_path / "one.pth"), rows), reference_logits(reference, rows)
     )
     assert error < PRETRAINED_FLOAT32_RELATIVE, error
-
-
-@pytest.mark.skipif(hasattr(Block, "call_with_carry"), reason="the backbone passes a carry")
-def test_without_a_carry_between_blocks_a_deeper_model_is_refused(checkpoint):
-    with pytest.raises(PretrainedError, match=r"first layer's values .*Block\.call_with_carry"):
-        load_rwkv7(checkpoint)
 
 
 def test_a_stride_and_an_offset_are_read_as_torch_reads_them(tmp_path):
