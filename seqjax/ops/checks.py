@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.experimental import checkify
 
 from seqjax.typing import Array
@@ -146,16 +147,16 @@ def in_range(
         expected = f"in [{low:g}, {high:g}]"
     message = f"{op}: {name} must be {expected}, got values in [{{smallest}}, {{largest}}]"
 
-    def inside(x):
-        x = jnp.asarray(x)
-        below = jnp.any(x < low) if low is not None else False
-        above = jnp.any(x > high) if high is not None else False
-        return ~(below | above), dict(smallest=jnp.nanmin(x), largest=jnp.nanmax(x))
+    def inside(xp, x):
+        below = xp.any(x < low) if low is not None else False
+        above = xp.any(x > high) if high is not None else False
+        return ~(below | above), dict(smallest=xp.nanmin(x), largest=xp.nanmax(x))
 
     if not isinstance(x, jax.core.Tracer):
-        ok, extremes = inside(x)
+        # NumPy, so a concrete array stays concrete inside a function being traced.
+        ok, extremes = inside(np, np.asarray(x))
         if not bool(ok):
             raise ValueError(message.format(**{n: float(e) for n, e in extremes.items()}))
     elif debug_checks:
-        ok, extremes = inside(x)
+        ok, extremes = inside(jnp, x)
         checkify.check(ok, message, **extremes)
