@@ -121,6 +121,17 @@ def test_concrete_values_outside_the_domain_are_refused(op, name, value, message
         function(**with_one_value(arrays, name, value))
 
 
+@pytest.mark.parametrize("op, name, value, message", OUT_OF_DOMAIN, ids=DOMAIN_IDS)
+def test_a_concrete_value_inside_a_traced_function_is_refused_while_tracing(
+    op, name, value, message
+):
+    function, arrays = arguments()[op]
+    constant = with_one_value(arrays, name, value)[name]
+    traced = {key: array for key, array in arrays.items() if key != name}
+    with pytest.raises(ValueError, match=f"{op}: {message}"):
+        jax.jit(lambda inputs: function(**inputs, **{name: constant}))(traced)
+
+
 def test_nan_is_no_domain_error_and_a_growing_decay_is_legal():
     function, arrays = arguments()["delta_rule"]
     function(**with_one_value(arrays, "log_decay", np.nan))
