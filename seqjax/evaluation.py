@@ -58,13 +58,18 @@ def load_run(workdir: str | Path, *, step: int | None = None) -> LoadedRun:
     config = load_saved_config(workdir)
     config_lib.import_modules(config)
     task = create_task(**config.task)
-    model = create_model(
-        config.model,
-        vocab_size=task.vocab_size,
-        input_dim=task.input_dim,
-        rngs=nnx.Rngs(config.seed),
+    model = nnx.eval_shape(
+        lambda: create_model(
+            config.model,
+            vocab_size=task.vocab_size,
+            input_dim=task.input_dim,
+            rngs=nnx.Rngs(config.seed),
+        )
     )
+    # Built abstractly (no parameter computed) and restored onto the first device.
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     graphdef, params = nnx.split(model)
+    params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), params)
     checkpoints = Checkpoints(workdir / CHECKPOINT_DIR, read_only=True)
     step = checkpoints.latest_step() if step is None else step
     try:

@@ -195,6 +195,13 @@ def test_fine_tuning_starts_from_the_checkpoint_with_its_tokenizer(checkpoint, f
     assert saved["model"]["init_from"] == str(directory.resolve())
     assert saved["task"]["tokenizer_file"] == str(directory.resolve() / "tokenizer.json")
     assert saved["task"]["vocab_size"] == VOCAB
+    task, tokens = create_task(**config.task), load_tokenizer(directory).encode(corpus.read_text())
+    assert (task.kind, task.vocab_size) == ("token_lm", VOCAB)
+    assert create_task("text", **task.options()).options() == task.options()
+    batch = task.train_batch(0, 8)
+    windows = np.concatenate([batch["inputs"], batch["targets"][:, -1:]], axis=1)
+    slices = np.lib.stride_tricks.sliding_window_view(tokens, windows.shape[1])
+    assert all((slices == window).all(axis=1).any() for window in windows)
     sharded = load_config(
         str(ROOT / "configs" / "text.py"),
         [f"task.path={corpus}", f"model.init_from={directory}", *FINE_TUNE, "mesh.fsdp=8"],
