@@ -30,7 +30,8 @@ from typing import Any
 
 from flax import nnx
 
-from seqjax.layers.checks import check_mixer_inputs, check_size, check_type
+from seqjax.layers.bidirectional import MERGES, Bidirectional
+from seqjax.layers.checks import check_choice, check_mixer_inputs, check_size, check_type
 from seqjax.ops.sequence_parallel import SequenceSplit
 
 _MIXERS: dict[str, type[nnx.Module]] = {}
@@ -133,6 +134,9 @@ def create(
     layer_index: int = 0,
     num_layers: int = 1,
     sequence_split: SequenceSplit | None = None,
+    bidirectional: bool = False,
+    merge: str | None = None,
+    shared_weights: bool | None = None,
     **options: Any,
 ) -> nnx.Module:
     """Builds the mixer registered as ``name`` with width ``d_model`` and its ``options``.
@@ -141,6 +145,10 @@ def create(
     (HGRN's forget-gate lower bound rises with depth), and so does ``sequence_split``; a
     mixer that does not declare it is refused when one is given. A bad option value is a
     ValueError that starts with the mixer's name.
+
+    ``bidirectional=True`` builds a ``Bidirectional`` of two such mixers, one forward and one
+    over each segment reversed (one for both with ``shared_weights=True``), merged by
+    ``merge``: "concat" (the default), "sum" or "gate" (seqjax/layers/bidirectional.py).
     """
     parameters = _option_parameters(name)
     unknown = sorted(set(options) - set(parameters))
@@ -161,7 +169,24 @@ def create(
     try:
         for option, value in options.items():
             check_type(option, value, _expected_type(parameters[option]))
-        return mixer_class(name)(d_model=d_model, rngs=rngs, **backbone, **options)
+        build = functools.partial(
+            mixer_class(name), d_model=d_model, rngs=rngs, **backbone, **options
+        )
+        check_type("bidirectional", bidirectional, bool)
+        if not bidirectional:
+            given = {"merge": merge, "shared_weights": shared_weights}
+            given = [f"{key}={value!r}" for key, value in given.items() if value is not None]
+            if given:
+                raise ValueError(
+                    f"{', '.join(given)} given, but only a bidirectional mixer "
+                    "(bidirectional=True) takes merge and shared_weights"
+                )
+            return build()
+        merge = "concat" if merge is None else merge
+        check_choice("merge", merge, MERGES)
+        check_type("shared_weights", shared_weights, bool | None)
+        directions = [build() for _ in range(1 if shared_weights else 2)]
+        return Bidirectional(name, *directions, merge=merge, rngs=rngs)
     except ValueError as error:
         raise ValueError(f"mixer {name!r}: {error}") from error
 
