@@ -3,17 +3,32 @@
 as interop builds on models)."""
 
 from seqjax.models.backbone import Backbone, Block, Classifier, LanguageModel, parse_pattern
+from seqjax.models.beam_search import (
+    BeamSearchResult,
+    beam_search,
+    encoder_decoder_beam_search,
+    greedy,
+    language_model_beam_search,
+)
 from seqjax.models.factory import create_model
 from seqjax.models.generate import generate, sample_next
+from seqjax.models.seq2seq import EncoderDecoder, EncoderMemory
 
 __all__ = [
     "Backbone",
+    "BeamSearchResult",
     "Block",
     "Classifier",
+    "EncoderDecoder",
+    "EncoderMemory",
     "LanguageModel",
+    "beam_search",
     "create_model",
+    "encoder_decoder_beam_search",
     "from_pretrained",
     "generate",
+    "greedy",
+    "language_model_beam_search",
     "parse_pattern",
     "sample_next",
     "save_pretrained",
