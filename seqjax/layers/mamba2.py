@@ -107,8 +107,9 @@ class Mamba2(nnx.Module):
     """The Mamba-2 block (Dao & Gu, 2024); see the module docstring. x: [B, T, D].
 
     Options: ``state_size`` N, ``head_dim`` P (H = E / P heads), ``expand`` (E = expand · D),
-    ``num_groups`` G (of B, C and by default the norm), ``conv_width``, ``dt_min``/``dt_max`` (range of
-    the initial Δ), ``chunk_size`` and ``implementation`` (of ``gated_linear_attention``);
+    ``num_groups`` G (of B, C and by default the norm), ``conv_width``, ``dt_min``/``dt_max``
+    (range of the initial Δ), ``chunk_size`` and ``implementation`` (of
+    ``gated_linear_attention``);
     ``dt_limit_min``/``dt_limit_max`` clip Δ (None: no upper limit; transformers'
     ``time_step_limit``), ``norm_groups`` the groups of the gated norm (None: G; 1 normalizes
     all E at once, as transformers' Mamba2 and Bamba do) and ``norm_epsilon`` its ε,
