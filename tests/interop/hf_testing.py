@@ -38,10 +38,17 @@ def randomized(model, seed: int = 0, scale: float = 0.5):
     return model
 
 
+def causal_lm_class(config):
+    """transformers' own causal LM class of a config (MambaConfig -> MambaForCausalLM), named
+    rather than looked up in the Auto mapping, which flash-linear-attention's import rewrites
+    with its own models of the same model_type."""
+    return getattr(transformers, type(config).__name__.removesuffix("Config") + "ForCausalLM")
+
+
 def reference_model(config, directory: Path, *, seed: int = 0, randomize=randomized):
     """A transformers causal LM of ``config`` with random weights, saved to ``directory``."""
     torch.manual_seed(seed)
-    model = transformers.AutoModelForCausalLM.from_config(config).float().eval()
+    model = causal_lm_class(config)(config).float().eval()
     model = randomize(model, seed)
     model.save_pretrained(directory)
     return model
@@ -71,9 +78,7 @@ def check_logits(reference, directory: Path, vocab_size: int) -> None:
         assert error < PRETRAINED_FLOAT32_RELATIVE, (length, error)
     half = from_pretrained(directory, dtype=jnp.bfloat16)
     assert all(p.dtype == jnp.bfloat16 for p in jax.tree.leaves(half))
-    reference_half = transformers.AutoModelForCausalLM.from_pretrained(
-        directory, dtype=torch.bfloat16
-    ).eval()
+    reference_half = type(reference).from_pretrained(directory, dtype=torch.bfloat16).eval()
     tokens = token_batch(vocab_size, LENGTHS[-1])
     error = relative_error(seqjax_logits(half, tokens), reference_logits(reference_half, tokens))
     assert error < PRETRAINED_BFLOAT16_RELATIVE, error
@@ -100,7 +105,7 @@ def check_round_trip(reference, directory: Path, tmp_path: Path, vocab_size: int
     bit-identical (every tensor and the config)."""
     model = from_pretrained(directory)
     exported = save_pretrained(model, tmp_path / "exported")
-    reloaded = transformers.AutoModelForCausalLM.from_pretrained(exported).float().eval()
+    reloaded = type(reference).from_pretrained(exported).float().eval()
     tokens = token_batch(vocab_size, LENGTHS[-1])
     np.testing.assert_array_equal(
         reference_logits(reloaded, tokens), reference_logits(reference, tokens)

@@ -107,7 +107,7 @@ def checkpoint(request, tmp_path_factory):
     fuse(directory)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(transformers.xLSTMPreTrainedModel, "_init_weights", lambda self, module: None)
-        fused_reference = transformers.AutoModelForCausalLM.from_pretrained(directory).eval()
+        fused_reference = transformers.xLSTMForCausalLM.from_pretrained(directory).eval()
         tokens = token_batch(VOCAB, LENGTHS[-1])
         np.testing.assert_array_equal(
             reference_logits(fused_reference, tokens), reference_logits(reference, tokens)
