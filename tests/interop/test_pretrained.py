@@ -274,7 +274,11 @@ def test_loading_a_300_mb_checkpoint_holds_at_most_one_and_a_half_times_its_size
         text=True,
         timeout=600,
         check=True,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        # Only what finding Python and seqjax needs: no settings other tests leave behind.
+        env={
+            **{key: os.environ[key] for key in ("PATH", "HOME", "PYTHONPATH") if key in os.environ},
+            "JAX_PLATFORMS": "cpu",
+        },
     )
     measured = json.loads(result.stdout.strip().splitlines()[-1])
     added = (measured["peak_kib"] - measured["before_kib"]) * 1024
