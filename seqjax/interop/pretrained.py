@@ -137,6 +137,30 @@ def transposed(path: str, name: str) -> Tensor:
     return Tensor(path, (name,), lambda w: w.T, lambda k: (k.T,))
 
 
+def conv_taps(path: str, name: str) -> Tensor:
+    """A ShortConv's taps [W, C] stored as PyTorch's depthwise Conv1d weight [C, 1, W]."""
+    return Tensor(path, (name,), lambda w: w[:, 0, :].T, lambda taps: (taps.T[:, None, :],))
+
+
+def joined(path: str, *names: str, kernels: bool = False) -> Tensor:
+    """A parameter made of checkpoint tensors of one shape side by side on its last axis
+    (``kernels``: PyTorch linear weights [out, in], each transposed first), as seqjax fuses
+    keys and values, or an MLP's gate and up projections."""
+    if kernels:
+        return Tensor(
+            path,
+            names,
+            lambda *weights: np.concatenate([w.T for w in weights], axis=-1),
+            lambda kernel: tuple(part.T for part in np.split(kernel, len(names), axis=-1)),
+        )
+    return Tensor(
+        path,
+        names,
+        lambda *parts: np.concatenate(parts, axis=-1),
+        lambda joint: tuple(np.split(joint, len(names), axis=-1)),
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class Converter:
     """The data for one ``model_type``: see the module docstring.

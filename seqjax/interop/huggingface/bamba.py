@@ -11,8 +11,6 @@ does not read, must agree), its key and value projections fused (keys, then valu
 
 from typing import Any
 
-import numpy as np
-
 from seqjax.interop.huggingface.mamba2 import (
     check_exportable,
     check_heads,
@@ -26,6 +24,7 @@ from seqjax.interop.pretrained import (
     Converter,
     PretrainedError,
     Tensor,
+    joined,
     register_converter,
     same,
     transposed,
@@ -125,31 +124,14 @@ def recipe(config: CheckpointConfig) -> tuple[dict[str, Any], int]:
     return model, config["vocab_size"]
 
 
-def _fused(*weights: np.ndarray) -> np.ndarray:
-    """PyTorch weights [out_i, in] side by side as one kernel [in, Σ out_i]."""
-    return np.concatenate([weight.T for weight in weights], axis=1)
-
-
-def _unfused(kernel: np.ndarray) -> tuple[np.ndarray, ...]:
-    return tuple(part.T for part in np.split(kernel, 2, axis=1))
-
-
-def _joined(*biases: np.ndarray) -> np.ndarray:
-    return np.concatenate(biases)
-
-
-def _split(bias: np.ndarray) -> tuple[np.ndarray, ...]:
-    return tuple(np.split(bias, 2))
-
-
 def _attention_tensors(ours: str, theirs: str) -> list[Tensor]:
     return [
         transposed(f"{ours}.query.kernel", f"{theirs}.q_proj.weight"),
-        Tensor(
+        joined(
             f"{ours}.key_value.kernel",
-            (f"{theirs}.k_proj.weight", f"{theirs}.v_proj.weight"),
-            _fused,
-            _unfused,
+            f"{theirs}.k_proj.weight",
+            f"{theirs}.v_proj.weight",
+            kernels=True,
         ),
         transposed(f"{ours}.output.kernel", f"{theirs}.o_proj.weight"),
     ]
@@ -157,21 +139,18 @@ def _attention_tensors(ours: str, theirs: str) -> list[Tensor]:
 
 def _mlp_tensors(ours: str, theirs: str, bias: bool) -> list[Tensor]:
     result = [
-        Tensor(
+        joined(
             f"{ours}.gate_and_up.kernel",
-            (f"{theirs}.gate_proj.weight", f"{theirs}.up_proj.weight"),
-            _fused,
-            _unfused,
+            f"{theirs}.gate_proj.weight",
+            f"{theirs}.up_proj.weight",
+            kernels=True,
         ),
         transposed(f"{ours}.down.kernel", f"{theirs}.down_proj.weight"),
     ]
     if bias:
         result += [
-            Tensor(
-                f"{ours}.gate_and_up.bias",
-                (f"{theirs}.gate_proj.bias", f"{theirs}.up_proj.bias"),
-                _joined,
-                _split,
+            joined(
+                f"{ours}.gate_and_up.bias", f"{theirs}.gate_proj.bias", f"{theirs}.up_proj.bias"
             ),
             same(f"{ours}.down.bias", f"{theirs}.down_proj.bias"),
         ]

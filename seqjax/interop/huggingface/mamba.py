@@ -5,13 +5,12 @@ weightless RMS norms of Δ's input, B and C (``mixer_rms_eps``)."""
 import math
 from typing import Any
 
-import numpy as np
-
 from seqjax.interop.pretrained import (
     CheckpointConfig,
     Converter,
     PretrainedError,
     Tensor,
+    conv_taps,
     register_converter,
     same,
     transposed,
@@ -67,10 +66,6 @@ def recipe(config: CheckpointConfig) -> tuple[dict[str, Any], int]:
     return model, config["vocab_size"]
 
 
-def _conv_taps(weight: np.ndarray) -> np.ndarray:
-    return weight[:, 0, :].T  # [C, 1, W] -> [W, C]
-
-
 def tensors(config: CheckpointConfig, model: dict[str, Any]) -> tuple[list[Tensor], set[str]]:
     result = [same("backbone.embed.embedding", "backbone.embeddings.weight")]
     for i in range(model["num_layers"]):
@@ -79,12 +74,7 @@ def tensors(config: CheckpointConfig, model: dict[str, Any]) -> tuple[list[Tenso
         result += [
             same(f"{ours}.mixer_norm.scale", f"{theirs}.norm.weight"),
             transposed(f"{ours}.mixer.in_proj.kernel", f"{mixer}.in_proj.weight"),
-            Tensor(
-                f"{ours}.mixer.conv.kernel",
-                (f"{mixer}.conv1d.weight",),
-                _conv_taps,
-                lambda taps: (taps.T[:, None, :],),
-            ),
+            conv_taps(f"{ours}.mixer.conv.kernel", f"{mixer}.conv1d.weight"),
             same(f"{ours}.mixer.conv.bias", f"{mixer}.conv1d.bias"),
             transposed(f"{ours}.mixer.x_proj.kernel", f"{mixer}.x_proj.weight"),
             transposed(f"{ours}.mixer.dt_proj.kernel", f"{mixer}.dt_proj.weight"),

@@ -11,13 +11,12 @@ The mixer's part is shared with Bamba (huggingface/bamba.py): ``mixer_tensors`` 
 import math
 from typing import Any
 
-import numpy as np
-
 from seqjax.interop.pretrained import (
     CheckpointConfig,
     Converter,
     PretrainedError,
     Tensor,
+    conv_taps,
     register_converter,
     same,
     transposed,
@@ -103,22 +102,13 @@ def recipe(config: CheckpointConfig) -> tuple[dict[str, Any], int]:
     return model, config["vocab_size"]
 
 
-def _conv_taps(weight: np.ndarray) -> np.ndarray:
-    return weight[:, 0, :].T  # [C, 1, W] -> [W, C]
-
-
 def mixer_tensors(ours: str, theirs: str, options: dict[str, Any]) -> list[Tensor]:
     """seqjax's mamba2 mixer at ``ours`` from transformers' Mamba2Mixer (or BambaMixer) at
     ``theirs``: in_proj [(z, x, B, C, dt), D], conv1d [C, 1, W], dt_bias, A_log, D [H], the
     gated norm [E], out_proj [D, E]; biases as the options ask."""
     result = [
         transposed(f"{ours}.in_proj.kernel", f"{theirs}.in_proj.weight"),
-        Tensor(
-            f"{ours}.conv.kernel",
-            (f"{theirs}.conv1d.weight",),
-            _conv_taps,
-            lambda taps: (taps.T[:, None, :],),
-        ),
+        conv_taps(f"{ours}.conv.kernel", f"{theirs}.conv1d.weight"),
         same(f"{ours}.dt_bias", f"{theirs}.dt_bias"),
         same(f"{ours}.log_decay_rate", f"{theirs}.A_log"),
         same(f"{ours}.skip", f"{theirs}.D"),

@@ -24,7 +24,7 @@ from seqjax import layers
 from seqjax.interop.pretrained import (
     CheckpointConfig,
     PretrainedError,
-    Tensor,
+    conv_taps,
     parameter_name,
     same,
     transposed,
@@ -38,17 +38,8 @@ FUSED = {
 }
 
 
-def conv_taps(weight: np.ndarray) -> np.ndarray:
-    """Conv1d's depthwise weight [C, 1, W] as ShortConv's taps [W, C]."""
-    return weight[:, 0, :].T
-
-
-def conv_weight(taps: np.ndarray) -> tuple[np.ndarray]:
-    return (taps.T[:, None, :],)
-
-
 TENSORS = (
-    Tensor("conv.kernel", ("conv1d.weight",), conv_taps, conv_weight),
+    conv_taps("conv.kernel", "conv1d.weight"),
     same("log_decay_rate", "A_log"),
     same("dt_bias", "dt_bias"),
     same("norm.scale", "norm.weight"),

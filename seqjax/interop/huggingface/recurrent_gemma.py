@@ -18,6 +18,8 @@ from seqjax.interop.pretrained import (
     Converter,
     PretrainedError,
     Tensor,
+    conv_taps,
+    joined,
     register_converter,
     same,
     transposed,
@@ -109,28 +111,6 @@ def recipe(config: CheckpointConfig) -> tuple[dict[str, Any], int]:
     return model, config["vocab_size"]
 
 
-def _conv_taps(weight: np.ndarray) -> np.ndarray:
-    return weight[:, 0, :].T  # [C, 1, W] -> [W, C]
-
-
-def joined(path: str, first: str, second: str, *, kernels: bool = False) -> Tensor:
-    """A parameter of two checkpoint tensors of one shape side by side on the last axis
-    (``kernels``: PyTorch linear weights [out, in], each transposed first)."""
-    if kernels:
-        return Tensor(
-            path,
-            (first, second),
-            lambda a, b: np.concatenate([a.T, b.T], axis=-1),
-            lambda kernel: tuple(half.T for half in np.split(kernel, 2, axis=-1)),
-        )
-    return Tensor(
-        path,
-        (first, second),
-        lambda a, b: np.concatenate([a, b], axis=-1),
-        lambda joint: tuple(np.split(joint, 2, axis=-1)),
-    )
-
-
 def dense(ours: str, theirs: str) -> list[Tensor]:
     """An ``nnx.Linear`` with a bias from a PyTorch ``nn.Linear``."""
     return [
@@ -144,12 +124,7 @@ def recurrent_block(ours: str, theirs: str) -> list[Tensor]:
     return [
         *dense(f"{ours}.gate_proj", f"{theirs}.linear_y"),
         *dense(f"{ours}.input_proj", f"{theirs}.linear_x"),
-        Tensor(
-            f"{ours}.conv.kernel",
-            (f"{theirs}.conv_1d.weight",),
-            _conv_taps,
-            lambda taps: (taps.T[:, None, :],),
-        ),
+        conv_taps(f"{ours}.conv.kernel", f"{theirs}.conv_1d.weight"),
         same(f"{ours}.conv.bias", f"{theirs}.conv_1d.bias"),
         joined(f"{ours}.gate_kernel", f"{lru}.recurrent_gate_weight", f"{lru}.input_gate_weight"),
         joined(f"{ours}.gate_bias", f"{lru}.recurrent_gate_bias", f"{lru}.input_gate_bias"),
