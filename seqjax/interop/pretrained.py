@@ -295,6 +295,36 @@ def _model_of(model_config: Mapping[str, Any], vocab_size: int) -> LanguageModel
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """What a checkpoint's config.json makes: the seqjax model config, the vocabulary size,
+    and the Tensors of every parameter (with the names that may be present unread)."""
+
+    directory: Path
+    config: CheckpointConfig
+    model_config: dict[str, Any]
+    vocab_size: int
+    tensors: list[Tensor]
+    optional: set[str]
+
+
+def read_recipe(path: str | os.PathLike) -> Recipe:
+    """The recipe of the checkpoint directory ``path``, from config.json alone (no weights
+    are read); a key the converter does not understand is refused by name."""
+    directory = checkpoint_directory(path)
+    config = read_config(directory)
+    converter = converter_for(config.model_type, config.source)
+    model_config, vocab_size = converter.recipe(config)
+    tensors, optional = converter.tensors(config, model_config)
+    unread = config.unread()
+    if unread:
+        raise PretrainedError(
+            f"{config.source}: {', '.join(unread)} not understood by the {config.model_type} "
+            "converter, so the model they describe cannot be built as it is"
+        )
+    return Recipe(directory, config, model_config, vocab_size, tensors, optional)
+
+
 def from_pretrained(
     path: str | os.PathLike,
     *,
@@ -307,17 +337,10 @@ def from_pretrained(
     ``dtype`` None keeps each floating tensor's stored dtype; ``mesh`` places every parameter
     sharded by its logical axes under ``rules`` (default: training's DEFAULT_RULES).
     """
-    directory = checkpoint_directory(path)
-    config = read_config(directory)
-    converter = converter_for(config.model_type, config.source)
-    model_config, vocab_size = converter.recipe(config)
-    tensors, optional = converter.tensors(config, model_config)
-    unread = config.unread()
-    if unread:
-        raise PretrainedError(
-            f"{config.source}: {', '.join(unread)} not understood by the {config.model_type} "
-            "converter, so the model they describe cannot be built as it is"
-        )
+    recipe = read_recipe(path)
+    directory, config = recipe.directory, recipe.config
+    model_config, vocab_size = recipe.model_config, recipe.vocab_size
+    tensors, optional = recipe.tensors, recipe.optional
     if mesh is not None and rules is None:
         from seqjax.training.sharding import DEFAULT_RULES
 

@@ -163,14 +163,11 @@ def pretrained_model(init_from: Any) -> tuple[dict[str, Any], int]:
     if not isinstance(init_from, str | os.PathLike):
         raise ConfigError(f"model.init_from must be a checkpoint directory, got {init_from!r}")
     try:
-        directory = pretrained.checkpoint_directory(init_from)
-        checkpoint = pretrained.read_config(directory)
-        converter = pretrained.converter_for(checkpoint.model_type, checkpoint.source)
-        model, vocab_size = converter.recipe(checkpoint)
+        recipe = pretrained.read_recipe(init_from)
     except pretrained.PretrainedError as error:
         raise ConfigError(f"model.init_from: {error}") from None
-    model = {**model, "init_from": str(directory.resolve())}
-    return _lists_to_tuples(json.loads(json.dumps(model))), vocab_size
+    model = {**recipe.model_config, "init_from": str(recipe.directory.resolve())}
+    return _lists_to_tuples(json.loads(json.dumps(model))), recipe.vocab_size
 
 
 def pretrained_task(task: Mapping[str, Any], init_from: str, vocab_size: int) -> dict:
