@@ -18,6 +18,7 @@ from seqjax.interop.pretrained import (
     Converter,
     PretrainedError,
     Tensor,
+    joined,
     register_converter,
     same,
     transposed,
@@ -107,16 +108,6 @@ def _concatenated(path: str, names: tuple[str, ...], sizes: tuple[int, ...]) -> 
     )
 
 
-def _joined(path: str, names: tuple[str, str], size: int) -> Tensor:
-    """A bias [2 · size] made of two biases [size]."""
-    return Tensor(
-        path,
-        names,
-        lambda *biases: np.concatenate(biases),
-        lambda bias: (bias[:size], bias[size:]),
-    )
-
-
 def tensors(config: CheckpointConfig, model: dict[str, Any]) -> tuple[list[Tensor], set[str]]:
     fused = config.get("weight_mode", "single") == "fused"
     qk, v = _widths(model)
@@ -145,7 +136,7 @@ def tensors(config: CheckpointConfig, model: dict[str, Any]) -> tuple[list[Tenso
                     tuple(f"{gate}.weight" for gate in gates),
                     (heads, heads),
                 ),
-                _joined(f"{block}.mixer.gate_proj.bias", tuple(f"{g}.bias" for g in gates), heads),
+                joined(f"{block}.mixer.gate_proj.bias", *(f"{g}.bias" for g in gates)),
                 _concatenated(
                     f"{block}.mlp.gate_and_up.kernel",
                     (f"{ffn_layer}.proj_up_gate.weight", f"{ffn_layer}.proj_up.weight"),
