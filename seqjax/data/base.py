@@ -1,9 +1,23 @@
 """The task interface, the task registry, and the batching scheme shared by every task.
 
-A batch is a dict of NumPy arrays: ``inputs`` int32 token ids [B, T] (or float32 features
-[B, T, F] for a task whose ``input_dim`` is F), ``targets`` int32 [B, T] and ``weights`` float32
-[B, T] (1 where the loss and metrics count). Every training batch is a pure function of
-the task options and the step, so a run resumes exactly; the held-out split is fixed.
+A batch is a dict of NumPy arrays. Every batch has ``inputs``: int32 token ids [B, T] (or
+float32 features [B, T, F] for a task whose ``input_dim`` is F), and may have ``mask`` bool
+[B, T], true at real positions, for rows of different lengths (right-padded; no mask: every
+position is real). The rest depends on the head the task serves (``Task.heads``):
+
+- ``"token"`` (an output class at every position) and ``"crf"`` (the same labels scored as a
+  linear chain): ``targets`` int32 [B, T] and ``weights`` float32 [B, T], 1 where the loss
+  and metrics count. A CRF scores whole rows, so its weights are 1 at every real position.
+- ``"pooled"`` (one class per sequence): the classification form of ``label_at_last_position``,
+  each row's class in ``targets`` at the one position of weight 1.
+- ``"ctc"``: label sequences ``targets`` int32 [B, L] of ids 1 .. vocab_size - 1 (0 is the
+  blank, and the padding), ``target_mask`` bool [B, L].
+- ``"seq2seq"``: ``inputs`` are source ids [B, S] (``mask`` their padding), ``decoder_inputs``
+  int32 [B, T] the start token then the target shifted right, ``targets`` int32 [B, T] the
+  target then the end token, ``weights`` float32 [B, T] 1 there.
+
+Every training batch is a pure function of the task options and the step, so a run resumes
+exactly; the held-out split is fixed.
 """
 
 from __future__ import annotations
@@ -36,6 +50,7 @@ class Task(abc.ABC):
 
     name: ClassVar[str]  # registry name
     kind: ClassVar[str]  # "lm" (report bits per byte) or "synthetic"
+    heads: ClassVar[tuple[str, ...]] = ("token",)  # the heads its batches serve; [0] default
     vocab_size: int  # input vocabulary and number of output classes
     seq_len: int  # T of every batch
     input_dim: int | None = None  # F of real-valued inputs [B, T, F]; None for token ids
@@ -180,14 +195,26 @@ def shard_rows(batch_size: int, shard_index: int, num_shards: int) -> slice:
     return slice(shard_index * rows_per_shard, (shard_index + 1) * rows_per_shard)
 
 
-def as_batch(inputs: np.ndarray, targets: np.ndarray, weights: np.ndarray) -> Batch:
-    """A batch with the interface dtypes: int32 ids (float32 features) and float32 weights."""
+BATCH_DTYPES = {
+    "targets": np.int32,
+    "weights": np.float32,
+    "mask": np.bool_,
+    "target_mask": np.bool_,
+    "decoder_inputs": np.int32,
+}
+
+
+def as_batch(**arrays: np.ndarray) -> Batch:
+    """A batch with the interface dtypes (module docstring): int32 ids (float32 features),
+    int32 targets, float32 weights, bool masks."""
+    unknown = sorted(set(arrays) - {"inputs", *BATCH_DTYPES})
+    if unknown:
+        raise ValueError(f"unknown batch array(s) {', '.join(unknown)}")
+    inputs = arrays["inputs"]
+    inputs_dtype = np.float32 if np.issubdtype(inputs.dtype, np.floating) else np.int32
     return {
-        "inputs": inputs.astype(
-            np.float32 if np.issubdtype(inputs.dtype, np.floating) else np.int32
-        ),
-        "targets": targets.astype(np.int32),
-        "weights": weights.astype(np.float32),
+        name: array.astype(inputs_dtype if name == "inputs" else BATCH_DTYPES[name])
+        for name, array in arrays.items()
     }
 
 

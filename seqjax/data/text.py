@@ -119,13 +119,15 @@ class Text(Task):
         num_starts = len(self._train_tokens) - self.seq_len
         starts = rng.integers(0, num_starts, size=batch_size)[rows]
         windows = self._train_tokens[starts[:, None] + np.arange(self.seq_len + 1)]
-        return as_batch(windows[:, :-1], windows[:, 1:], np.ones(windows[:, 1:].shape))
+        return as_batch(
+            inputs=windows[:, :-1], targets=windows[:, 1:], weights=np.ones(windows[:, 1:].shape)
+        )
 
     def test_batches(self, batch_size: int) -> Iterator[Batch]:
         def take_examples(start: int, stop: int) -> Batch:
             offsets = np.arange(start, stop)[:, None] * self.seq_len + np.arange(self.seq_len + 1)
             in_file = offsets < len(self._test_tokens)
             windows = np.where(in_file, self._test_tokens[np.where(in_file, offsets, 0)], 0)
-            return as_batch(windows[:, :-1], windows[:, 1:], in_file[:, 1:])
+            return as_batch(inputs=windows[:, :-1], targets=windows[:, 1:], weights=in_file[:, 1:])
 
         return padded_batches(self.num_test_examples, batch_size, take_examples)

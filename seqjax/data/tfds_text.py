@@ -111,7 +111,7 @@ class TfdsText(Task):
             window = data[offset : offset + self.seq_len + 1]
             windows[row, : len(window)] = window
             counted[row, : max(len(window) - 1, 0)] = True
-        return as_batch(windows[:, :-1], windows[:, 1:], counted)
+        return as_batch(inputs=windows[:, :-1], targets=windows[:, 1:], weights=counted)
 
     def train_batch(
         self, step: int, batch_size: int, *, shard_index: int = 0, num_shards: int = 1
