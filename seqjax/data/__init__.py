@@ -12,6 +12,7 @@ from seqjax.data import (  # noqa: F401  (registers the tasks)
     mqar,
     selective_copying,
     state_tracking,
+    tagging,
     text,
     tfds_text,
     time_series,
