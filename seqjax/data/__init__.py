@@ -11,6 +11,7 @@ from seqjax.data import (  # noqa: F401  (registers the tasks)
     mnist_1d,
     mqar,
     selective_copying,
+    seq2seq,
     state_tracking,
     tagging,
     text,
