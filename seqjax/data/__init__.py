@@ -1,12 +1,15 @@
 """Tasks and data pipelines in NumPy: synthetic recall, copying and induction tasks, formal
 languages and state tracking with test splits at longer lengths, MNIST-1D, time-series
-classification, and byte-level text from a file or a TFDS dataset.
+classification, and byte-level text from a file or a TFDS dataset. Tagging (generated, or read
+from CoNLL-U and TSV files), sequence-to-sequence transductions (generated, or read from a TSV
+file) and CTC digit strings serve the tagger, CRF, encoder-decoder and CTC heads.
 
 ``create_task(name, **options)`` builds a task; ``available_tasks()`` lists the names.
 """
 
 from seqjax.data import (  # noqa: F401  (registers the tasks)
     chomsky,
+    ctc,
     induction_heads,
     mnist_1d,
     mqar,
