@@ -150,11 +150,25 @@ def _chunk_loop_backward(chunk_fn, chunk_size, differentiable, residuals, cotang
 _chunk_loop.defvjp(_chunk_loop_forward, _chunk_loop_backward)
 
 
-def cumulative_sum(x: Array) -> Array:
+def cumulative_sum(x: Array, segment: Array | None = None) -> Array:
     """Σ_{s <= i} x_s along axis 1 (a chunk's steps), as a matmul with a lower-triangular
     matrix of ones: XLA on CPU lowers ``jnp.cumsum`` to a reduce-window, which took about a
     tenth of all op time in a profile of chunked gated linear attention's forward+backward.
-    Its zeros multiply later steps, so x must be finite (as it is in ``scan_over_chunks``)."""
+    Its zeros multiply later steps, so x must be finite (as it is in ``scan_over_chunks``).
+
+    With ``segment`` [B, C] (each step's segment index) the sum restarts at every segment,
+    Σ_{s <= i, segment_s = segment_i} x_s, so it reads nothing of another segment. A sum
+    over the whole chunk would give the same differences b_i - b_j of two steps of one
+    segment only up to rounding, by cancelling the earlier segments' terms: their strong
+    decays would cost a later segment its precision, and their gradients would not be zero.
+    """
     size = x.shape[1]
-    lower = jnp.tril(jnp.ones((size, size), x.dtype))
-    return jnp.einsum("ij,bj...->bi...", lower, x, precision=jax.lax.Precision.HIGHEST)
+    lower = jnp.tril(jnp.ones((size, size), bool))
+    if segment is None:
+        return jnp.einsum(
+            "ij,bj...->bi...", lower.astype(x.dtype), x, precision=jax.lax.Precision.HIGHEST
+        )
+    lower = lower & (segment[:, :, None] == segment[:, None, :])  # [B, Ci, Cj]
+    return jnp.einsum(
+        "bij,bj...->bi...", lower.astype(x.dtype), x, precision=jax.lax.Precision.HIGHEST
+    )

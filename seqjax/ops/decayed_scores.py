@@ -6,6 +6,8 @@ and the chunked delta rules:
 with b_j the cumulative log decay of the key (inclusive: Σ_{s <= j} log_decay_s) and c_i that
 of the query: the inclusive b_i (gated linear attention's outputs, j <= i) or the exclusive
 b_{i-1} (the delta rules' corrections, j < i). The mask may hold only where c_i - b_j <= 0.
+Packed sequences restart the sums at each segment start and mask pairs of two segments, so
+c_i - b_j may be positive off the mask, and every exponent is masked before its exp.
 
 A decay per head factors out of the sum over k: one matmul, then the decay. A decay per key
 does not, and exp(c_i - b_j) split as exp(c_i) exp(-b_j) would overflow for strong decays, so
@@ -13,9 +15,10 @@ every factor is formed with no positive exponent by halving (``_halved_scores``)
 two halves of a block, every pair has j < m <= i (m the first step of the second half), and
 exp(c_i - b_j) = exp(c_i - b_{m-1}) · exp(b_{m-1} - b_j), both exponents <= 0 (c_i is b_i
 or b_{i-1} with i >= m, and j <= m - 1), so that quarter is a matmul of rescaled queries and
-keys; each half recurses, down to blocks of at most ``PER_KEY_LEAF`` steps formed one product
-per key, masked before the exp. A block of 16 steps takes 96 exponentials per key dimension
-where forming it directly takes 256.
+keys (a query or key with no pair on the mask in that quarter is zeroed instead: with
+packed sequences m - 1 may lie in another segment); each half recurses, down to blocks of
+at most ``PER_KEY_LEAF`` steps formed one product per key, masked before the exp. A block
+of 16 steps takes 96 exponentials per key dimension where forming it directly takes 256.
 """
 
 import jax
@@ -72,10 +75,17 @@ def _halved_scores(q, c, k, b, mask):
         q_n, c_n, k_n, b_n = (blocks(t, 2 * half) for t in (q, c, k, b))
         # b_{m-1} cancels in every product, so no gradient flows through it.
         boundary = jax.lax.stop_gradient(b_n[:, :, half - 1 : half])
-        query = q_n[:, :, half:] * jnp.exp(c_n[:, :, half:] - boundary)
-        key = k_n[:, :, :half] * jnp.exp(boundary - b_n[:, :, :half])
-        across = jnp.einsum("bsihk,bsjhk->bsijh", query, key)
-        across = jnp.where(diagonal_blocks(2 * half)[:, :, half:, :half], across, 0.0)
+        quarter = diagonal_blocks(2 * half)[:, :, half:, :half]  # [B, N, i, j, H|1]
+        # A pair (i, j) on the mask puts m - 1 in the segment of both.
+        query_exponent = jnp.where(
+            jnp.any(quarter, axis=3)[..., None], c_n[:, :, half:] - boundary, -jnp.inf
+        )
+        key_exponent = jnp.where(
+            jnp.any(quarter, axis=2)[..., None], boundary - b_n[:, :, :half], -jnp.inf
+        )
+        query = q_n[:, :, half:] * jnp.exp(query_exponent)
+        key = k_n[:, :, :half] * jnp.exp(key_exponent)
+        across = jnp.where(quarter, jnp.einsum("bsihk,bsjhk->bsijh", query, key), 0.0)
         pairs = scores.reshape(batch, -1, 2, *scores.shape[2:])
         top = jnp.concatenate([pairs[:, :, 0], jnp.zeros_like(across)], axis=3)
         bottom = jnp.concatenate([across, pairs[:, :, 1]], axis=3)

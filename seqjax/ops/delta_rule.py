@@ -172,8 +172,8 @@ def _recurrent(q, k, v, beta, log_decay, initial_state, starts):
 def _chunk(state, q, k, v, beta, log_decay, starts):
     """One chunk of the UT-transform form; arrays [B, C, H, ·], state [B, H, K, V]."""
     chunk_size = q.shape[1]
-    cumulative = cumulative_sum(log_decay)  # b_i [B, C, H]
     segment = jnp.cumsum(starts, axis=1)  # 0 = the segment carried into the chunk
+    cumulative = cumulative_sum(log_decay, segment)  # b_i [B, C, H], restarting per segment
     positions = jnp.arange(chunk_size)
     same_segment = segment[:, :, None] == segment[:, None, :]  # [B, Ci, Cj]
     exponent = cumulative[:, :, None] - cumulative[:, None, :]  # b_i - b_j [B, Ci, Cj, H]
@@ -201,7 +201,9 @@ def _chunk(state, q, k, v, beta, log_decay, starts):
 
     total = cumulative[:, -1]  # [B, H]
     in_last_segment = (segment == segment[:, -1:])[..., None, None]
-    to_end = jnp.where(in_last_segment, k * jnp.exp(total[:, None] - cumulative)[..., None], 0.0)
+    # Other keys' exponents pair two segments' sums: masked, as they may be positive.
+    to_end = jnp.where(in_last_segment[..., 0], total[:, None] - cumulative, -jnp.inf)
+    to_end = k * jnp.exp(to_end)[..., None]
     keeps_state = (segment[:, -1] == 0)[:, None, None, None]
     state = jnp.where(keeps_state, jnp.exp(total)[..., None, None] * state, 0.0)
     state += jnp.einsum("bjhk,bhjv->bhkv", to_end, u)
@@ -323,9 +325,9 @@ def _generalized_recurrent(q, k, v, removal_key, removal_direction, log_decay, s
 def _generalized_chunk(state, q, k, v, removal_key, removal_direction, log_decay, starts):
     """One chunk of the generalized UT-transform form; arrays [B, C, H, ·], state [B, H, K, V]."""
     chunk_size = q.shape[1]
-    inclusive = cumulative_sum(log_decay)  # b_i [B, C, H, K|1]
-    exclusive = inclusive - log_decay  # b_{i-1}
     segment = jnp.cumsum(starts, axis=1)  # 0 = the segment carried into the chunk
+    inclusive = cumulative_sum(log_decay, segment)  # b_i [B, C, H, K|1], per segment
+    exclusive = inclusive - log_decay  # b_{i-1}
     positions = jnp.arange(chunk_size)
     same_segment = segment[:, :, None] == segment[:, None, :]  # [B, Ci, Cj]
     strictly_lower = (positions[:, None] > positions[None, :]) & same_segment
@@ -368,7 +370,7 @@ def _generalized_chunk(state, q, k, v, removal_key, removal_direction, log_decay
     # The leaving state: both pairs of the chunk's last segment, decayed to its end.
     total = inclusive[:, -1]  # [B, H, K|1]
     in_last_segment = (segment == segment[:, -1:])[..., None, None]
-    to_end = jnp.where(in_last_segment, jnp.exp(total[:, None] - inclusive), 0.0)
+    to_end = jnp.exp(jnp.where(in_last_segment, total[:, None] - inclusive, -jnp.inf))
     keeps_state = (segment[:, -1] == 0)[:, None, None, None]
     state = jnp.where(keeps_state, jnp.exp(total)[..., None] * state, 0.0)
     state += jnp.einsum("bjhk,bjhv->bhkv", k * to_end, v)

@@ -16,7 +16,9 @@ HGRN-2 and RWKV-6.
 Decays stay in log space: inside a chunk every factor is exp(b_i - b_j) with j ≤ i for the
 cumulative log decay b, so no exponent is positive and nothing overflows however small the
 decays. Packed sequences (``segment_starts``) are masks, not decays of -inf, so no
--inf - -inf appears either.
+-inf - -inf appears either; b restarts at each segment start, so b_i - b_j sums the decays
+of i's segment alone (not those of an earlier segment, cancelled up to rounding), and an
+exponent that pairs steps of two segments is masked before its exp.
 """
 
 import functools
@@ -163,20 +165,24 @@ def _chunk(state, q, k, v, log_decay, starts):
         return t.reshape(batch, num_sub, sub, *t.shape[2:])
 
     q, k, v, log_decay, starts = map(split, (q, k, v, log_decay, starts))
-    # b_i = Σ_{s ≤ i in the sub-chunk} log_decay_s, and the segment index within the
-    # sub-chunk (0 = carried in).
-    cumulative = cumulative_sum(log_decay.reshape(batch * num_sub, *log_decay.shape[2:]))
-    cumulative = cumulative.reshape(log_decay.shape)
+    # The segment index within the sub-chunk (0 = carried in), and
+    # b_i = Σ_{s ≤ i in the sub-chunk and in i's segment} log_decay_s.
     segment = jnp.cumsum(starts, axis=2)
+    cumulative = cumulative_sum(
+        log_decay.reshape(batch * num_sub, *log_decay.shape[2:]),
+        segment.reshape(batch * num_sub, sub),
+    ).reshape(log_decay.shape)
     output = _intra_chunk(q, k, v, cumulative, segment)
 
     # Positions still in the carried-in segment read the state entering their sub-chunk.
     carried = (segment == 0)[..., None, None]
     query_decayed = jnp.where(carried, q * jnp.exp(cumulative), 0.0)
-    # What each sub-chunk adds to the state: keys of its last segment, decayed to its end.
+    # What each sub-chunk adds to the state: keys of its last segment, decayed to its end
+    # (other keys' exponents pair two segments' sums: masked, as they may be positive).
     total = cumulative[:, :, -1]  # [B, S, H, K|1]
     in_last_segment = (segment == segment[:, :, -1:])[..., None, None]
-    key_decayed = jnp.where(in_last_segment, k * jnp.exp(total[:, :, None] - cumulative), 0.0)
+    to_end = jnp.where(in_last_segment, total[:, :, None] - cumulative, -jnp.inf)
+    key_decayed = k * jnp.exp(to_end)
     added = jnp.einsum("bsjhk,bsjhv->bshkv", key_decayed, v)
     keeps_state = segment[:, :, -1] == 0  # [B, S]
     entering = []

@@ -227,17 +227,18 @@ def _chunk(state, q, k, v, input_gate, log_forget, starts, valid, *, epsilon):
     ``state``; ``valid`` [B, L] is false on padding. Returns h [B, L, H, V] and the state
     after the chunk's last step."""
     positions = jnp.arange(q.shape[1])
-    cumulative = cumulative_sum(log_forget)  # F_i = Σ_{s <= i in the chunk} log f_s
     segment = jnp.cumsum(starts, axis=1)  # segment index within the chunk; 0 = carried in
+    # F_i = Σ_{s <= i in the chunk and in i's segment} log f_s: F_i - F_j of one segment
+    # sums its own gates, not an earlier segment's cancelled up to rounding.
+    cumulative = cumulative_sum(log_forget, segment)
     carried = segment == 0
     same_segment = (positions[:, None] >= positions[None, :]) & (
         segment[:, :, None] == segment[:, None, :]
     )  # [B, Li, Lj]: j <= i in i's segment
 
-    # The log weight at row i of the state its segment starts from: Σ log f over the
-    # segment up to i, plus m_0 for the carried segment (other segments start from m = 0).
-    start_log_weight = jnp.einsum("bij,bjh->bih", same_segment.astype(jnp.float32), log_forget)
-    start_log_weight += jnp.where(carried[..., None], state.stabilizer[:, None], 0.0)
+    # The log weight at row i of the state its segment starts from: F_i, plus m_0 for the
+    # carried segment (other segments start from m = 0).
+    start_log_weight = cumulative + jnp.where(carried[..., None], state.stabilizer[:, None], 0.0)
 
     # D_ij = F_i - F_j + ĩ_j for j <= i in i's segment; m_i = max(start weight, max_j D_ij).
     log_weights = cumulative[:, :, None] - cumulative[:, None, :] + input_gate[:, None, :]
