@@ -31,11 +31,11 @@ from flax import nnx
 
 from seqjax.data import Task, create_task
 from seqjax.data.tokenizer import ByteTokenizer, Tokenizer
-from seqjax.models import create_model
 from seqjax.models.backbone import LanguageModel
 from seqjax.training import config as config_lib
 from seqjax.training.checkpoint import Checkpoints
 from seqjax.training.evaluate import evaluate
+from seqjax.training.objectives import create_objective, create_task_model
 from seqjax.training.workdir import CHECKPOINT_DIR, load_saved_config
 
 
@@ -59,12 +59,7 @@ def load_run(workdir: str | Path, *, step: int | None = None) -> LoadedRun:
     config_lib.import_modules(config)
     task = create_task(**config.task)
     model = nnx.eval_shape(
-        lambda: create_model(
-            config.model,
-            vocab_size=task.vocab_size,
-            input_dim=task.input_dim,
-            rngs=nnx.Rngs(config.seed),
-        )
+        lambda: create_task_model(config.model, task, rngs=nnx.Rngs(config.seed))
     )
     # Built abstractly (no parameter computed) and restored onto the first device.
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
@@ -85,7 +80,9 @@ def evaluate_run(run: LoadedRun, *, batch_size: int, task: Task | None = None) -
     """The metrics of ``run`` on the test split of ``task`` (default: the run's task); a
     NonFiniteResultError if any is NaN or infinite."""
     graphdef, params = nnx.split(run.model)
-    metrics = evaluate(graphdef, params, task or run.task, batch_size=batch_size)
+    task = task or run.task
+    objective = create_objective(run.config.model, task)
+    metrics = evaluate(graphdef, params, task, batch_size=batch_size, objective=objective)
     nonfinite = [name for name, value in metrics.items() if not math.isfinite(value)]
     if nonfinite:
         raise NonFiniteResultError(

@@ -10,6 +10,12 @@ Bahdanau et al., 2015), one score per (decoder position, source position):
 
     e_{t,s} = vᵀ tanh(W x_t + U h_s)    α_{t,s} = softmax_s(e_{t,s})    o_t = W_o Σ_s α_{t,s} h_s
 
+The fixed context of the encoder–decoder without attention ("Learning Phrase Representations
+using RNN Encoder–Decoder", Cho et al., 2014): every decoder position reads the same summary,
+the encoder output at the source's last real position,
+
+    o_t = W_o h_{S_b - 1}
+
 Positions of the source where ``source_mask`` [B, S] is False (padding) get no weight; a row
 with no true position reads 0. The projections of the encoder outputs depend on the source
 alone, so ``memory`` computes them once and every decoding step reuses them.
@@ -164,12 +170,39 @@ class AdditiveAttention(nnx.Module):
         return self.output(context.astype(x.dtype)).astype(x.dtype)
 
 
-CROSS_ATTENTIONS = {"dot_product": DotProductCrossAttention, "additive": AdditiveAttention}
+class FinalContext(nnx.Module):
+    """No attention: every decoder position reads the encoder output at the source's last
+    real position (Cho et al. 2014); see the module docstring. No options."""
+
+    def __init__(self, d_model: int, *, rngs: nnx.Rngs):
+        check_sizes(d_model=d_model)
+        self.d_model = d_model
+        self.output = linear(d_model, d_model, EMBED, EMBED, use_bias=False, rngs=rngs)
+
+    def memory(self, encoder_outputs: Array) -> PyTree:
+        return {"keys": encoder_outputs}
+
+    def __call__(self, x: Array, memory: PyTree, source_mask: Array) -> Array:
+        """x [B, T, D] -> the projected final context [B, T, D] in x's dtype (0 for a row with
+        no real position)."""
+        check_cross_inputs("final context", x, memory["keys"], source_mask)
+        last = jnp.maximum(jnp.sum(source_mask, axis=1) - 1, 0)
+        final = jnp.take_along_axis(memory["keys"], last[:, None, None], axis=1)
+        final = jnp.where(jnp.any(source_mask, axis=1)[:, None, None], final, 0)
+        context = self.output(final.astype(x.dtype))
+        return jnp.broadcast_to(context, x.shape).astype(x.dtype)
+
+
+CROSS_ATTENTIONS = {
+    "dot_product": DotProductCrossAttention,
+    "additive": AdditiveAttention,
+    "final": FinalContext,
+}
 
 
 def create_cross_attention(
     kind: str, d_model: int, *, rngs: nnx.Rngs, **options: Any
-) -> DotProductCrossAttention | AdditiveAttention:
+) -> DotProductCrossAttention | AdditiveAttention | FinalContext:
     """A cross-attention by name (a key of ``CROSS_ATTENTIONS``) with its ``options``."""
     check_choice("cross_attention", kind, CROSS_ATTENTIONS)
     cls = CROSS_ATTENTIONS[kind]

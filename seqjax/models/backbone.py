@@ -16,6 +16,12 @@ kind and its epsilon, the MLP's hidden size, activation and biases (``mlp_hidden
 blocks with a mixer and no MLP), the embedding multiplier, an output layer tied to the embedding
 or of its own, with or without a bias.
 
+With ``bidirectional`` every mixer runs forward and over each segment reversed, merged by
+``bidirectional_merge`` (seqjax/layers/bidirectional.py): an encoder or tagger, with no
+state to decode with. A ``mask`` [B, T] (true at real tokens, rows right-padded) makes each
+run of padding a segment of its own, so no real position reads padding in either direction
+and right-padded rows equal the examples run one by one.
+
 A mixer with a ``call_with_carry(x, carry, *, state, segment_starts) -> (y, state, carry)``
 method is called through it: ``carry`` holds the arrays the blocks before it pass on to the
 ones after (RWKV-7's first-layer values, which every later rwkv7 layer mixes into its own).
@@ -37,7 +43,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from seqjax import layers
-from seqjax.layers.checks import check_choice, check_number, check_size
+from seqjax.layers.bidirectional import MERGES, padding_segment_starts
+from seqjax.layers.checks import check_choice, check_number, check_size, check_type
 from seqjax.layers.embeddings import InputProjection, TokenEmbedding
 from seqjax.layers.mlp import ACTIVATIONS, GatedMLP
 from seqjax.layers.norms import NORMS, create_norm
@@ -45,7 +52,7 @@ from seqjax.layers.partitioning import BATCH, EMBED, SEQUENCE, VOCAB, constrain,
 from seqjax.ops.sequence_parallel import SequenceSplit
 from seqjax.typing import Array, PyTree
 
-POOLINGS = ("last", "mean")
+POOLINGS = ("last", "mean", "attention")
 REMAT_POLICIES = {
     "none": None,
     "full": jax.checkpoint_policies.nothing_saveable,
@@ -82,6 +89,7 @@ class Block(nnx.Module):
         layer_index: int = 0,
         num_layers: int = 1,
         sequence_split: SequenceSplit | None = None,
+        bidirectional: Mapping[str, Any] | None = None,
     ):
         self.mixer_norm = create_norm(norm, d_model, epsilon=norm_epsilon)
         self.mixer = layers.create(
@@ -91,6 +99,7 @@ class Block(nnx.Module):
             layer_index=layer_index,
             num_layers=num_layers,
             sequence_split=sequence_split,
+            **(bidirectional or {}),
             **mixer_options,
         )
         if mlp_hidden_size:
@@ -136,7 +145,9 @@ class Backbone(nnx.Module):
     """Embedding (token ids [B, T]) or projection (features [B, T, F]) -> blocks -> norm.
 
     Returns hidden states [B, T, D] and the stacked state. ``sequence_split`` reaches every
-    mixer (a ValueError names a mixer that has no sequence-parallel form).
+    mixer (a ValueError names a mixer that has no sequence-parallel form). ``bidirectional``
+    runs every mixer both ways, merged by ``bidirectional_merge`` ("concat", "sum" or
+    "gate"), with one mixer for both directions if ``bidirectional_shared_weights``.
     """
 
     def __init__(
@@ -159,6 +170,9 @@ class Backbone(nnx.Module):
         embedding_multiplier: float = 1.0,
         remat: str = "none",
         sequence_split: SequenceSplit | None = None,
+        bidirectional: bool = False,
+        bidirectional_merge: str | None = None,
+        bidirectional_shared_weights: bool | None = None,
     ):
         if (vocab_size is None) == (input_dim is None):
             raise ValueError("give exactly one of vocab_size (token inputs) or input_dim")
@@ -172,6 +186,23 @@ class Backbone(nnx.Module):
         check_choice("norm", norm, NORMS)
         check_choice("remat", remat, REMAT_POLICIES)
         check_number("embedding_multiplier", embedding_multiplier)
+        check_type("bidirectional", bidirectional, bool)
+        if bidirectional:
+            merge = "concat" if bidirectional_merge is None else bidirectional_merge
+            check_choice("bidirectional_merge", merge, MERGES)
+            shared = bidirectional_shared_weights
+            check_type("bidirectional_shared_weights", shared, bool | None)
+            both_ways = {"bidirectional": True, "merge": merge, "shared_weights": bool(shared)}
+        else:
+            given = {
+                "bidirectional_merge": bidirectional_merge,
+                "bidirectional_shared_weights": bidirectional_shared_weights,
+            }
+            given = [f"{key}={value!r}" for key, value in given.items() if value is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)} given, but bidirectional is False")
+            both_ways = None
+        self.bidirectional = bidirectional
         self.d_model = d_model
         self.remat = remat
         self.embedding_multiplier = embedding_multiplier
@@ -210,6 +241,7 @@ class Backbone(nnx.Module):
                     layer_index=i,
                     num_layers=num_layers,
                     sequence_split=sequence_split,
+                    bidirectional=both_ways,
                 )
                 for i, mixer in enumerate(mixers)
             ]
@@ -217,11 +249,18 @@ class Backbone(nnx.Module):
         self.final_norm = create_norm(norm, d_model, epsilon=norm_epsilon)
 
     def __call__(
-        self, inputs: Array, *, state: PyTree | None = None, segment_starts: Array | None = None
+        self,
+        inputs: Array,
+        *,
+        state: PyTree | None = None,
+        segment_starts: Array | None = None,
+        mask: Array | None = None,
     ) -> tuple[Array, tuple[PyTree, ...]]:
         states = (None,) * len(self.blocks) if state is None else state
         if len(states) != len(self.blocks):
             raise ValueError(f"state must hold {len(self.blocks)} block states, got {len(states)}")
+        if mask is not None:
+            segment_starts = padding_mask_starts(mask, segment_starts, jnp.shape(inputs)[:2])
         x = self.embed(inputs)
         if self.embedding_multiplier != 1.0:
             x = x * jnp.asarray(self.embedding_multiplier, x.dtype)
@@ -245,6 +284,11 @@ class Backbone(nnx.Module):
         )
 
     def init_state(self, batch_size: int) -> tuple[PyTree, ...]:
+        if self.bidirectional:
+            raise ValueError(
+                "a bidirectional model has no state to decode with: its reverse passes need "
+                "the whole sequence, so it cannot generate or run step by step"
+            )
         return tuple(block.init_state(batch_size) for block in self.blocks)
 
     @property
@@ -255,23 +299,44 @@ class Backbone(nnx.Module):
         return min(limits) if limits else None
 
 
+def padding_mask_starts(mask: Array, segment_starts: Array | None, shape: tuple[int, int]) -> Array:
+    """The segment starts that make each run of padding in ``mask`` (bool [B, T], true at
+    real tokens) a segment of its own, after checking the mask."""
+    if jnp.shape(mask) != tuple(shape) or jnp.result_type(mask) != jnp.bool_:
+        raise ValueError(
+            f"mask must be boolean [B, T] = {tuple(shape)}, got {jnp.result_type(mask)} of "
+            f"shape {jnp.shape(mask)}"
+        )
+    starts = jnp.zeros(shape, bool) if segment_starts is None else segment_starts
+    return padding_segment_starts(starts, mask)
+
+
 class _HeadedModel(nnx.Module):
     """A backbone and a linear head over what ``read`` takes of its hidden states [B, T, D];
     logits in float32 whatever the compute dtype, soft-capped if ``logit_soft_cap`` is set."""
 
     logit_soft_cap: float | None = None
 
-    def read(self, hidden: Array) -> Array:
+    def read(self, hidden: Array, mask: Array | None) -> Array:
         return hidden
 
     def project(self, hidden: Array) -> Array:
         return self.head(hidden)
 
     def __call__(
-        self, inputs: Array, *, state: PyTree | None = None, segment_starts: Array | None = None
+        self,
+        inputs: Array,
+        *,
+        state: PyTree | None = None,
+        segment_starts: Array | None = None,
+        mask: Array | None = None,
     ) -> tuple[Array, tuple[PyTree, ...]]:
-        hidden, new_state = self.backbone(inputs, state=state, segment_starts=segment_starts)
-        logits = self.project(self.read(hidden)).astype(jnp.float32)
+        """Outputs and the new stacked state; ``mask`` [B, T] marks the real positions of
+        right-padded rows (Backbone)."""
+        hidden, new_state = self.backbone(
+            inputs, state=state, segment_starts=segment_starts, mask=mask
+        )
+        logits = self.project(self.read(hidden, mask)).astype(jnp.float32)
         if self.logit_soft_cap is not None:
             logits = self.logit_soft_cap * jnp.tanh(logits / self.logit_soft_cap)
         return logits, new_state
@@ -281,7 +346,8 @@ class _HeadedModel(nnx.Module):
 
 
 class LanguageModel(_HeadedModel):
-    """Backbone with a next-token head: token ids [B, T] -> logits [B, T, vocab_size].
+    """Backbone with a head at every position: inputs [B, T(, F)] -> logits [B, T, vocab_size]
+    (the next token of a causal stack; a tag, or CTC's frame classes, on a bidirectional one).
 
     ``tie_embeddings`` reads the logits from the embedding table (no head of its own);
     ``head_bias`` gives a head of its own a bias.
@@ -325,8 +391,10 @@ class LanguageModel(_HeadedModel):
 class Classifier(_HeadedModel):
     """Backbone with a sequence-level head: inputs [B, T(, F)] -> logits [B, num_classes].
 
-    ``pooling="last"`` reads the last position (works when streaming with a state);
-    ``"mean"`` averages over all positions.
+    Pooling over the real positions (``mask``; None: all of them): ``"last"`` reads the
+    last one (works when streaming with a state); ``"mean"`` averages them; ``"attention"``
+    weighs them by softmax_t(w · h_t), a learned w (Yang et al. 2016, "Hierarchical Attention
+    Networks for Document Classification").
     """
 
     def __init__(
@@ -337,6 +405,63 @@ class Classifier(_HeadedModel):
         self.backbone = backbone
         self.pooling = pooling
         self.head = linear(backbone.d_model, num_classes, EMBED, None, rngs=rngs)
+        self.attention = (
+            linear(backbone.d_model, 1, EMBED, None, use_bias=False, rngs=rngs)
+            if pooling == "attention"
+            else None
+        )
 
-    def read(self, hidden: Array) -> Array:
-        return hidden[:, -1] if self.pooling == "last" else jnp.mean(hidden, axis=1)
+    def read(self, hidden: Array, mask: Array | None) -> Array:
+        if mask is None:
+            mask = jnp.ones(hidden.shape[:2], bool)
+        if self.pooling == "last":
+            last = jnp.maximum(jnp.sum(mask, axis=1) - 1, 0)
+            return jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0]
+        if self.pooling == "mean":
+            weights = mask.astype(hidden.dtype)
+            counts = jnp.maximum(jnp.sum(weights, axis=1, keepdims=True), 1)
+            return jnp.einsum("bt,btd->bd", weights, hidden) / counts
+        scores = self.attention(hidden)[..., 0].astype(jnp.float32)
+        weights = jax.nn.softmax(jnp.where(mask, scores, -jnp.inf), axis=1)
+        weights = jnp.where(mask, weights, 0).astype(hidden.dtype)  # rows of padding only
+        return jnp.einsum("bt,btd->bd", weights, hidden)
+
+
+class CRFTagger(_HeadedModel):
+    """Backbone with tag scores at every position and a linear chain over them (Lafferty et
+    al. 2001; the BiLSTM-CRF of Huang et al. 2015 and Lample et al. 2016): emissions
+    [B, T, num_tags], and ``transitions`` [num_tags, num_tags] (i followed by j), ``start``
+    and ``end`` [num_tags] scores, which seqjax.ops.crf's likelihood and Viterbi decoding
+    read."""
+
+    def __init__(self, backbone: Backbone, num_tags: int, *, rngs: nnx.Rngs):
+        check_size("num_tags", num_tags)
+        self.backbone = backbone
+        self.num_tags = num_tags
+        self.head = linear(backbone.d_model, num_tags, EMBED, None, rngs=rngs)
+        self.transitions = nnx.Param(jnp.zeros((num_tags, num_tags)))
+        self.start = nnx.Param(jnp.zeros((num_tags,)))
+        self.end = nnx.Param(jnp.zeros((num_tags,)))
+
+
+class Regressor(_HeadedModel):
+    """Backbone with real-valued outputs at every position: inputs [B, T(, F)] -> predictions
+    [B, T, num_outputs]; with ``predict_scale`` [B, T, num_outputs, 2], a mean and a log
+    standard deviation (for the Gaussian negative log-likelihood)."""
+
+    def __init__(
+        self, backbone: Backbone, num_outputs: int, *, predict_scale: bool = False, rngs: nnx.Rngs
+    ):
+        check_size("num_outputs", num_outputs)
+        check_type("predict_scale", predict_scale, bool)
+        self.backbone = backbone
+        self.num_outputs = num_outputs
+        self.predict_scale = predict_scale
+        width = num_outputs * (2 if predict_scale else 1)
+        self.head = linear(backbone.d_model, width, EMBED, None, rngs=rngs)
+
+    def project(self, hidden: Array) -> Array:
+        outputs = self.head(hidden)
+        if self.predict_scale:
+            return outputs.reshape(*outputs.shape[:-1], self.num_outputs, 2)
+        return outputs

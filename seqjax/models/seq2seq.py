@@ -45,6 +45,9 @@ STACK_KEYS = (
     "mlp_bias",
     "norm",
     "norm_epsilon",
+    "bidirectional",
+    "bidirectional_merge",
+    "bidirectional_shared_weights",
 )
 _MLP_KEYS = ("mlp_expansion", "mlp_hidden_size", "mlp_activation", "mlp_bias")
 

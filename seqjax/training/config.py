@@ -75,8 +75,10 @@ def mixer_defaults(**overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
 def model_defaults(mixer: str, **overrides: Any) -> dict[str, Any]:
     """The ``model`` section most configs share, for ``mixer`` (a name, or comma-separated
     names one per layer), updated by ``overrides``: 2 layers of width 64 with RMS norm, and
-    every mixer's options (attention with 2 heads)."""
+    every mixer's options (attention with 2 heads); the task's first head, causal."""
     model = dict(
+        head=None,
+        bidirectional=False,
         mixer=mixer,
         num_layers=2,
         d_model=64,

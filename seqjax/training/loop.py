@@ -290,6 +290,7 @@ def _train(config, workdir, trainer, checkpoints, interactive, until_step) -> Tr
             state.params,
             task,
             batch_size=training.eval_batch_size,
+            objective=trainer.objective,
             mesh=trainer.mesh,
         )
         if writer:

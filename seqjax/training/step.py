@@ -1,7 +1,8 @@
 """The jitted training and evaluation steps, as pure functions of the model's parameters.
 
-The loss is the weighted mean token cross-entropy: ``weights`` [B, T] select the positions
-that count (MQAR answers, selective-copy outputs, every byte of text).
+The loss and metrics are those of the task's head (seqjax/training/objectives.py): for the
+token head the weighted mean cross-entropy, ``weights`` [B, T] selecting the positions that
+count (MQAR answers, selective-copy outputs, every byte of text).
 
 A step whose loss, gradient norm or updated parameters are not all finite changes neither
 the parameters nor the optimizer state (as ``optax.apply_if_finite``); the state counts such
@@ -18,6 +19,7 @@ import optax
 from flax import nnx, struct
 
 from seqjax.layers.partitioning import BATCH, SEQUENCE, constrain
+from seqjax.training.objectives import Objective
 from seqjax.typing import Array, DType, PyTree
 
 
@@ -37,24 +39,6 @@ def all_finite(tree: PyTree) -> Array:
     """Whether every floating-point value of ``tree`` is finite (a scalar bool)."""
     leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
-
-
-def weighted_token_sums(logits: Array, batch: dict[str, Array]) -> dict[str, Array]:
-    """Sums of cross-entropy, correct predictions and weights over the weighted positions."""
-    weights = batch["weights"].astype(jnp.float32)
-    cross_entropy = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
-    correct = jnp.argmax(logits, axis=-1) == batch["targets"]
-    return {
-        "loss_sum": jnp.sum(cross_entropy * weights),
-        "correct_sum": jnp.sum(correct * weights),
-        "weight_sum": jnp.sum(weights),
-    }
-
-
-def _forward(graphdef: nnx.GraphDef, params: PyTree, batch: dict[str, Array]) -> Array:
-    model = nnx.merge(graphdef, params)
-    logits, _ = model(batch["inputs"], segment_starts=batch.get("segment_starts"))
-    return logits
 
 
 def cast_floats(tree: PyTree, dtype: DType) -> PyTree:
@@ -85,6 +69,7 @@ def train_step(
     state: TrainState,
     batch: dict[str, Array],
     *,
+    objective: Objective,
     accumulation_steps: int = 1,
     compute_dtype: DType = jnp.float32,
 ) -> tuple[TrainState, dict[str, Array]]:
@@ -98,8 +83,8 @@ def train_step(
 
     def sums_and_grads(micro_batch):
         def loss_sum(params):
-            logits = _forward(graphdef, cast_floats(params, compute_dtype), micro_batch)
-            sums = weighted_token_sums(logits, micro_batch)
+            model = nnx.merge(graphdef, cast_floats(params, compute_dtype))
+            sums = objective.sums(model, micro_batch)
             return sums["loss_sum"], sums
 
         (_, sums), grads = jax.value_and_grad(loss_sum, has_aux=True)(state.params)
@@ -120,7 +105,8 @@ def train_step(
     grads = jax.tree.map(lambda g: g / total_weight, grad_sums)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    loss, grad_norm = sums["loss_sum"] / total_weight, optax.tree.norm(grads)
+    metrics = objective.metrics(sums)
+    loss, grad_norm = metrics["loss"], optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & all_finite(params)
     params, opt_state = jax.tree.map(
         lambda new, old: jnp.where(finite, new, old),
@@ -129,9 +115,7 @@ def train_step(
     )
     step = state.step + 1
     first_nonfinite = state.first_nonfinite_step
-    metrics = {
-        "loss": loss,
-        "accuracy": sums["correct_sum"] / total_weight,
+    metrics |= {
         "grad_norm": grad_norm,
         # The optimizer's schedule advances only with the updates applied.
         "learning_rate": schedule(state.step - state.skipped_updates),
@@ -146,19 +130,24 @@ def train_step(
     return new_state, metrics
 
 
-def eval_step(graphdef: nnx.GraphDef, params: PyTree, batch: dict[str, Array]) -> dict[str, Any]:
+def eval_step(
+    graphdef: nnx.GraphDef,
+    params: PyTree,
+    batch: dict[str, Array],
+    objective: Objective,
+) -> dict[str, Any]:
     """The metric sums of one evaluation batch (``summarize`` turns them into metrics)."""
-    return weighted_token_sums(_forward(graphdef, params, batch), batch)
+    return objective.sums(nnx.merge(graphdef, params), batch)
 
 
-def summarize(sums: dict[str, float], *, kind: str) -> dict[str, float]:
-    """Mean loss and accuracy from summed metrics; bits per byte for language modelling."""
-    total = max(float(sums["weight_sum"]), 1.0)
+def summarize(sums: dict[str, float], *, kind: str, objective: Objective) -> dict[str, float]:
+    """The objective's metrics from summed values, with the number of scored positions (or
+    labels, or rows); bits per byte for language modelling."""
     metrics = {
-        "loss": float(sums["loss_sum"]) / total,
-        "accuracy": float(sums["correct_sum"]) / total,
-        "num_scored_tokens": int(sums["weight_sum"]),
+        name: float(value)
+        for name, value in objective.metrics({k: float(v) for k, v in sums.items()}).items()
     }
+    metrics["num_scored_tokens"] = int(sums["weight_sum"])
     if kind == "lm":
         metrics["bits_per_byte"] = metrics["loss"] / float(jnp.log(2.0))
     return metrics

@@ -34,10 +34,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from seqjax.data import Task
 from seqjax.layers.partitioning import BATCH, SEQUENCE, Rules, axis_rules
-from seqjax.models import create_model
 from seqjax.ops.sequence_parallel import SequenceSplit
 from seqjax.training import config as config_lib
 from seqjax.training import sharding
+from seqjax.training.objectives import create_objective, create_task_model
 from seqjax.training.optimizer import create_optimizer, learning_rate_schedule
 from seqjax.training.step import TrainState, train_step
 from seqjax.typing import PyTree
@@ -60,11 +60,12 @@ class Trainer:
         self.schedule = learning_rate_schedule(config.optimizer, training.num_steps)
         self.optimizer = create_optimizer(config.optimizer, training.num_steps)
 
+        self.objective = create_objective(config.model, task)
+
         def create_model_now(sequence_split=None):
-            return create_model(
+            return create_task_model(
                 config.model,
-                vocab_size=task.vocab_size,
-                input_dim=task.input_dim,
+                task,
                 rngs=nnx.Rngs(config.seed),
                 remat=training.remat,
                 sequence_split=sequence_split,
@@ -204,6 +205,7 @@ class Trainer:
                 self.schedule,
                 state,
                 batch,
+                objective=self.objective,
                 accumulation_steps=self.accumulation_steps,
                 compute_dtype=self.compute_dtype,
             )

@@ -100,7 +100,7 @@ def test_classifier_head_pools_over_time():
         classifier(jnp.ones((2, 7, 4)))
     with pytest.raises(ValueError, match="inputs must be floating point, got int32"):
         classifier(jnp.ones((2, 7, 3), jnp.int32))
-    with pytest.raises(ValueError, match="pooling must be one of 'last', 'mean', got 'max'"):
+    with pytest.raises(ValueError, match="pooling must be one of 'last', 'mean', 'attention', got"):
         Classifier(backbone, 5, pooling="max", rngs=nnx.Rngs(1))
 
 

@@ -63,11 +63,13 @@ def test_keys_nothing_reads_are_refused_by_name(tmp_path):
         tiny_config("model.pooling=max")
     config = tiny_config()
     config.model.pooling = "mean"  # a config file that sets it for a language model
-    with pytest.raises(ValueError, match=r"model.pooling is set, but this model is a language"):
+    with pytest.raises(
+        ValueError, match=r"model.pooling \(a key of head pooled\) set, but head 'token' does not"
+    ):
         train(config, tmp_path / "run", interactive=False)
     with pytest.raises(ValueError, match=r"pooling must be .*'last'.*'mean'.*, got 'max'"):
         create_model(
-            {**tiny_config().model, "pooling": "max"}, vocab_size=8, num_classes=3, rngs=nnx.Rngs(0)
+            {**tiny_config().model, "pooling": "max"}, head="pooled", vocab_size=8, rngs=nnx.Rngs(0)
         )
     for section, key in [
         (None, "learning_rate"),

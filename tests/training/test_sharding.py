@@ -97,7 +97,12 @@ def run(config, mesh, checkpoint_to=None, evaluates=False):
     if evaluates:
         batch_size = config.training.eval_batch_size
         eval_metrics = evaluate(
-            trainer.graphdef, state.params, task, batch_size=batch_size, mesh=mesh
+            trainer.graphdef,
+            state.params,
+            task,
+            batch_size=batch_size,
+            objective=trainer.objective,
+            mesh=mesh,
         )
     return Run(trainer, np.array(losses), params, placement, checkpoint_to, eval_metrics)
 
@@ -137,7 +142,11 @@ def test_training_on_a_mesh_equals_one_device(one_device, fsdp_run, name):
         batch = trainer.batch(0)
         assert batch["inputs"].addressable_shards[0].data.shape == (8, 4)
         step = functools.partial(
-            train_step, trainer.train_graphdef, trainer.optimizer, trainer.schedule
+            train_step,
+            trainer.train_graphdef,
+            trainer.optimizer,
+            trainer.schedule,
+            objective=trainer.objective,
         )
         with jax.set_mesh(trainer.mesh), trainer.sharding_context(), recording_splits() as calls:
             jaxpr = str(jax.make_jaxpr(step)(trainer.abstract_state, batch))
@@ -180,7 +189,7 @@ def test_bfloat16_compute_keeps_float32_parameters_and_optimizer_state(one_devic
     trainer = one_device.trainer
     step = functools.partial(
         train_step, trainer.graphdef, trainer.optimizer, trainer.schedule,
-        compute_dtype=jnp.bfloat16,
+        objective=trainer.objective, compute_dtype=jnp.bfloat16,
     )  # fmt: skip
     batch = trainer.batch(0)
     assert "bf16[16,16,128]" in str(jax.make_jaxpr(step)(trainer.abstract_state, batch))
