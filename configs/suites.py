@@ -135,6 +135,75 @@ SUITES = {
             default_models=("gru", "lstm", "attention", "mamba"),
         ),
         Suite(
+            name="pooling",
+            description=(
+                "Sequence classification with the pooled head: the class read at the last "
+                "position (the per-position head) against a head over the last, the mean or "
+                "the attention-weighted hidden state (model.head=pooled)."
+            ),
+            base_config="configs/mnist1d.py",
+            tasks={"mnist1d": dict(name="mnist1d", num_samples=5000, seed=42)},
+            default_models=("gru",),
+            variants={
+                "token": {},
+                **{
+                    pooling: {"model.head": "pooled", "model.pooling": pooling}
+                    for pooling in ("last", "mean", "attention")
+                },
+            },
+            variant_axis="head",
+        ),
+        Suite(
+            name="tagging",
+            description=(
+                "Two-sided tagging: each tag is the sum of the neighbouring symbols mod 4, so "
+                "a causal tagger stays near chance (0.29 at best) and a bidirectional one, "
+                "with a softmax or a CRF, can be exact."
+            ),
+            base_config="configs/tagging.py",
+            tasks={"two_sided": dict(name="two_sided_tagging")},
+            default_models=("lstm", "mamba"),
+            variants={
+                "bidirectional": {},
+                "bidirectional_crf": {"model.head": "crf"},
+                "causal": {"model.bidirectional": False},
+            },
+            variant_axis="tagger",
+        ),
+        Suite(
+            name="seq2seq",
+            description=(
+                "Encoder-decoder transduction with a bidirectional encoder: exact match of "
+                "greedy decoding, with Bahdanau's additive attention, multi-head dot-product "
+                "attention, and without attention (the encoder's last output as a fixed "
+                "context, Cho et al. 2014)."
+            ),
+            base_config="configs/seq2seq.py",
+            tasks={
+                name: dict(name="transduction", transduction=name)
+                for name in ("reverse", "number_words", "date_format")
+            },
+            default_models=("gru",),
+            variants={
+                "additive": {},
+                "dot_product": {"model.cross_attention": "dot_product"},
+                "no_attention": {"model.cross_attention": "final"},
+            },
+            variant_axis="cross_attention",
+            metric="exact_match",
+        ),
+        Suite(
+            name="ctc",
+            description=(
+                "CTC on strings of 2-5 MNIST-1D digit signals: the label error rate of greedy "
+                "decoding (lower is better)."
+            ),
+            base_config="configs/ctc.py",
+            tasks={"mnist1d_digits": dict(name="mnist1d_digit_strings")},
+            default_models=("lstm", "mamba"),
+            metric="label_error_rate",
+        ),
+        Suite(
             name="induction_heads",
             description="Induction heads trained at length 64 and tested up to 1024.",
             base_config="configs/induction_heads.py",

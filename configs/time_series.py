@@ -4,6 +4,8 @@
     python train.py --config configs/time_series.py --workdir runs/gunpoint
     python train.py --config configs/time_series.py --config.task.dataset=ItalyPowerDemand \\
         --config.training.batch_size=16
+    python train.py --config configs/time_series.py --config.model.head=pooled \
+        --config.model.pooling=mean         # the class from the mean hidden state
 
 Datasets: GunPoint, ItalyPowerDemand, ArrowHead, BasicMotions (6 channels), OSULeaf, ACSF1.
 The batch size must not exceed the training split (36 series for ArrowHead).
@@ -18,7 +20,7 @@ def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.task = dict(name="time_series_classification", dataset="GunPoint", seed=0)
-    config.model = model_defaults("gru")
+    config.model = dict(model_defaults("gru"), pooling=None)
     config.optimizer = optimizer_defaults(warmup_steps=50)
     config.training = training_defaults(
         batch_size=25,

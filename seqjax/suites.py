@@ -7,10 +7,10 @@ every (task, model, variant) through the normal training loop into
 ``DIR/<task>/<model>[@<variant>]`` (running it again resumes unfinished runs and skips
 finished ones), scores it on the task's test split and, for a length-generalization task, on
 the test split of every length in ``test_lengths``, then writes ``DIR/results.json``,
-``DIR/results.md`` and PNG plots under ``DIR/plots/``: accuracy against test length (or
-against the variant), and training loss curves. The rows of an earlier ``results.json`` that
-this run does not redo (other models or tasks) are kept. Every file is written to a temporary
-name and renamed, so none is ever half-written.
+``DIR/results.md`` and PNG plots under ``DIR/plots/``: the suite's metric (accuracy unless it
+names another) against test length (or against the variant), and training loss curves. The
+rows of an earlier ``results.json`` that this run does not redo (other models or tasks) are
+kept. Every file is written to a temporary name and renamed, so none is ever half-written.
 """
 
 from __future__ import annotations
@@ -58,7 +58,8 @@ class Suite:
     models: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     variants: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=lambda: {"": {}})
-    variant_axis: str = "variant"  # the x-axis label of the accuracy-by-variant plot
+    variant_axis: str = "variant"  # the x-axis label of the metric-by-variant plot
+    metric: str = "accuracy"  # the test metric the report compares (label_error_rate, ...)
 
 
 @dataclasses.dataclass
@@ -192,7 +193,7 @@ def run_suite(
                 write_report(suite, merged(earlier, results), workdir)
                 return results
         result = score_run(run_dir, task_label, model, variant, workdir=workdir)
-        log(f"[{suite.name}] {task_label} / {label}: {summary(result)}")
+        log(f"[{suite.name}] {task_label} / {label}: {summary(result, suite.metric)}")
         results.append(result)
         write_report(suite, merged(earlier, results), workdir)
     return results
@@ -268,9 +269,9 @@ def score_run(run_dir: Path, task: str, model: str, variant: str, *, workdir: Pa
     )
 
 
-def summary(result: RunResult) -> str:
-    parts = [f"step {result.step}", f"test accuracy {result.test['accuracy']:.4f}"]
-    parts += [f"L={length}: {m['accuracy']:.4f}" for length, m in result.by_length.items()]
+def summary(result: RunResult, metric: str = "accuracy") -> str:
+    parts = [f"step {result.step}", f"test {metric} {result.test[metric]:.4f}"]
+    parts += [f"L={length}: {m[metric]:.4f}" for length, m in result.by_length.items()]
     return ", ".join(parts)
 
 
@@ -294,19 +295,21 @@ def _by_task(results: Sequence[RunResult]) -> dict[str, list[RunResult]]:
 
 
 def markdown_report(suite: Suite, results: Sequence[RunResult]) -> str:
-    """One table per task: a row per run, test accuracy, then accuracy at each test length."""
+    """One table per task: a row per run, the suite's test metric, then that metric at each
+    test length."""
+    metric = suite.metric
     lines = [f"# Suite `{suite.name}`", "", suite.description, ""]
     has_variants = any(result.variant for result in results)
     for task, runs in _by_task(results).items():
         lengths = list(runs[0].by_length)
         header = ["model", *([suite.variant_axis] if has_variants else []), "steps"]
-        header += ["test accuracy", *(f"L={length}" for length in lengths)]
+        header += [f"test {metric}", *(f"L={length}" for length in lengths)]
         lines += [f"## {task}", "", "| " + " | ".join(header) + " |"]
         lines.append("|" + " --- |" * len(header))
         for run in runs:
             cells = [run.model, *([run.variant] if has_variants else []), str(run.step)]
-            cells.append(f"{run.test['accuracy']:.4f}")
-            cells += [f"{run.by_length[length]['accuracy']:.4f}" for length in lengths]
+            cells.append(f"{run.test[metric]:.4f}")
+            cells += [f"{run.by_length[length][metric]:.4f}" for length in lengths]
             lines.append("| " + " | ".join(cells) + " |")
         if runs[0].max_train_length is not None and lengths:
             lines += ["", f"Trained on lengths up to {runs[0].max_train_length}."]
@@ -315,7 +318,8 @@ def markdown_report(suite: Suite, results: Sequence[RunResult]) -> str:
 
 
 def write_plots(suite: Suite, results: Sequence[RunResult], plots_dir: Path) -> None:
-    """Per task: accuracy against test length or variant, and training loss curves."""
+    """Per task: the suite's metric against test length or variant, and training loss
+    curves."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -326,27 +330,27 @@ def write_plots(suite: Suite, results: Sequence[RunResult], plots_dir: Path) -> 
             figure, axes = plt.subplots(figsize=(6, 4))
             for run in runs:
                 lengths = [int(length) for length in run.by_length]
-                accuracies = [m["accuracy"] for m in run.by_length.values()]
-                axes.plot(lengths, accuracies, marker="o", label=run.label)
+                values = [m[suite.metric] for m in run.by_length.values()]
+                axes.plot(lengths, values, marker="o", label=run.label)
             if runs[0].max_train_length is not None:
                 axes.axvline(runs[0].max_train_length, color="gray", linestyle="--", lw=1)
-            axes.set(xscale="log", xlabel="test length", ylabel="accuracy", ylim=(0, 1.02))
+            axes.set(xscale="log", xlabel="test length", ylabel=suite.metric, ylim=(0, 1.02))
             tick_lengths = sorted({int(length) for run in runs for length in run.by_length})
             axes.set_xticks(tick_lengths, [str(length) for length in tick_lengths])
             axes.minorticks_off()
             axes.set_title(f"{suite.name}: {task}")
-            _save(figure, axes, plots_dir / f"{task}_accuracy_by_length.png")
+            _save(figure, axes, plots_dir / f"{task}_{suite.metric}_by_length.png")
         if any(run.variant for run in runs):
             figure, axes = plt.subplots(figsize=(6, 4))
             variants = list(suite.variants)
             for model in dict.fromkeys(run.model for run in runs):
-                points = [(variants.index(r.variant), r.test["accuracy"]) for r in runs
+                points = [(variants.index(r.variant), r.test[suite.metric]) for r in runs
                           if r.model == model]  # fmt: skip
                 axes.plot(*zip(*points, strict=True), marker="o", label=model)
             axes.set_xticks(range(len(variants)), variants)
-            axes.set(xlabel=suite.variant_axis, ylabel="test accuracy", ylim=(0, 1.02))
+            axes.set(xlabel=suite.variant_axis, ylabel=f"test {suite.metric}", ylim=(0, 1.02))
             axes.set_title(f"{suite.name}: {task}")
-            _save(figure, axes, plots_dir / f"{task}_accuracy_by_{suite.variant_axis}.png")
+            _save(figure, axes, plots_dir / f"{task}_{suite.metric}_by_{suite.variant_axis}.png")
         figure, axes = plt.subplots(figsize=(6, 4))
         for run in runs:
             points = [(step, loss) for step, loss in run.train_loss if loss is not None]

@@ -53,6 +53,7 @@ class Mnist1D(ArrayTask):
 
     name = "mnist1d"
     kind = "classification"
+    heads = ("token", "pooled")  # the class at the last position, or pooled over time
     vocab_size = 10
     input_dim = 1
 

@@ -30,6 +30,7 @@ class TimeSeriesClassification(ArrayTask):
 
     name = "time_series_classification"
     kind = "classification"
+    heads = ("token", "pooled")  # the class at the last position, or pooled over time
 
     def __init__(self, *, dataset: str = "GunPoint", seed: int = 0):
         if dataset not in SHIPPED_DATASETS:

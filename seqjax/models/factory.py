@@ -113,14 +113,18 @@ def create_model(
     """The model of ``head`` over the task's inputs: token ids (``input_dim`` None) or
     features [B, T, input_dim]; ``vocab_size`` output classes (a seq2seq model's target
     vocabulary, ``source_vocab_size`` its source's), or ``num_outputs`` real values for
-    regression. ``model_config["head"]``, when set, must be ``head``.
+    regression. ``model_config["head"]``, when set, must be ``head``; a key that ``head``
+    does not read is an error unless it is None.
     """
     if head not in HEADS:
         raise ValueError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
     if model_config.get("head") not in (None, head):
         raise ValueError(f"model.head is {model_config['head']!r}, but the model built is {head!r}")
     keys = (*BACKBONE_KEYS, *HEAD_KEYS[head])
-    unknown = sorted(set(model_config) - set(keys))
+    # A key set to None is unset, so one config can hold the keys of several heads.
+    unknown = sorted(
+        key for key, value in model_config.items() if key not in keys and value is not None
+    )
     if unknown:
         readers = {
             key: [name for name, head_keys in HEAD_KEYS.items() if key in head_keys]
