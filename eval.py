@@ -2,6 +2,7 @@
 
     python eval.py --workdir runs/mqar [--step N]          # test-split metrics: table + JSON
     python eval.py --workdir runs/text --generate "Once upon a time" [--max_new_tokens 200]
+    python eval.py --workdir runs/reverse --generate "3 1 4 1 5" [--beam_size 4]   # seq2seq
     python eval.py --workdir runs/text --text held_out.txt [--window 512]
     python eval.py --pretrained DIR --generate "Once upon a time"     # a Hugging Face checkpoint
     python eval.py --pretrained DIR --text held_out.txt               # loss, perplexity, bits/byte
@@ -13,7 +14,10 @@ of its ``imports`` first); the report is written to <workdir>/eval/step_<N>.json
 checkpoint directory (``--pretrained``: config.json, *.safetensors, tokenizer.json) is read
 with seqjax.interop.from_pretrained and its tokenizer.json. ``--text`` reads the file in
 windows of ``--window`` tokens, the model's state carried from each into the next, so the
-result is that of one pass over the file (seqjax/evaluation.py). A
+result is that of one pass over the file (seqjax/evaluation.py). For an encoder–decoder run
+``--generate`` is the source to translate, decoded greedily or with ``--beam_size`` beams
+(the best of them is printed, with its log-probability); a language model is continued by
+``--generate`` (greedy, sampled, or the best of ``--beam_size`` beams). A
 checkpoint that is corrupt or holds non-finite values, or metrics that are not finite, are an
 error, never a result. A suite (configs/suites.py) trains each model on each of its tasks
 into DIR/<task>/<model> (default DIR: runs/suites/<suite>), resuming unfinished runs, and
@@ -45,6 +49,7 @@ READ_BY = dict(
     batch_size={"metrics"},
     window={"text"},
     max_new_tokens={"generate"},
+    beam_size={"generate"},
     temperature={"generate"},
     top_k={"generate"},
     seed={"generate"},
@@ -81,6 +86,7 @@ def parse_arguments(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--text", metavar="FILE", default=None, help="score a text file")
     parser.add_argument("--window", type=at_least(1), help="tokens per window of --text (512)")
     parser.add_argument("--max_new_tokens", type=at_least(1), help="tokens to generate (200)")
+    parser.add_argument("--beam_size", type=at_least(1), help="beam search with this many beams")
     parser.add_argument("--temperature", type=at_least(0, float), help="0 (default): greedy")
     parser.add_argument("--top_k", type=at_least(1), help="sample from the k most likely")
     parser.add_argument("--seed", type=at_least(0), help="sampling seed (0)")
@@ -181,6 +187,14 @@ def generate_text(arguments: argparse.Namespace) -> str:
 
     from seqjax.models import generate
 
+    if arguments.workdir is not None:
+        from seqjax.evaluation import load_run
+
+        run = load_run(Path(arguments.workdir), step=arguments.step)
+        if run.config.model.get("head") == "seq2seq":
+            return translate(run, arguments)
+    if arguments.beam_size is not None:
+        raise ValueError("--beam_size applies only to an encoder-decoder run (model.head=seq2seq)")
     model, tokenizer, _ = load_model(arguments)
     prompt = tokenizer.encode(arguments.generate)
     if not len(prompt):
@@ -194,6 +208,30 @@ def generate_text(arguments: argparse.Namespace) -> str:
         top_k=arguments.top_k,
     )
     return tokenizer.decode(tokens[0])
+
+
+def translate(run, arguments: argparse.Namespace) -> str:
+    """The target an encoder-decoder run decodes for the source ``--generate``: greedy, or
+    the best of ``--beam_size`` beams, at most ``--max_new_tokens`` tokens."""
+    import jax.numpy as jnp
+
+    from seqjax.models.beam_search import encoder_decoder_beam_search
+
+    if arguments.temperature or arguments.top_k is not None:
+        raise ValueError("an encoder-decoder run decodes by search: no --temperature or --top_k")
+    task = run.task
+    source = jnp.asarray(task.encode_source(arguments.generate))[None]
+    result = encoder_decoder_beam_search(
+        run.model,
+        source,
+        start_token=task.start_token,
+        end_token=task.end_token,
+        beam_size=arguments.beam_size or 1,
+        max_length=arguments.max_new_tokens,
+    )
+    best = result.sequences[0, 0][: int(result.lengths[0, 0])]
+    target = " ".join(task.decode_target(best))
+    return f"{target}\t(log-probability {float(result.scores[0, 0]):.4f})"
 
 
 def score_text(arguments: argparse.Namespace) -> str:

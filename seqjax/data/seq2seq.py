@@ -75,6 +75,30 @@ class Seq2SeqVocabulary:
     end_token = END
     source_tokens: list[str]
     target_tokens: list[str]
+    first_source_symbol = 1  # the source ids below it are reserved
+    unknown_source: int | None = None  # the id of a source symbol unseen in training
+
+    def split_source(self, text: str) -> list[str]:
+        """The source symbols of a text: words separated by spaces."""
+        return text.split()
+
+    def encode_source(self, text: str) -> np.ndarray:
+        """The source ids [S'] of ``text`` (a source to translate, e.g. from eval.py)."""
+        ids = {
+            symbol: index
+            for index, symbol in enumerate(self.source_tokens)
+            if index >= self.first_source_symbol
+        }
+        symbols = self.split_source(text)
+        if not symbols:
+            raise ValueError(f"{self.name}: the source {text!r} has no symbols")
+        unknown = [symbol for symbol in symbols if symbol not in ids]
+        if unknown and self.unknown_source is None:
+            raise ValueError(
+                f"{self.name}: the source {text!r} has symbol(s) {', '.join(map(repr, unknown))}"
+                f" this task does not have; its symbols: {' '.join(ids)}"
+            )
+        return np.array([ids.get(symbol, self.unknown_source) for symbol in symbols], np.int32)
 
     def decode_source(self, ids: np.ndarray) -> list[str]:
         """The source symbols of one row of ``inputs``, up to its padding."""
@@ -312,7 +336,11 @@ class Seq2SeqFile(Seq2SeqVocabulary, ArrayTask):
         self._train_split = self._arrays(train, self.train_path)
         self._test_split = self._arrays(test, self.test_path)
 
-    def _split_symbols(self, text: str) -> list[str]:
+    first_source_symbol = FIRST_SOURCE_SYMBOL
+    unknown_source = UNKNOWN_SOURCE
+
+    def split_source(self, text: str) -> list[str]:
+        """The symbols of a text: its characters, or its words (option ``tokens``)."""
         return list(text) if self.tokens == "chars" else text.split()
 
     def _read(self, path: str) -> list[tuple[int, list[str], list[str]]]:
@@ -328,7 +356,7 @@ class Seq2SeqFile(Seq2SeqVocabulary, ArrayTask):
                     f"{where}: expected 2 tab-separated fields 'source<TAB>target', "
                     f"got {len(fields)}: {line!r}"
                 )
-            source, target = map(self._split_symbols, fields)
+            source, target = map(self.split_source, fields)
             if not source:
                 raise ValueError(f"{where}: the source is empty")
             for side, symbols, limit in [

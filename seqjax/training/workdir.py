@@ -31,9 +31,9 @@ def load_saved_config(workdir: Path) -> ml_collections.ConfigDict:
     if not path.exists():
         raise FileNotFoundError(f"{workdir} is not a training workdir: it has no {CONFIG_FILE}")
     config = config_lib.from_json(path.read_text())
-    # Written before model.pooling was refused for language models, the only models that
-    # train.py builds: it never changed a run, so it is dropped.
-    if "model" in config and "pooling" in config.model:
+    # Written before model.pooling was refused for language models, which were then the only
+    # models train.py built: it never changed such a run, so it is dropped.
+    if "model" in config and "pooling" in config.model and "head" not in config.model:
         del config.model["pooling"]
     return config
 
