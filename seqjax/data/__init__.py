@@ -13,6 +13,7 @@ from seqjax.data import (  # noqa: F401  (registers the tasks)
     induction_heads,
     mnist_1d,
     mqar,
+    regression,
     selective_copying,
     seq2seq,
     state_tracking,

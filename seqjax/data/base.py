@@ -10,6 +10,7 @@ position is real). The rest depends on the head the task serves (``Task.heads``)
   and metrics count. A CRF scores whole rows, so its weights are 1 at every real position.
 - ``"pooled"`` (one class per sequence): the classification form of ``label_at_last_position``,
   each row's class in ``targets`` at the one position of weight 1.
+- ``"regression"``: float32 ``targets`` [B, T, output_dim] and ``weights`` [B, T].
 - ``"ctc"``: label sequences ``targets`` int32 [B, L] of ids 1 .. vocab_size - 1 (0 is the
   blank, and the padding), ``target_mask`` bool [B, L].
 - ``"seq2seq"``: ``inputs`` are source ids [B, S] (``mask`` their padding), ``decoder_inputs``
@@ -206,16 +207,17 @@ BATCH_DTYPES = {
 
 def as_batch(**arrays: np.ndarray) -> Batch:
     """A batch with the interface dtypes (module docstring): int32 ids (float32 features),
-    int32 targets, float32 weights, bool masks."""
+    int32 targets (float32 regression targets), float32 weights, bool masks."""
     unknown = sorted(set(arrays) - {"inputs", *BATCH_DTYPES})
     if unknown:
         raise ValueError(f"unknown batch array(s) {', '.join(unknown)}")
-    inputs = arrays["inputs"]
-    inputs_dtype = np.float32 if np.issubdtype(inputs.dtype, np.floating) else np.int32
-    return {
-        name: array.astype(inputs_dtype if name == "inputs" else BATCH_DTYPES[name])
-        for name, array in arrays.items()
-    }
+
+    def dtype(name, array):
+        if name in ("inputs", "targets") and np.issubdtype(array.dtype, np.floating):
+            return np.float32
+        return np.int32 if name == "inputs" else BATCH_DTYPES[name]
+
+    return {name: array.astype(dtype(name, array)) for name, array in arrays.items()}
 
 
 def label_at_last_position(inputs: np.ndarray, labels: np.ndarray) -> Batch:

@@ -298,9 +298,19 @@ def tiny_run(tmp_path, config, *overrides):
             "ctc.py",
             ["task.num_signals=100", "task.num_train_examples=16", "task.num_test_examples=8"],
             "label_error_rate",
+        ),
+        (
+            "smoothing.py",
+            [
+                "model.regression_loss=gaussian_nll",
+                "task.seq_len=8",
+                "task.num_train_examples=32",
+                "task.num_test_examples=8",
+            ],
+            "mse",
         ),  # fmt: skip
     ],
-    ids=["bilstm_crf_conllu", "mnist1d_attention_pooling", "ctc"],
+    ids=["bilstm_crf_conllu", "mnist1d_attention_pooling", "ctc", "gaussian_regression"],
 )
 def test_each_head_trains_and_eval_py_scores_it_as_training_did(
     tmp_path, capsys, config, overrides, metric
