@@ -112,7 +112,8 @@ def softmax_attention(
         Requires causal.
       log_forget: [B, Tk, H] log forget gate (<= 0) at each key position for each query
         head; the queries are the last Tq key positions (as in self-attention with a key
-        cache). Adds F_i - F_j to the scores, F the cumulative sum over the key axis.
+        cache). Adds F_i - F_j to the scores, F the cumulative sum over the key axis (over
+        each run of keys of one segment id, in the reference and chunked forms).
       scale: score scale, default K ** -0.5.
       block_size: query and key block length of the chunked form.
       implementation: None (pallas on TPU and GPU; elsewhere reference for small Tq * Tk,
@@ -180,7 +181,7 @@ def softmax_attention(
     scale = head_dim**-0.5 if scale is None else scale
     forget = None
     if log_forget is not None:
-        cumulative = jnp.cumsum(log_forget.astype(jnp.float32), axis=1)  # F [B, Tk, H]
+        cumulative = _cumulative_log_forget(log_forget.astype(jnp.float32), kv_segment_ids)
         forget = _Forget(query=cumulative[:, key_length - query_length :], key=cumulative)
 
     if implementation == REFERENCE:
@@ -188,6 +189,31 @@ def softmax_attention(
     return _chunked_attention(
         q, k, v, masking, forget, causal, window, scale, block_size, positions_are_default
     )
+
+
+def _cumulative_log_forget(log_forget: Array, segment_ids: Array | None) -> Array:
+    """F [B, Tk, H]: Σ log f over the keys up to each one, restarting at every key whose
+    segment id differs from the one before it. F_i - F_j of two keys of one segment is then
+    a sum of that segment's gates alone; summed from the first key, it would cancel the
+    earlier segments' (up to rounding: strong gates there would cost a later segment its
+    precision, and their gradients would not be zero). The sums run left to right, one key
+    at a time (as jnp.cumsum's do on CPU), so keys with zero gates in front of the others
+    (the sequence split's gathered keys) leave every sum as it was, bit for bit."""
+    if segment_ids is None:
+        return jnp.cumsum(log_forget, axis=1)
+    starts = jnp.concatenate(
+        [jnp.ones_like(segment_ids[:, :1], bool), segment_ids[:, 1:] != segment_ids[:, :-1]],
+        axis=1,
+    )
+
+    def step(total, inputs):
+        log_forget_t, start_t = inputs  # [B, H], [B]
+        total = jnp.where(start_t[:, None], 0.0, total) + log_forget_t
+        return total, total
+
+    time_major = (jnp.swapaxes(log_forget, 0, 1), jnp.swapaxes(starts, 0, 1))
+    _, cumulative = lax.scan(step, jnp.zeros_like(log_forget[:, 0]), time_major)
+    return jnp.swapaxes(cumulative, 0, 1)
 
 
 class _Masking(NamedTuple):

@@ -1,12 +1,14 @@
-"""The chunked matrix-state ops keep packed segments apart: a segment after one of very
+"""The ops with cumulative log decays keep packed segments apart: a segment after one of very
 strong decays (log decay -1e4 per step) equals it run alone, and its outputs' gradient is
 exactly zero at every input of the earlier segment (the causality criterion of the mixer
 invariants: structural zeros, not small numbers). A cumulative log decay summed across the
 segment start would form the later segment's decays by cancelling the earlier one's, off by
 about 1e-3 relative and with a nonzero gradient.
 
-The later segment starts inside the first chunk and runs through the next; chunk_size 8 is
-also the per-key sub-chunk, so the per-key decayed scores are halved across the start."""
+The chunked matrix-state ops: the later segment starts inside the first chunk and runs
+through the next; chunk_size 8 is also the per-key sub-chunk, so the per-key decayed scores
+are halved across the start. Softmax attention with a forget gate (F_i - F_j, F the
+cumulative log forget gate), in its reference and chunked forms (blocks of 4)."""
 
 import functools
 
@@ -16,6 +18,7 @@ import numpy as np
 import pytest
 from tolerances import FLOAT32
 
+from seqjax.ops.attention import softmax_attention
 from seqjax.ops.delta_rule import delta_rule, generalized_delta_rule
 from seqjax.ops.linear_attention import gated_linear_attention
 from seqjax.ops.mlstm import mlstm
@@ -39,6 +42,8 @@ def arrays_of(op, decay):
         return values
 
     arrays = dict(q=normal(per_key), k=normal(per_key) / 2, v=normal((1, LENGTH, HEADS, VALUE)))
+    if op == "softmax_attention":
+        return dict(arrays, log_forget=log_decay(per_key[:3]))
     if op == "mlstm":
         # forget_gate is the pre-activation f̃; log σ(-1e4) = -1e4.
         return dict(arrays, input_gate=normal(per_key[:3]), forget_gate=log_decay(per_key[:3]))
@@ -54,11 +59,32 @@ def arrays_of(op, decay):
     return arrays
 
 
+def matrix_state_op(op):
+    """op(arrays, segment_starts or None) -> outputs of the chunked form."""
+
+    def run(arrays, starts):
+        chunked = dict(chunk_size=CHUNK, implementation="chunked")
+        return op(**arrays, segment_starts=starts, **chunked)[0]
+
+    return run
+
+
+def attention(implementation):
+    def run(arrays, starts):
+        ids = None if starts is None else jnp.cumsum(starts, axis=1)
+        options = dict(block_size=4, implementation=implementation)
+        return softmax_attention(**arrays, q_segment_ids=ids, kv_segment_ids=ids, **options)
+
+    return run
+
+
 OPS = {
-    "gated_linear_attention": gated_linear_attention,
-    "delta_rule": delta_rule,
-    "generalized_delta_rule": generalized_delta_rule,
-    "mlstm": mlstm,
+    "gated_linear_attention": matrix_state_op(gated_linear_attention),
+    "delta_rule": matrix_state_op(delta_rule),
+    "generalized_delta_rule": matrix_state_op(generalized_delta_rule),
+    "mlstm": matrix_state_op(mlstm),
+    "softmax_attention-reference": attention("reference"),
+    "softmax_attention-chunked": attention("chunked"),
 }
 CASES = [
     ("gated_linear_attention", "head"),
@@ -66,6 +92,8 @@ CASES = [
     ("delta_rule", "head"),
     ("generalized_delta_rule", "key"),
     ("mlstm", "head"),
+    ("softmax_attention-reference", "head"),
+    ("softmax_attention-chunked", "head"),
 ]
 
 
@@ -73,21 +101,20 @@ CASES = [
 def packed_and_alone(op, arrays, cotangent):
     """The later segment's outputs packed after the earlier one and run alone, and the
     gradient of Σ cotangent · (packed later outputs) with respect to every input."""
-    run = functools.partial(OPS[op], chunk_size=CHUNK, implementation="chunked")
     starts = jnp.zeros((1, LENGTH), bool).at[:, LATER].set(True)
 
     def later_outputs(arrays):
-        return run(**arrays, segment_starts=starts)[0][:, LATER:]
+        return OPS[op](arrays, starts)[:, LATER:]
 
     packed, pullback = jax.vjp(later_outputs, arrays)
     (gradient,) = pullback(cotangent)
-    alone, _ = run(**{name: array[:, LATER:] for name, array in arrays.items()})
+    alone = OPS[op]({name: array[:, LATER:] for name, array in arrays.items()}, None)
     return packed, alone, gradient
 
 
 @pytest.mark.parametrize("op, decay", CASES, ids=[f"{op}-{decay}" for op, decay in CASES])
 def test_a_segment_after_strong_decays_is_independent_of_them(op, decay):
-    arrays = arrays_of(op, decay)
+    arrays = arrays_of(op.split("-")[0], decay)
     cotangent = np.random.default_rng(1).normal(size=(1, LENGTH - LATER, HEADS, VALUE))
     packed, alone, gradient = packed_and_alone(op, arrays, cotangent.astype(np.float32))
     np.testing.assert_allclose(packed, alone, **FLOAT32)
