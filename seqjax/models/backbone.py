@@ -267,12 +267,21 @@ class Backbone(nnx.Module):
         x = constrain(x, BATCH, SEQUENCE, None)
         new_states, carry = [], {}
         for block, block_state in zip(self.blocks, states, strict=True):
-            x, new_state, carry = self._run_block(block, x, block_state, segment_starts, carry)
+            x, new_state, carry = self.run_block(block, x, block_state, segment_starts, carry)
             new_states.append(new_state)
             x = constrain(x, BATCH, SEQUENCE, None)
         return self.final_norm(x), tuple(new_states)
 
-    def _run_block(self, block, x, state, segment_starts, carry):
+    def run_block(
+        self,
+        block: Block,
+        x: Array,
+        state: PyTree | None,
+        segment_starts: Array | None,
+        carry: dict[str, Array],
+    ) -> tuple[Array, PyTree, dict[str, Array]]:
+        """``block.call_with_carry``, its activations recomputed in the backward pass as
+        ``remat`` says."""
         if self.remat == "none":
             return block.call_with_carry(x, carry, state=state, segment_starts=segment_starts)
 

@@ -139,7 +139,12 @@ def create_model(
             f"{'it' if len(unknown) == 1 else 'them'}; its keys: {', '.join(keys)}"
         )
     if head == "seq2seq":
-        return _encoder_decoder(model_config, rngs, vocab_size, source_vocab_size)
+        if sequence_split is not None:
+            raise ValueError(
+                "a seq2seq model cannot run sequence-parallel: its cross-attention reads the "
+                "whole source; map the mesh's sequence axis to 1 device"
+            )
+        return _encoder_decoder(model_config, rngs, vocab_size, source_vocab_size, remat)
     if head == "regression":
         if num_outputs is None:
             raise ValueError("a regression model needs num_outputs")
@@ -192,6 +197,7 @@ def _encoder_decoder(
     rngs: nnx.Rngs,
     vocab_size: int | None,
     source_vocab_size: int | None,
+    remat: str,
 ) -> EncoderDecoder:
     """The seq2seq model: model.mixer/num_layers/bidirectional the encoder, decoder_* the
     causal decoder, the MLP, norm and mixer options shared."""
@@ -234,5 +240,6 @@ def _encoder_decoder(
         cross_attention_options=dict(model_config.get("cross_attention_options") or {}),
         tie_embeddings=model_config.get("tie_embeddings", False),
         head_bias=model_config.get("head_bias", True),
+        remat=remat,
         rngs=rngs,
     )

@@ -177,6 +177,7 @@ class EncoderDecoder(nnx.Module):
         cross_attention_options: Mapping[str, Any] | None = None,
         tie_embeddings: bool = False,
         head_bias: bool = True,
+        remat: str = "none",
     ):
         check_size("source_vocab_size", source_vocab_size)
         check_size("target_vocab_size", target_vocab_size)
@@ -184,10 +185,17 @@ class EncoderDecoder(nnx.Module):
         decoder = _stack_options("decoder", decoder)
         self.source_vocab_size, self.target_vocab_size = source_vocab_size, target_vocab_size
         self.d_model = d_model
-        self.encoder = Backbone(d_model=d_model, vocab_size=source_vocab_size, rngs=rngs, **encoder)
+        self.encoder = Backbone(
+            d_model=d_model, vocab_size=source_vocab_size, remat=remat, rngs=rngs, **encoder
+        )
         mlp = {key: decoder.pop(key) for key in _MLP_KEYS if key in decoder}
         self.decoder = Backbone(
-            d_model=d_model, vocab_size=target_vocab_size, mlp_hidden_size=0, rngs=rngs, **decoder
+            d_model=d_model,
+            vocab_size=target_vocab_size,
+            mlp_hidden_size=0,
+            remat=remat,
+            rngs=rngs,
+            **decoder,
         )
         check_causal(self.decoder, "decoder")
         mlp_expansion = mlp.get("mlp_expansion", 4)
@@ -245,7 +253,7 @@ class EncoderDecoder(nnx.Module):
         for block, cross, block_state, layer_memory in zip(
             blocks, self.cross_blocks, states, memory.layers, strict=True
         ):
-            x, new_state = block(x, state=block_state)
+            x, new_state, _ = self.decoder.run_block(block, x, block_state, None, {})
             x = constrain(cross(x, layer_memory, memory.source_mask), BATCH, SEQUENCE, None)
             new_states.append(new_state)
         hidden = self.decoder.final_norm(x)

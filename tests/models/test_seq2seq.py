@@ -222,3 +222,31 @@ def test_bad_inputs_are_named():
     model.decoder.blocks[1].mixer = WholeSegmentMixer()
     with pytest.raises(ValueError, match=r"decoder block 1 \(WholeSegmentMixer\) cannot decode"):
         encoder_decoder_beam_search(model, source, mask, max_length=4, **options)
+
+
+def test_remat_recomputes_both_stacks_without_changing_the_gradient():
+    def loss_and_grads(remat):
+        model = EncoderDecoder(
+            source_vocab_size=SOURCE_VOCAB,
+            target_vocab_size=TARGET_VOCAB,
+            d_model=8,
+            encoder=dict(pattern="gru", num_layers=1, bidirectional=True),
+            decoder=dict(pattern="gru", num_layers=1),
+            cross_attention="final",
+            remat=remat,
+            rngs=nnx.Rngs(0),
+        )
+        source = jnp.arange(10).reshape(2, 5) % SOURCE_VOCAB
+        targets = jnp.arange(8).reshape(2, 4) % TARGET_VOCAB
+
+        def loss(model, source, targets):
+            return jnp.sum(model(source, None, targets) ** 2)
+
+        graph = jax.make_jaxpr(nnx.grad(loss))(model, source, targets)
+        return nnx.jit(nnx.value_and_grad(loss))(model, source, targets), str(graph)
+
+    (value, grads), graph = loss_and_grads("none")
+    (remat_value, remat_grads), remat_graph = loss_and_grads("full")
+    assert "remat" in remat_graph and "remat" not in graph
+    np.testing.assert_allclose(remat_value, value, **FLOAT32)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **FLOAT32), remat_grads, grads)
