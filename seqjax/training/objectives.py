@@ -36,6 +36,8 @@ from seqjax.ops.ctc import ctc_greedy_decode, ctc_loss
 from seqjax.ops.sequence_parallel import SequenceSplit
 from seqjax.typing import Array
 
+LANGUAGE_MODELLING = ("lm", "token_lm")  # task kinds whose targets are the next inputs
+
 
 def task_head(model_config: Mapping[str, Any], task: Task) -> str:
     """``model.head``, or the task's first head; an error if the task cannot serve it."""
@@ -60,7 +62,16 @@ def create_task_model(
     remat: str = "none",
     sequence_split: SequenceSplit | None = None,
 ) -> nnx.Module:
-    """The model of ``task_head(model_config, task)`` over the task's inputs and outputs."""
+    """The model of ``task_head(model_config, task)`` over the task's inputs and outputs.
+
+    A bidirectional model is refused a language-modelling task, whose target at t is the
+    input at t + 1: its reverse pass would read the answer."""
+    if model_config.get("bidirectional") and task.kind in LANGUAGE_MODELLING:
+        raise ValueError(
+            f"model.bidirectional=True cannot train on task {task.name!r}: its targets are the "
+            "next tokens of its inputs, which the reverse pass reads; language modelling "
+            "needs a causal model"
+        )
     return create_model(
         model_config,
         head=task_head(model_config, task),

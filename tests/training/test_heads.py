@@ -233,13 +233,17 @@ def test_seq2seq_exact_match_counts_the_rows_greedy_decoding_reproduces():
     assert sums["exact_sum"] == 3
 
 
-def test_a_head_the_task_cannot_use_and_bidirectional_generation_are_refused_by_name():
+def test_a_head_the_task_cannot_use_and_bidirectional_generation_are_refused_by_name(tmp_path):
     task = create_task("mqar", vocab_size=16, seq_len=16, num_kv_pairs=2, num_train_examples=8,
                        num_test_examples=8)  # fmt: skip
     with pytest.raises(ValueError, match=r"model.head='crf' cannot be used with task 'mqar'"):
         create_task_model({**MODEL, "head": "crf"}, task, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match=r"model.head must be one of .*, got 'tags'"):
         create_task_model({**MODEL, "head": "tags"}, task, rngs=nnx.Rngs(0))
+    (tmp_path / "corpus.txt").write_text("some bytes to model " * 8)
+    text = create_task("text", path=str(tmp_path / "corpus.txt"), seq_len=8)
+    with pytest.raises(ValueError, match=r"bidirectional=True cannot train on task 'text'"):
+        create_task_model({**MODEL, "bidirectional": True}, text, rngs=nnx.Rngs(0))
     tagger = create_model({**MODEL, "bidirectional": True}, vocab_size=8, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match=r"a bidirectional model has no state to decode with"):
         generate(tagger, jnp.ones((1, 3), jnp.int32), max_new_tokens=2)
