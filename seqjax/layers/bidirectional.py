@@ -48,7 +48,7 @@ def reversal_index(segment_starts: Array) -> Array:
     starts one) -> int32 [B, T]."""
     length = segment_starts.shape[1]
     positions = jnp.arange(length, dtype=jnp.int32)
-    starts = segment_starts.at[:, 0].set(True)
+    starts = jnp.asarray(segment_starts).at[:, 0].set(True)
     start = jnp.maximum.accumulate(jnp.where(starts, positions, 0), axis=1)
     next_start = jnp.where(starts[:, 1:], positions[1:], length)
     end = jnp.minimum.accumulate(next_start[:, ::-1], axis=1)[:, ::-1]
