@@ -4,7 +4,8 @@
 
 ``flash_attention`` takes the op's arguments, with the kernels of a platform: ``tpu.kernels``
 (Mosaic) or ``gpu.kernels`` (Triton): causal and sliding-window masks over any query and key
-positions (a KV cache included), segment ids, the forget gate F, grouped-query heads. Both
+positions (a KV cache included), segment ids, the forget gate F (its cumulative sum
+restarting at each key segment, as in the op's XLA forms), grouped-query heads. Both
 differentiate through one custom VJP (``vjp``) with a dq kernel and a dk/dv kernel that
 recompute the probabilities from the forward pass's logsumexp (the math of one block pair:
 ``block``).

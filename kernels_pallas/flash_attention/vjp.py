@@ -13,6 +13,11 @@ cumulatives) and columns ([B, 1, Tk], [B, H, 1, Tk]):
 (gradients in float32, the dF None without a forget gate; the dk and dv of the H / G query
 heads that share a key/value head are summed here, the gate's cumulative sum by autodiff
 outside the custom VJP).
+
+The cumulatives F restart at every change of the key segment id (``cumulative_log_forget``),
+so F_i - F_j of an allowed pair sums its own segment's gates only; a pair of two segments may
+have any F_i - F_j, which ``block.scores`` replaces by -inf before any exp (so its
+probability and its dS are exactly 0, forward and backward).
 """
 
 import functools
@@ -79,7 +84,7 @@ def flash_attention(
         rows = rows._replace(segment=as_rows(q_segment_ids))
         columns = columns._replace(segment=as_columns(kv_segment_ids, 0))
     if log_forget is not None:
-        cumulative = jnp.swapaxes(jnp.cumsum(log_forget.astype(jnp.float32), axis=1), 1, 2)
+        cumulative = jnp.swapaxes(cumulative_log_forget(log_forget, kv_segment_ids), 1, 2)
         query_forget = cumulative[:, :, key_length - query_length :]  # F [B, H, Tq]
         rows = rows._replace(forget=pad_axis(query_forget, 2, query_block)[..., None])
         columns = columns._replace(forget=pad_axis(cumulative, 2, key_block)[:, :, None, :])
@@ -98,6 +103,32 @@ def flash_attention(
         columns,
     )
     return jnp.swapaxes(output[:, :, :query_length, :value_size], 1, 2)
+
+
+def cumulative_log_forget(log_forget, kv_segment_ids):
+    """F [B, Tk, H] in float32: Σ log f over the keys up to each one, restarting at every key
+    whose segment id differs from the one before it, as in seqjax.ops.attention's XLA forms.
+    F_i - F_j of two keys of one segment is then a sum of that segment's gates alone; summed
+    from the first key, it would cancel the earlier segments' (strong gates there cost a
+    later segment its precision, and their gradients are not zero).
+
+    A segmented sum by ``associative_scan`` (the pair (sum, starts a segment), where a
+    start drops what came before it): log-depth on the device, where a key-by-key scan would
+    be Tk sequential steps, and its gradient is exactly zero across a segment start (the
+    ``where`` passes nothing to the unselected sum)."""
+    log_forget = log_forget.astype(jnp.float32)
+    if kv_segment_ids is None:
+        return jnp.cumsum(log_forget, axis=1)
+    ids = jnp.broadcast_to(kv_segment_ids, log_forget.shape[:2])
+    starts = jnp.concatenate([jnp.ones_like(ids[:, :1], bool), ids[:, 1:] != ids[:, :-1]], axis=1)
+
+    def combine(earlier, later):
+        (earlier_sum, earlier_starts), (later_sum, later_starts) = earlier, later
+        total = jnp.where(later_starts, later_sum, earlier_sum + later_sum)
+        return total, earlier_starts | later_starts
+
+    starts = jnp.broadcast_to(starts[:, :, None], log_forget.shape)
+    return jax.lax.associative_scan(combine, (log_forget, starts), axis=1)[0]
 
 
 def pallas_call_tree(kernel, inputs, in_specs, out_shape, out_specs, **options):

@@ -113,7 +113,7 @@ def softmax_attention(
       log_forget: [B, Tk, H] log forget gate (<= 0) at each key position for each query
         head; the queries are the last Tq key positions (as in self-attention with a key
         cache). Adds F_i - F_j to the scores, F the cumulative sum over the key axis (over
-        each run of keys of one segment id, in the reference and chunked forms).
+        each run of keys of one segment id).
       scale: score scale, default K ** -0.5.
       block_size: query and key block length of the chunked form.
       implementation: None (pallas on TPU and GPU; elsewhere reference for small Tq * Tk,
@@ -407,14 +407,15 @@ def _pallas_attention(
     """The kernels of kernels_pallas.flash_attention on q, k, v and log_forget with
     non-finite entries replaced by 0, NaN where a query is non-finite or may attend to a
     non-finite key (seqjax.ops.finite). A non-finite log forget gate makes F non-finite from
-    its position on, for queries and keys alike."""
+    its position to the end of its run of one key segment id (where F restarts), for queries
+    and keys alike, as in the XLA forms."""
     batch, query_length = q.shape[:2]
     key_length = k.shape[1]
     (q,), query_nonfinite = finite.zero_nonfinite(q)
     (k, v), key_nonfinite = finite.zero_nonfinite(k, v)
     if log_forget is not None:
         (log_forget,), forget_nonfinite = finite.zero_nonfinite(log_forget)
-        forget_nonfinite = finite.since_first(forget_nonfinite)
+        forget_nonfinite = _since_first_in_segment(forget_nonfinite, kv_segment_ids)
         key_nonfinite |= forget_nonfinite
         query_nonfinite |= forget_nonfinite[:, key_length - query_length :]
     o = flash_attention_kernels.flash_attention(
@@ -432,6 +433,22 @@ def _pallas_attention(
     )  # fmt: skip
     reads = _reads_nonfinite_keys(config, blocked_masking, key_nonfinite, query_length)
     return finite.nan_where(query_nonfinite | reads, o)
+
+
+def _since_first_in_segment(nonfinite: Array, segment_ids: Array | None) -> Array:
+    """bool [B, Tk]: true from each true position of ``nonfinite`` [B, Tk] to the end of its
+    run of keys of one segment id (the next change of id, where ``_cumulative_log_forget``
+    restarts F)."""
+    if segment_ids is None:
+        return finite.since_first(nonfinite)
+    positions = jnp.broadcast_to(jnp.arange(nonfinite.shape[1]), nonfinite.shape)
+    starts = jnp.concatenate(
+        [jnp.ones_like(segment_ids[:, :1], bool), segment_ids[:, 1:] != segment_ids[:, :-1]],
+        axis=1,
+    )
+    run_start = lax.cummax(jnp.where(starts, positions, 0), axis=1)
+    last_nonfinite = lax.cummax(jnp.where(nonfinite, positions, -1), axis=1)
+    return last_nonfinite >= run_start
 
 
 def _split_blocks(x, block, pad_value):

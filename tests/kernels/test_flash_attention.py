@@ -2,8 +2,9 @@
 equal softmax_attention's reference on outputs and the gradients of q, k, v and the forget
 gate, float32 and bfloat16, with grouped-query heads, sliding windows (blocks skipped),
 segments, KV-cache positions with empty slots and rows with no key, at lengths that are not
-multiples of the blocks; the kernels lower for TPU (Mosaic) and CUDA (Triton), forward and
-backward; the op dispatches to them."""
+multiples of the blocks; a packed segment after strong forget gates equals it alone, with no
+gradient at the earlier inputs; the kernels lower for TPU (Mosaic) and CUDA (Triton), forward
+and backward; the op dispatches to them."""
 
 import functools
 
@@ -116,6 +117,88 @@ def test_kernels_equal_reference(case, dtype):
             )
         if case == "cache-segments":  # the query that sees no key gives 0
             np.testing.assert_array_equal(np.asarray(actual["output"][1, 0], np.float32), 0.0)
+
+
+# Packed segments, the construction of tests/ops/test_packed_segments.py: the later segment
+# [LATER, PACKED_LENGTH) after keys of log forget -1e4 per step, starting inside the first
+# key block and running through two more (blocks of 16).
+PACKED_LENGTH, LATER, STRONG_LOG_FORGET = 40, 10, -1e4
+
+
+def packed_arrays():
+    rng = np.random.default_rng(2)
+    per_key = (1, PACKED_LENGTH, 2, 4)  # two query heads read one key/value head
+
+    def normal(shape):
+        return jnp.asarray(rng.normal(size=shape), jnp.float32)
+
+    log_forget = np.log(rng.uniform(0.7, 1.0, per_key[:3])).astype(np.float32)
+    log_forget[:, :LATER] = STRONG_LOG_FORGET
+    return dict(
+        q=normal(per_key), k=normal((1, PACKED_LENGTH, 1, 4)) / 2,
+        v=normal((1, PACKED_LENGTH, 1, 4)), log_forget=jnp.asarray(log_forget),
+    )  # fmt: skip
+
+
+def packed_ids():
+    return jnp.asarray((np.arange(PACKED_LENGTH) >= LATER)[None], jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def packed_and_alone(attention, arrays):
+    """The outputs of the packed sequence, the later segment's run alone, and the gradient
+    of Σ cotangent · (the packed later segment's outputs) with respect to every input."""
+    ids = packed_ids()
+    packed, pullback = jax.vjp(
+        lambda arrays: attention(**arrays, q_segment_ids=ids, kv_segment_ids=ids), arrays
+    )
+    cotangent = np.random.default_rng(3).normal(size=packed.shape).astype(np.float32)
+    cotangent[:, :LATER] = 0.0
+    (gradient,) = pullback(cotangent)
+    alone = attention(**{name: x[:, LATER:] for name, x in arrays.items()})
+    return packed, alone, gradient
+
+
+def test_a_segment_after_strong_forget_gates_is_independent_of_them():
+    """The forget gate's cumulative sum restarts at the segment: summed from the first key,
+    the later segment's F_i - F_j would cancel -1e4 per earlier key (here off by about 1e-3
+    of the largest output) and pass a gradient to the earlier gates. Packed equals alone, the
+    gradient is exactly zero at every earlier input, and values and gradients equal the
+    reference's."""
+    arrays = packed_arrays()
+    reference = functools.partial(softmax_attention, implementation="reference")
+    expected_packed, _, expected_gradient = packed_and_alone(reference, arrays)
+    for platform, kernel in INTERPRETED.items():
+        packed, alone, gradient = packed_and_alone(kernel, arrays)
+        np.testing.assert_allclose(packed[:, LATER:], alone, **FLOAT32, err_msg=platform)
+        np.testing.assert_allclose(packed, expected_packed, **FLOAT32, err_msg=platform)
+        for name, g in gradient.items():
+            what = f"{platform}: {name}"
+            g = np.asarray(g)
+            assert np.all(g[:, :LATER] == 0.0), f"{what}: the later segment reads the earlier one"
+            assert np.any(g[:, LATER:] != 0.0), f"{what}: the later segment reads none of itself"
+            np.testing.assert_allclose(g, expected_gradient[name], **FLOAT32, err_msg=what)
+
+
+def test_a_nonfinite_forget_gate_reaches_no_later_segment(monkeypatch):
+    """Through the op on a GPU backend (the kernel in the interpreter): a NaN gate in the
+    earlier segment makes its later outputs NaN, as in the reference, and leaves the later
+    segment's outputs those of the segment alone (F restarts there)."""
+    arrays = packed_arrays()
+    arrays["log_forget"] = arrays["log_forget"].at[0, LATER // 2, 0].set(jnp.nan)
+    ids = dict(q_segment_ids=packed_ids(), kv_segment_ids=packed_ids())
+
+    @jax.jit
+    def reference_packed_and_alone(arrays):
+        run = functools.partial(softmax_attention, implementation="reference")
+        return run(**arrays, **ids), run(**{name: x[:, LATER:] for name, x in arrays.items()})
+
+    expected, alone = reference_packed_and_alone(arrays)
+    interpret_dispatch(monkeypatch, flash_attention_kernels, "flash_attention", INTERPRETED, "gpu")
+    actual = jax.jit(lambda arrays: softmax_attention(**arrays, **ids))(arrays)
+    np.testing.assert_allclose(actual, expected, **FLOAT32)  # NaN where the reference's are
+    assert np.all(np.isnan(actual[:, LATER // 2 : LATER, 0]))
+    np.testing.assert_allclose(actual[:, LATER:], alone, **FLOAT32)
 
 
 @pytest.mark.parametrize("target", ["tpu", "cuda"])

@@ -8,7 +8,8 @@ about 1e-3 relative and with a nonzero gradient.
 The chunked matrix-state ops: the later segment starts inside the first chunk and runs
 through the next; chunk_size 8 is also the per-key sub-chunk, so the per-key decayed scores
 are halved across the start. Softmax attention with a forget gate (F_i - F_j, F the
-cumulative log forget gate), in its reference and chunked forms (blocks of 4)."""
+cumulative log forget gate), in its reference and chunked forms (blocks of 4); its Pallas
+kernels in tests/kernels/test_flash_attention.py."""
 
 import functools
 
