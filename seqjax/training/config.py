@@ -555,10 +555,17 @@ def _fill_options_added_since(saved: dict, current: dict) -> None:
                     saved["mixers"][name][option] = value
 
 
+# Model keys whose value here means what a config written before the key existed meant:
+# training from scratch, the task's first head, a causal stack.
+UNSET_MODEL_KEYS = {"init_from": None, "head": None, "bidirectional": False}
+
+
 def _relevant(section: dict) -> dict:
-    if "init_from" in section and section["init_from"] is None:
-        # Training from scratch, as a config written before model.init_from meant.
-        section = {key: value for key, value in section.items() if key != "init_from"}
+    section = {
+        key: value
+        for key, value in section.items()
+        if key not in UNSET_MODEL_KEYS or value != UNSET_MODEL_KEYS[key]
+    }
     if "mixers" not in section or "mixer" not in section:
         return section
     used = used_mixers(section)

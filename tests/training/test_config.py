@@ -138,3 +138,14 @@ def test_number_rules_refuse_text_and_non_finite_values():
             config.optimizer.learning_rate = value
         with pytest.raises(ConfigError, match="learning_rate must be a finite number > 0"):
             check_config(config)
+
+
+def test_a_workdir_saved_before_model_head_and_bidirectional_resumes():
+    from seqjax.training.config import resume_conflicts
+
+    current = tiny_config()
+    saved = tiny_config()
+    del saved.model["head"], saved.model["bidirectional"]
+    assert resume_conflicts(saved, current) == []
+    current.model.bidirectional = True
+    assert resume_conflicts(saved, current) == ["model.bidirectional: (absent) -> True"]
