@@ -12,6 +12,7 @@ from seqjax.data import create_task
 from seqjax.models import create_model
 from seqjax.training import ConfigError, load_config, train
 from seqjax.training.config import check_config, parse_overrides
+from seqjax.training.objectives import create_task_model
 
 CONFIG_FILES = sorted(p for p in (ROOT / "configs").glob("*.py") if p.name != "suites.py")
 
@@ -26,11 +27,7 @@ def test_every_key_of_every_config_file_is_used(path, tmp_path):
         (tmp_path / "corpus.txt").write_text("seqjax " * 200)
         config.task.path = str(tmp_path / "corpus.txt")
     task = create_task(**config.task)
-    nnx.eval_shape(
-        lambda: create_model(
-            config.model, vocab_size=task.vocab_size, input_dim=task.input_dim, rngs=nnx.Rngs(0)
-        )
-    )
+    nnx.eval_shape(lambda: create_task_model(config.model, task, rngs=nnx.Rngs(0)))
 
 
 @pytest.mark.parametrize(
