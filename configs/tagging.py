@@ -16,7 +16,11 @@ two neighbours' symbols modulo 4, so a causal model, which has not yet read the 
 neighbour, can do little better than chance (0.29 at these lengths) and a bidirectional one
 can be exact. With ``conllu`` or ``tsv`` the task reads the files given (a CoNLL-U column,
 ``upos`` by default, or ``word<TAB>tag`` lines), the word vocabulary and tag set from the
-training file. The measured accuracies are in the tagging suite's report.
+training file. Measured with these defaults (1000 steps of batch 32, 2 CPU cores; ``eval.py
+--suite tagging``): test accuracy 1.000 for the bidirectional LSTM, with and without the
+CRF, against 0.289 for the causal LSTM; bidirectional Mamba 1.000 (CRF 1.000), causal 0.288.
+The same task written as CoNLL-U files and read with ``:conllu``: BiLSTM-CRF 1.000 and
+bidirectional Mamba 1.000.
 """
 
 import ml_collections
