@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -137,36 +138,51 @@ def text_lines(path: str, label: str) -> list[str]:
     return text.splitlines()
 
 
-def read_tsv(path: str, label: str) -> list[Sentence]:
-    """Sentences of a file with one token per line (the word in the first tab-separated
-    column, the tag in the last) and a blank line between sentences."""
+def read_sentences(
+    path: str, label: str, token_of: Callable[[int, str], tuple[str, str] | None]
+) -> list[Sentence]:
+    """Sentences of a file with one token per line and a blank line between sentences:
+    ``token_of(line_number, line)`` reads a line's (word, tag), or None for a line that holds
+    no token."""
     sentences, words, labels, lines = [], [], [], []
-    num_columns = first_token_line = None
     for line_number, line in enumerate([*text_lines(path, label), ""], start=1):
         if not line.strip():
             if words:
                 sentences.append(Sentence(words, labels, lines[0], lines))
                 words, labels, lines = [], [], []
             continue
+        token = token_of(line_number, line)
+        if token is not None:
+            words.append(token[0])
+            labels.append(token[1])
+            lines.append(line_number)
+    return sentences
+
+
+def read_tsv(path: str, label: str) -> list[Sentence]:
+    """Sentences of a file with one token per line (the word in the first tab-separated
+    column, the tag in the last) and a blank line between sentences."""
+    first = {}  # the number of columns and the line of the first token
+
+    def token_of(line_number: int, line: str) -> tuple[str, str]:
         fields = line.split("\t")
-        if num_columns is None:
-            num_columns, first_token_line = len(fields), line_number
-            if num_columns < 2:
+        if not first:
+            first.update(columns=len(fields), line=line_number)
+            if len(fields) < 2:
                 raise ValueError(
                     f"{label}: {path!r} line {line_number}: expected tab-separated columns "
                     f"'word<TAB>tag', got {line!r}"
                 )
-        elif len(fields) != num_columns:
+        elif len(fields) != first["columns"]:
             raise ValueError(
-                f"{label}: {path!r} line {line_number}: expected {num_columns} tab-separated "
-                f"columns as on line {first_token_line}, got {len(fields)}: {line!r}"
+                f"{label}: {path!r} line {line_number}: expected {first['columns']} "
+                f"tab-separated columns as on line {first['line']}, got {len(fields)}: {line!r}"
             )
         if not fields[0] or not fields[-1]:
             raise ValueError(f"{label}: {path!r} line {line_number}: empty word or tag: {line!r}")
-        words.append(fields[0])
-        labels.append(fields[-1])
-        lines.append(line_number)
-    return sentences
+        return fields[0], fields[-1]
+
+    return read_sentences(path, label, token_of)
 
 
 def read_conllu(path: str, label: str, column: str) -> list[Sentence]:
@@ -177,15 +193,10 @@ def read_conllu(path: str, label: str, column: str) -> list[Sentence]:
     from conllu.parser import DEFAULT_FIELDS, parse_line
 
     column_index = DEFAULT_FIELDS.index(column)
-    sentences, words, labels, lines = [], [], [], []
-    for line_number, line in enumerate([*text_lines(path, label), ""], start=1):
-        if not line.strip():
-            if words:
-                sentences.append(Sentence(words, labels, lines[0], lines))
-                words, labels, lines = [], [], []
-            continue
+
+    def token_of(line_number: int, line: str) -> tuple[str, str] | None:
         if line.startswith("#"):
-            continue
+            return None
         fields = line.split("\t")
         if len(fields) != len(DEFAULT_FIELDS):
             raise ValueError(
@@ -197,12 +208,11 @@ def read_conllu(path: str, label: str, column: str) -> list[Sentence]:
         except ParseException as error:
             raise ValueError(f"{label}: {path!r} line {line_number}: {error}") from None
         if not isinstance(token["id"], int):
-            continue
+            return None
         # The field as written: a parsed FEATS or MISC is a dict, "_" in XPOS is None.
-        words.append(fields[1])
-        labels.append(fields[column_index])
-        lines.append(line_number)
-    return sentences
+        return fields[1], fields[column_index]
+
+    return read_sentences(path, label, token_of)
 
 
 @register_task
