@@ -10,6 +10,7 @@ file) and CTC digit strings serve the tagger, CRF, encoder-decoder and CTC heads
 from seqjax.data import (  # noqa: F401  (registers the tasks)
     chomsky,
     ctc,
+    forecasting,
     induction_heads,
     mnist_1d,
     mqar,

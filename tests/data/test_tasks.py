@@ -105,6 +105,7 @@ ALL_TASKS = [*SYNTHETIC_TASKS, "mnist1d", *FIXED_TEST_SPLIT]
 # Tasks of the other heads, tested in their own files (test_tagging, test_seq2seq_tasks,
 # test_ctc_task, test_regression_task) because their batches hold other arrays.
 OTHER_HEAD_TASKS = [
+    "forecasting",
     "smoothing",
     "two_sided_tagging",
     "tagging_file",

