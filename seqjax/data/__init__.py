@@ -2,7 +2,8 @@
 languages and state tracking with test splits at longer lengths, MNIST-1D, time-series
 classification, and byte-level text from a file or a TFDS dataset. Tagging (generated, or read
 from CoNLL-U and TSV files), sequence-to-sequence transductions (generated, or read from a TSV
-file) and CTC digit strings serve the tagger, CRF, encoder-decoder and CTC heads.
+file) and CTC digit strings serve the tagger, CRF, encoder-decoder and CTC heads; smoothing
+and forecasting (M3, Tourism, long series shipped in wheels, or a CSV) the regression head.
 
 ``create_task(name, **options)`` builds a task; ``available_tasks()`` lists the names.
 """
