@@ -34,12 +34,23 @@ NO_STATE = (
 )
 
 
-def padding_segment_starts(segment_starts: Array, mask: Array) -> Array:
-    """``segment_starts`` [B, T] with a start wherever ``mask`` [B, T] changes (real tokens
-    to padding or back) and at position 0, so that padding forms segments of its own."""
+def check_mask(where: str, mask: Array, shape: tuple[int, int]) -> None:
+    """Refuses a ``mask`` other than a boolean [B, T] of ``shape``; ``where`` starts the
+    message."""
+    if jnp.shape(mask) != tuple(shape) or jnp.result_type(mask) != jnp.bool_:
+        raise ValueError(
+            f"{where}mask must be boolean [B, T] = {tuple(shape)}, got "
+            f"{jnp.result_type(mask)} of shape {jnp.shape(mask)}"
+        )
+
+
+def padding_segment_starts(segment_starts: Array | None, mask: Array) -> Array:
+    """``segment_starts`` [B, T] (None: none) with a start wherever ``mask`` [B, T] changes
+    (real tokens to padding or back) and at position 0, so that padding forms segments of its
+    own."""
     changes = mask[:, 1:] != mask[:, :-1]
-    first = jnp.ones_like(mask[:, :1])
-    return segment_starts | jnp.concatenate([first, changes], axis=1)
+    starts = jnp.concatenate([jnp.ones_like(mask[:, :1]), changes], axis=1)
+    return starts if segment_starts is None else segment_starts | starts
 
 
 def reversal_index(segment_starts: Array) -> Array:
@@ -108,13 +119,7 @@ class Bidirectional(nnx.Module):
         batch, length, _ = x.shape
         starts = segment_starts
         if mask is not None:
-            if jnp.shape(mask) != (batch, length) or jnp.result_type(mask) != jnp.bool_:
-                raise ValueError(
-                    f"{where}: mask must be boolean [B, T] = {(batch, length)}, got "
-                    f"{jnp.result_type(mask)} of shape {jnp.shape(mask)}"
-                )
-            if starts is None:
-                starts = jnp.zeros((batch, length), bool)
+            check_mask(f"{where}: ", mask, (batch, length))
             starts = padding_segment_starts(starts, mask)
             x = jnp.where(mask[..., None], x, jnp.zeros((), x.dtype))
         index = None if starts is None else reversal_index(starts)

@@ -43,7 +43,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from seqjax import layers
-from seqjax.layers.bidirectional import MERGES, padding_segment_starts
+from seqjax.layers.bidirectional import MERGES, check_mask, padding_segment_starts
 from seqjax.layers.checks import check_choice, check_number, check_size, check_type
 from seqjax.layers.embeddings import InputProjection, TokenEmbedding
 from seqjax.layers.mlp import ACTIVATIONS, GatedMLP
@@ -260,7 +260,8 @@ class Backbone(nnx.Module):
         if len(states) != len(self.blocks):
             raise ValueError(f"state must hold {len(self.blocks)} block states, got {len(states)}")
         if mask is not None:
-            segment_starts = padding_mask_starts(mask, segment_starts, jnp.shape(inputs)[:2])
+            check_mask("", mask, jnp.shape(inputs)[:2])
+            segment_starts = padding_segment_starts(segment_starts, mask)
         x = self.embed(inputs)
         if self.embedding_multiplier != 1.0:
             x = x * jnp.asarray(self.embedding_multiplier, x.dtype)
@@ -306,18 +307,6 @@ class Backbone(nnx.Module):
         limits = [getattr(block.mixer, "context_limit", None) for block in self.blocks]
         limits = [limit for limit in limits if limit is not None]
         return min(limits) if limits else None
-
-
-def padding_mask_starts(mask: Array, segment_starts: Array | None, shape: tuple[int, int]) -> Array:
-    """The segment starts that make each run of padding in ``mask`` (bool [B, T], true at
-    real tokens) a segment of its own, after checking the mask."""
-    if jnp.shape(mask) != tuple(shape) or jnp.result_type(mask) != jnp.bool_:
-        raise ValueError(
-            f"mask must be boolean [B, T] = {tuple(shape)}, got {jnp.result_type(mask)} of "
-            f"shape {jnp.shape(mask)}"
-        )
-    starts = jnp.zeros(shape, bool) if segment_starts is None else segment_starts
-    return padding_segment_starts(starts, mask)
 
 
 class _HeadedModel(nnx.Module):

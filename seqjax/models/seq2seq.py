@@ -74,12 +74,6 @@ def check_causal(backbone: Backbone, what: str) -> None:
             ) from None
 
 
-def source_segment_starts(source_mask: Array) -> Array:
-    """segment_starts [B, S] that make the right padding of ``source_mask`` a segment apart."""
-    changes = source_mask[:, 1:] != source_mask[:, :-1]
-    return jnp.concatenate([jnp.ones_like(source_mask[:, :1]), changes], axis=1)
-
-
 def check_source_mask(source_mask: Array, source_shape: tuple[int, ...]) -> None:
     """Refuses a source_mask other than a boolean [B, S] of right padding (True, then False)."""
     if jnp.result_type(source_mask) != jnp.bool_:
@@ -234,7 +228,7 @@ class EncoderDecoder(nnx.Module):
         if source_mask is None:
             source_mask = jnp.ones(jnp.shape(source), bool)
         check_source_mask(source_mask, jnp.shape(source))
-        outputs, _ = self.encoder(source, segment_starts=source_segment_starts(source_mask))
+        outputs, _ = self.encoder(source, mask=source_mask)
         projections = tuple(block.memory(outputs) for block in self.cross_blocks)
         return EncoderMemory(outputs, source_mask, projections)
 
