@@ -189,10 +189,11 @@ def generate_text(arguments: argparse.Namespace) -> str:
 
     if arguments.workdir is not None:
         from seqjax.evaluation import load_run
+        from seqjax.training.workdir import load_saved_config
 
-        run = load_run(Path(arguments.workdir), step=arguments.step)
-        if run.config.model.get("head") == "seq2seq":
-            return translate(run, arguments)
+        # The saved config says which model it is; the checkpoint is read once, below.
+        if load_saved_config(Path(arguments.workdir)).model.get("head") == "seq2seq":
+            return translate(load_run(Path(arguments.workdir), step=arguments.step), arguments)
     if arguments.beam_size is not None:
         raise ValueError("--beam_size applies only to an encoder-decoder run (model.head=seq2seq)")
     model, tokenizer, _ = load_model(arguments)
