@@ -232,5 +232,29 @@ SUITES = {
             },
             default_models=("attention", "mamba", "gru"),
         ),
+        Suite(
+            name="forecasting",
+            description=(
+                "Direct multi-horizon forecasting of real series (seqjax/data/forecasting.py) "
+                "beside statsforecast's SeasonalNaive, AutoETS and AutoTheta fitted to the same "
+                "test series: M3 and Tourism monthly with their official horizons (sMAPE, MASE "
+                "on the original scale), half-hourly electricity demand with a week of look-back "
+                "and horizons of a day and a week (MSE, MAE on the RevIN-normalized scale)."
+            ),
+            base_config="configs/forecasting.py",
+            tasks={
+                "m3_monthly": dict(name="forecasting", dataset="m3_monthly"),
+                "tourism_monthly": dict(name="forecasting", dataset="tourism_monthly"),
+                "taylor_h48": dict(name="forecasting", dataset="taylor", lookback=336, horizon=48),
+                "taylor_h336": dict(
+                    name="forecasting", dataset="taylor", lookback=336, horizon=336
+                ),
+            },
+            default_models=("lstm", "gru", "mamba", "lru", "gated_deltanet", "xlstm"),
+            models={"xlstm": {"model.mixer": "mlstm,slstm"}},
+            metric="smape",
+            report_metrics=("smape", "mase", "mse", "mae"),
+            peers=("SeasonalNaive", "AutoETS", "AutoTheta"),
+        ),
     ]
 }

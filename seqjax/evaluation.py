@@ -1,6 +1,9 @@
 """Evaluation of trained runs: load a workdir's model at a checkpoint, score its test split;
 score any language model on a text file.
 
+A forecasting run is scored on the original scale of its series as well (sMAPE, MASE; MSE and
+MAE on the normalized scale), overall and at each forecast step (``evaluate_forecasts``).
+
 A checkpoint that is corrupt or holds non-finite values is refused when loaded
 (CheckpointError), and metrics that are not finite when scored (NonFiniteResultError): a
 diverged run never becomes a result.
@@ -29,6 +32,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from seqjax import forecasting
 from seqjax.data import Task, create_task
 from seqjax.data.tokenizer import ByteTokenizer, Tokenizer
 from seqjax.models.backbone import LanguageModel
@@ -78,19 +82,59 @@ def load_run(workdir: str | Path, *, step: int | None = None) -> LoadedRun:
 
 def evaluate_run(run: LoadedRun, *, batch_size: int, task: Task | None = None) -> dict:
     """The metrics of ``run`` on the test split of ``task`` (default: the run's task); a
-    NonFiniteResultError if any is NaN or infinite."""
+    NonFiniteResultError if any is NaN or infinite. A forecasting task's metrics are its
+    objective's and the overall scores of ``evaluate_forecasts``."""
     graphdef, params = nnx.split(run.model)
     task = task or run.task
     objective = create_objective(run.config.model, task)
     metrics = evaluate(graphdef, params, task, batch_size=batch_size, objective=objective)
+    if task.kind == "forecasting":
+        scores = evaluate_forecasts(run, batch_size=batch_size, task=task).scores
+        metrics = {**metrics, **scores.overall}
+    _check_finite(run, task, metrics)
+    return metrics
+
+
+def _check_finite(run: LoadedRun, task: Task, metrics: dict[str, float]) -> None:
     nonfinite = [name for name, value in metrics.items() if not math.isfinite(value)]
     if nonfinite:
         raise NonFiniteResultError(
             f"the checkpoint at step {run.step} in {run.workdir} gives non-finite "
-            f"{', '.join(nonfinite)} on the test split of {(task or run.task).name}; "
+            f"{', '.join(nonfinite)} on the test split of {task.name}; "
             "it is not reported as a result"
         )
-    return metrics
+
+
+@dataclasses.dataclass
+class ForecastEvaluation:
+    scores: forecasting.ForecastScores  # overall and per-horizon sMAPE, MASE, MSE, MAE
+    forecasts: np.ndarray  # [N, H, C] on the original scale, one per window of the split
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _last_outputs(graphdef, params, inputs):
+    outputs, _ = nnx.merge(graphdef, params)(inputs)
+    return outputs[:, -1]
+
+
+def evaluate_forecasts(
+    run: LoadedRun, *, batch_size: int, task: Task | None = None, split: str = "test"
+) -> ForecastEvaluation:
+    """The forecasts of ``run`` for the windows of ``split`` of its forecasting ``task``
+    (default: the run's), on the original scale, and their scores (``task.score``); the
+    mean of a Gaussian head's forecast."""
+    task = task or run.task
+    if task.kind != "forecasting":
+        raise ValueError(f"task {task.name!r} is not a forecasting task")
+    graphdef, params = nnx.split(run.model)
+    outputs = []
+    for batch in task.split_batches(split, batch_size):
+        last = np.asarray(_last_outputs(graphdef, params, batch["inputs"]))
+        outputs.append(last[..., 0] if last.ndim == 3 else last)  # [B, H*C] (, 2)
+    forecasts = task.to_original(np.concatenate(outputs)[: len(task.actual(split))], split)
+    scores = task.score(forecasts, split)
+    _check_finite(run, task, scores.overall)
+    return ForecastEvaluation(scores=scores, forecasts=forecasts)
 
 
 def tokenizer_of(task: Task) -> Tokenizer:
@@ -163,9 +207,11 @@ def text_metrics(
 
 
 __all__ = [
+    "ForecastEvaluation",
     "LoadedRun",
     "NonFiniteResultError",
     "evaluate",
+    "evaluate_forecasts",
     "evaluate_run",
     "load_run",
     "text_metrics",

@@ -15,6 +15,10 @@ overall value is also the mean of the per-series values, as the competitions rep
 - MSE and MAE, on whatever scale the values are given (the windowed benchmarks report them on
   normalized values).
 
+``forecast_scores`` gives all four, overall and per horizon, for windows of several channels.
+``statistical_forecasts`` runs the statistical peers (SeasonalNaive, AutoETS, AutoTheta of
+``statsforecast``, a benchmark dependency) on the same series.
+
 ``normalize`` is reversible instance normalization (RevIN; Kim et al. 2022): each window is
 shifted by its own mean over time and divided by its standard deviation, sqrt(var + ε);
 ``denormalize`` inverts it with the same statistics, so forecasts are scored on the original
@@ -24,7 +28,7 @@ scale.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -208,3 +212,63 @@ def apply_normalization(values, statistics: Normalization) -> np.ndarray:
 def denormalize(values, statistics: Normalization) -> np.ndarray:
     """The inverse of ``normalize``/``apply_normalization``: values * scale + mean."""
     return np.asarray(values, np.float64) * statistics.scale + statistics.mean
+
+
+class ForecastScores(NamedTuple):
+    overall: dict[str, float]  # smape, mase, mse, mae
+    by_horizon: dict[str, list[float]]  # the same at each forecast step
+
+
+def forecast_scores(
+    actual, forecast, *, insample, seasonality: int, normalized_actual, normalized_forecast
+) -> ForecastScores:
+    """sMAPE and MASE of ``forecast`` against ``actual`` (original scale, [N, H, C]), MSE and
+    MAE of the normalized pair (same shape); each (window, channel) is one series, and
+    ``insample`` holds the N*C training parts in that order (window-major)."""
+    def series(values):  # [N, H, C] -> [N * C, H]
+        values = np.asarray(values, np.float64)
+        if values.ndim != 3:
+            raise ValueError(f"expected [windows, horizon, channels], got shape {values.shape}")
+        return np.swapaxes(values, 1, 2).reshape(-1, values.shape[1])
+
+    actual, forecast = series(actual), series(forecast)
+    normalized = series(normalized_actual), series(normalized_forecast)
+    by_horizon = {
+        "smape": smape_by_horizon(actual, forecast),
+        "mase": mase_by_horizon(actual, forecast, insample, seasonality=seasonality),
+        "mse": mse_by_horizon(*normalized),
+        "mae": mae_by_horizon(*normalized),
+    }
+    return ForecastScores(
+        overall={name: float(np.mean(values)) for name, values in by_horizon.items()},
+        by_horizon={name: [float(v) for v in values] for name, values in by_horizon.items()},
+    )
+
+
+STATISTICAL_PEERS = ("SeasonalNaive", "AutoETS", "AutoTheta")
+
+
+def statistical_forecasts(
+    peer: str, histories: Sequence[np.ndarray], *, horizon: int, seasonality: int
+) -> np.ndarray:
+    """The ``horizon``-step forecasts [N, H, C] of statsforecast's ``peer`` fitted to each of
+    ``histories`` (N arrays [n, C]), one channel at a time, seasonal with period
+    ``seasonality``."""
+    if peer not in STATISTICAL_PEERS:
+        raise ValueError(f"peer must be one of {', '.join(STATISTICAL_PEERS)}, got {peer!r}")
+    try:
+        import statsforecast.models
+    except ImportError as error:
+        raise ImportError(
+            "the statistical peers need statsforecast: pip install -r requirements-bench.txt"
+        ) from error
+    model: Any = getattr(statsforecast.models, peer)(season_length=seasonality)
+    forecasts = []
+    for history in histories:
+        history = np.asarray(history, np.float64)
+        channels = [
+            model.forecast(y=history[:, channel], h=horizon)["mean"]
+            for channel in range(history.shape[1])
+        ]
+        forecasts.append(np.stack(channels, axis=-1))
+    return np.stack(forecasts)

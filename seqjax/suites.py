@@ -11,6 +11,11 @@ the test split of every length in ``test_lengths``, then writes ``DIR/results.js
 names another) against test length (or against the variant), and training loss curves. The
 rows of an earlier ``results.json`` that this run does not redo (other models or tasks) are
 kept. Every file is written to a temporary name and renamed, so none is ever half-written.
+
+A forecasting suite also scores its statistical ``peers`` (``seqjax.forecasting``) on each
+task's test split, into ``DIR/<task>/<peer>`` (kept until the task's options change), reports
+them in the same tables, and plots each metric by forecast step and a few forecasts against
+the truth.
 """
 
 from __future__ import annotations
@@ -26,9 +31,11 @@ from typing import Any
 
 import ml_collections
 
-from seqjax import layers
-from seqjax.data import LengthGeneralizationTask, default_options
-from seqjax.evaluation import evaluate_run, load_run
+import numpy as np
+
+from seqjax import forecasting, layers
+from seqjax.data import LengthGeneralizationTask, create_task, default_options
+from seqjax.evaluation import evaluate_forecasts, evaluate_run, load_run
 from seqjax.training import config as config_lib
 from seqjax.training import train
 from seqjax.training.files import write_atomically
@@ -60,6 +67,8 @@ class Suite:
     variants: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=lambda: {"": {}})
     variant_axis: str = "variant"  # the x-axis label of the metric-by-variant plot
     metric: str = "accuracy"  # the test metric the report compares (label_error_rate, ...)
+    report_metrics: tuple[str, ...] = ()  # the tables' test metrics (default: ``metric``)
+    peers: tuple[str, ...] = ()  # statistical forecasters scored beside the models
 
 
 @dataclasses.dataclass
@@ -73,6 +82,9 @@ class RunResult:
     by_length: dict[str, dict[str, float]]  # test length -> metrics (length tasks only)
     max_train_length: int | None
     train_loss: list[tuple[int, float]]
+    by_horizon: dict[str, list[float]] = dataclasses.field(default_factory=dict)  # forecasting
+    examples: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # a few forecasts
+    peer: bool = False  # a statistical forecaster, not a trained model
 
     @property
     def label(self) -> str:
@@ -165,6 +177,12 @@ def run_suite(
     the suite after writing the report of the runs done so far.
     """
     models = tuple(models or suite.default_models)
+    unknown_peers = sorted(set(suite.peers) - set(forecasting.STATISTICAL_PEERS))
+    if unknown_peers:
+        raise ValueError(
+            f"suite {suite.name!r}: unknown peer(s) {', '.join(unknown_peers)}; "
+            f"the peers are {', '.join(forecasting.STATISTICAL_PEERS)}"
+        )
     unknown_tasks = sorted(set(tasks or ()) - set(suite.tasks))
     if unknown_tasks:
         raise ValueError(
@@ -184,7 +202,15 @@ def run_suite(
     config_lib.check_mixer_overrides([o.partition("=")[0] for o in overrides], used)
     earlier = earlier_results(suite, workdir)
     results = []
+    scored_peers = set()
     for task_label, model, variant, config in runs:
+        if suite.peers and task_label not in scored_peers:
+            scored_peers.add(task_label)
+            for peer in suite.peers:
+                log(f"[{suite.name}] {task_label} / {peer}: fitting to every test series")
+                results.append(score_peer(peer, task_label, config.task, workdir=workdir))
+                log(f"[{suite.name}] {task_label} / {peer}: {summary(results[-1], suite.metric)}")
+            write_report(suite, merged(earlier, results), workdir)
         label = f"{model}@{variant}" if variant else model
         run_dir = workdir / task_label / label
         if not is_finished(run_dir, config):
@@ -243,13 +269,20 @@ def score_run(run_dir: Path, task: str, model: str, variant: str, *, workdir: Pa
     cached = json.loads(cache_path.read_text()) if cache_path.exists() else {}
     if cached.get("step") == run.step and cached.get("lengths") == lengths:
         test, by_length = cached["test"], cached["by_length"]
+        by_horizon, examples = cached.get("by_horizon", {}), cached.get("examples", [])
     else:
         test = evaluate_run(run, batch_size=batch_size)
         by_length = {
             str(length): evaluate_run(run, batch_size=batch_size, task=run.task.at_length(length))
             for length in lengths
         }
-        cache = {"step": run.step, "lengths": lengths, "test": test, "by_length": by_length}
+        by_horizon, examples = {}, []
+        if run.task.kind == "forecasting":
+            evaluation = evaluate_forecasts(run, batch_size=batch_size)
+            by_horizon = evaluation.scores.by_horizon
+            examples = forecast_examples(run.task, evaluation.forecasts)
+        cache = {"step": run.step, "lengths": lengths, "test": test, "by_length": by_length,
+                 "by_horizon": by_horizon, "examples": examples}  # fmt: skip
         write_atomically(cache_path, json.dumps(cache, indent=2) + "\n")
     train_loss = [
         (record["step"], record["loss"])
@@ -266,11 +299,75 @@ def score_run(run_dir: Path, task: str, model: str, variant: str, *, workdir: Pa
         by_length=by_length,
         max_train_length=getattr(run.task, "max_train_length", None),
         train_loss=train_loss,
+        by_horizon=by_horizon,
+        examples=examples,
     )
 
 
+def score_peer(
+    peer: str, task_label: str, task_options: Mapping[str, Any], *, workdir: Path
+) -> RunResult:
+    """The statistical forecaster ``peer`` fitted to every test window of the forecasting
+    task ``task_options`` and scored as the models are; cached in its directory until the
+    task's options change."""
+    peer_dir = workdir / task_label / peer
+    cache_path = peer_dir / RUN_EVALUATION_FILE
+    options = json.loads(json.dumps(dict(task_options)))
+    cached = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+    if cached.get("task") != options:
+        task = create_task(**options)
+        if task.kind != "forecasting":
+            raise ValueError(f"peer {peer!r} forecasts, but task {task_label!r} is {task.kind!r}")
+        forecasts = forecasting.statistical_forecasts(
+            peer,
+            task.peer_histories("test"),
+            horizon=task.window_length[1],
+            seasonality=task.seasonality_period,
+        )
+        scores = task.score(forecasts, "test")
+        cached = {"task": options, "test": scores.overall, "by_horizon": scores.by_horizon,
+                  "examples": forecast_examples(task, forecasts)}  # fmt: skip
+        peer_dir.mkdir(parents=True, exist_ok=True)
+        write_atomically(cache_path, json.dumps(cached, indent=2) + "\n")
+    return RunResult(
+        task=task_label,
+        model=peer,
+        variant="",
+        workdir=str(peer_dir.relative_to(workdir)),
+        step=0,
+        test=cached["test"],
+        by_length={},
+        max_train_length=None,
+        train_loss=[],
+        by_horizon=cached["by_horizon"],
+        examples=cached["examples"],
+        peer=True,
+    )
+
+
+NUM_EXAMPLES = 3
+
+
+def forecast_examples(task, forecasts: np.ndarray) -> list[dict[str, Any]]:
+    """The first channel of ``NUM_EXAMPLES`` test windows spread over the split: the last
+    2H look-back points, the truth and ``forecasts`` [N, H, C] (original scale)."""
+    lookback, actual = task.history("test"), task.actual("test")
+    horizon = actual.shape[1]
+    windows = np.linspace(0, len(actual) - 1, min(NUM_EXAMPLES, len(actual))).round().astype(int)
+    return [
+        {
+            "window": int(window),
+            "history": lookback[window, -2 * horizon :, 0].tolist(),
+            "actual": actual[window, :, 0].tolist(),
+            "forecast": np.asarray(forecasts)[window, :, 0].tolist(),
+        }
+        for window in dict.fromkeys(windows)
+    ]
+
+
 def summary(result: RunResult, metric: str = "accuracy") -> str:
-    parts = [f"step {result.step}", f"test {metric} {result.test[metric]:.4f}"]
+    parts = [] if result.peer else [f"step {result.step}"]
+    parts.append(f"test {metric} {result.test[metric]:.4f}")
     parts += [f"L={length}: {m[metric]:.4f}" for length, m in result.by_length.items()]
     return ", ".join(parts)
 
@@ -295,20 +392,22 @@ def _by_task(results: Sequence[RunResult]) -> dict[str, list[RunResult]]:
 
 
 def markdown_report(suite: Suite, results: Sequence[RunResult]) -> str:
-    """One table per task: a row per run, the suite's test metric, then that metric at each
-    test length."""
-    metric = suite.metric
+    """One table per task: a row per run (a peer's steps are "-"), the suite's test metrics,
+    then its metric at each test length."""
+    metric, metrics = suite.metric, suite.report_metrics or (suite.metric,)
     lines = [f"# Suite `{suite.name}`", "", suite.description, ""]
     has_variants = any(result.variant for result in results)
     for task, runs in _by_task(results).items():
         lengths = list(runs[0].by_length)
         header = ["model", *([suite.variant_axis] if has_variants else []), "steps"]
-        header += [f"test {metric}", *(f"L={length}" for length in lengths)]
+        header += [f"test {name}" for name in metrics]
+        header += [f"L={length}" for length in lengths]
         lines += [f"## {task}", "", "| " + " | ".join(header) + " |"]
         lines.append("|" + " --- |" * len(header))
         for run in runs:
-            cells = [run.model, *([run.variant] if has_variants else []), str(run.step)]
-            cells.append(f"{run.test[metric]:.4f}")
+            cells = [run.model, *([run.variant] if has_variants else [])]
+            cells.append("-" if run.peer else str(run.step))
+            cells += [f"{run.test[name]:.4f}" for name in metrics]
             cells += [f"{run.by_length[length][metric]:.4f}" for length in lengths]
             lines.append("| " + " | ".join(cells) + " |")
         if runs[0].max_train_length is not None and lengths:
@@ -318,8 +417,8 @@ def markdown_report(suite: Suite, results: Sequence[RunResult]) -> str:
 
 
 def write_plots(suite: Suite, results: Sequence[RunResult], plots_dir: Path) -> None:
-    """Per task: the suite's metric against test length or variant, and training loss
-    curves."""
+    """Per task: the suite's metric against test length, variant or forecast step, a few
+    forecasts against the truth, and training loss curves."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -351,6 +450,17 @@ def write_plots(suite: Suite, results: Sequence[RunResult], plots_dir: Path) -> 
             axes.set(xlabel=suite.variant_axis, ylabel=f"test {suite.metric}", ylim=(0, 1.02))
             axes.set_title(f"{suite.name}: {task}")
             _save(figure, axes, plots_dir / f"{task}_{suite.metric}_by_{suite.variant_axis}.png")
+        if runs[0].by_horizon:
+            figure, axes = plt.subplots(figsize=(6, 4))
+            for run in runs:
+                values = run.by_horizon[suite.metric]
+                style = "--" if run.peer else "-"
+                axes.plot(range(1, len(values) + 1), values, style, label=run.label)
+            axes.set(xlabel="forecast step", ylabel=f"test {suite.metric}")
+            axes.set_title(f"{suite.name}: {task}")
+            _save(figure, axes, plots_dir / f"{task}_{suite.metric}_by_horizon.png")
+        if runs[0].examples:
+            _plot_examples(suite, task, runs, plots_dir / f"{task}_forecasts.png")
         figure, axes = plt.subplots(figsize=(6, 4))
         for run in runs:
             points = [(step, loss) for step, loss in run.train_loss if loss is not None]
@@ -359,6 +469,28 @@ def write_plots(suite: Suite, results: Sequence[RunResult], plots_dir: Path) -> 
         axes.set(xlabel="step", ylabel="training loss", yscale="log")
         axes.set_title(f"{suite.name}: {task}")
         _save(figure, axes, plots_dir / f"{task}_loss.png")
+
+
+def _plot_examples(suite: Suite, task: str, runs: Sequence[RunResult], path: Path) -> None:
+    """One panel per example window: its recent history and truth, and every run's forecast."""
+    import matplotlib.pyplot as plt
+
+    examples = runs[0].examples
+    figure, panels = plt.subplots(len(examples), 1, figsize=(7, 2.5 * len(examples)))
+    for index, (axes, example) in enumerate(zip(np.atleast_1d(panels), examples, strict=True)):
+        history, actual = example["history"], example["actual"]
+        ahead = range(len(history), len(history) + len(actual))
+        axes.plot(range(len(history)), history, color="black", lw=1, label="history")
+        axes.plot(ahead, actual, color="black", lw=2, label="truth")
+        for run in runs:
+            forecast = run.examples[index]["forecast"]
+            axes.plot(ahead, forecast, "--" if run.peer else "-", lw=1, label=run.label)
+        axes.set(ylabel=f"window {example['window']}")
+        axes.grid(alpha=0.3)
+    axes.set(xlabel="step")
+    panels_first = np.atleast_1d(panels)[0]
+    panels_first.set_title(f"{suite.name}: {task}")
+    _save(figure, panels_first, path)
 
 
 def _save(figure, axes, path: Path) -> None:

@@ -221,6 +221,7 @@ class Forecasting(ArrayTask):
             ),
         }
         self._insample = {"test": trains}
+        self._peer_histories = {"test": [train[:, None] for train in trains]}
 
     def _build_long_series(self, values: np.ndarray) -> None:
         """Chronological train / validation / test segments of one [T, C] series; a window
@@ -268,6 +269,9 @@ class Forecasting(ArrayTask):
                 train_statistics,
             )
             self._insample[split] = [values[: start + lookback] for start in starts]
+        self._peer_histories = {
+            split: list(self._splits[split]["lookback"]) for split in self._splits
+        }
 
     def _normalized(self, inputs, targets, series_index, train_statistics) -> dict:
         """The split in stored form: float32 inputs [N, L, C], forecasts [N, H, C], and the
@@ -285,6 +289,7 @@ class Forecasting(ArrayTask):
         return {
             "inputs": forecasting.apply_normalization(inputs, statistics).astype(np.float32),
             "forecasts": forecasting.apply_normalization(targets, statistics).astype(np.float32),
+            "lookback": inputs.astype(np.float64),
             "actual": targets.astype(np.float64),
             "statistics": statistics,
         }
@@ -363,6 +368,41 @@ class Forecasting(ArrayTask):
         if split not in self._insample:
             raise ValueError(f"forecasting: {self.dataset} has no {split!r} split")
         return self._insample[split]
+
+    def history(self, split: str = "test") -> np.ndarray:
+        """The look-back inputs [N, L, C] of the windows of ``split``, on the original scale."""
+        return self._splits[self._check_split(split)]["lookback"]
+
+    def peer_histories(self, split: str = "test") -> list[np.ndarray]:
+        """What a statistical forecaster is fitted to for each window of ``split``, [n, C]:
+        the whole training part of a competition series (the competitions' protocol), the
+        look-back window of a long series (what the models read)."""
+        if split not in self._peer_histories:
+            raise ValueError(f"forecasting: {self.dataset} has no {split!r} split")
+        return self._peer_histories[split]
+
+    def score(self, forecasts: np.ndarray, split: str = "test") -> forecasting.ForecastScores:
+        """sMAPE and MASE of original-scale ``forecasts`` [N, H, C] of the windows of
+        ``split``, MSE and MAE on the normalized scale the model reads; overall and at each
+        forecast step. Each channel of a window counts as one series."""
+        actual = self.actual(split)
+        forecasts = np.asarray(forecasts, np.float64)
+        if forecasts.shape != actual.shape:
+            raise ValueError(
+                f"forecasts must be [windows, horizon, channels] = {list(actual.shape)} for "
+                f"the {split} split of {self.dataset}, got shape {list(forecasts.shape)}"
+            )
+        statistics = self._splits[split]["statistics"]
+        insample = [series[:, channel] if series.ndim == 2 else series
+                    for series in self.insample(split) for channel in range(self.input_dim)]  # fmt: skip
+        return forecasting.forecast_scores(
+            actual,
+            forecasts,
+            insample=insample,
+            seasonality=self._seasonality,
+            normalized_actual=forecasting.apply_normalization(actual, statistics),
+            normalized_forecast=forecasting.apply_normalization(forecasts, statistics),
+        )
 
     @property
     def seasonality_period(self) -> int:
