@@ -225,6 +225,7 @@ def forecast_scores(
     """sMAPE and MASE of ``forecast`` against ``actual`` (original scale, [N, H, C]), MSE and
     MAE of the normalized pair (same shape); each (window, channel) is one series, and
     ``insample`` holds the N*C training parts in that order (window-major)."""
+
     def series(values):  # [N, H, C] -> [N * C, H]
         values = np.asarray(values, np.float64)
         if values.ndim != 3:

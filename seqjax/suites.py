@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import ml_collections
-
 import numpy as np
 
 from seqjax import forecasting, layers
@@ -281,8 +280,8 @@ def score_run(run_dir: Path, task: str, model: str, variant: str, *, workdir: Pa
             evaluation = evaluate_forecasts(run, batch_size=batch_size)
             by_horizon = evaluation.scores.by_horizon
             examples = forecast_examples(run.task, evaluation.forecasts)
-        cache = {"step": run.step, "lengths": lengths, "test": test, "by_length": by_length,
-                 "by_horizon": by_horizon, "examples": examples}  # fmt: skip
+        cache = dict(step=run.step, lengths=lengths, test=test, by_length=by_length)
+        cache.update(by_horizon=by_horizon, examples=examples)
         write_atomically(cache_path, json.dumps(cache, indent=2) + "\n")
     train_loss = [
         (record["step"], record["loss"])
@@ -325,8 +324,8 @@ def score_peer(
             seasonality=task.seasonality_period,
         )
         scores = task.score(forecasts, "test")
-        cached = {"task": options, "test": scores.overall, "by_horizon": scores.by_horizon,
-                  "examples": forecast_examples(task, forecasts)}  # fmt: skip
+        cached = dict(task=options, test=scores.overall, by_horizon=scores.by_horizon)
+        cached["examples"] = forecast_examples(task, forecasts)
         peer_dir.mkdir(parents=True, exist_ok=True)
         write_atomically(cache_path, json.dumps(cached, indent=2) + "\n")
     return RunResult(
@@ -488,9 +487,9 @@ def _plot_examples(suite: Suite, task: str, runs: Sequence[RunResult], path: Pat
         axes.set(ylabel=f"window {example['window']}")
         axes.grid(alpha=0.3)
     axes.set(xlabel="step")
-    panels_first = np.atleast_1d(panels)[0]
-    panels_first.set_title(f"{suite.name}: {task}")
-    _save(figure, panels_first, path)
+    top = np.atleast_1d(panels)[0]
+    top.set_title(f"{suite.name}: {task}")
+    _save(figure, top, path)
 
 
 def _save(figure, axes, path: Path) -> None:

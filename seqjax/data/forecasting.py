@@ -393,8 +393,11 @@ class Forecasting(ArrayTask):
                 f"the {split} split of {self.dataset}, got shape {list(forecasts.shape)}"
             )
         statistics = self._splits[split]["statistics"]
-        insample = [series[:, channel] if series.ndim == 2 else series
-                    for series in self.insample(split) for channel in range(self.input_dim)]  # fmt: skip
+        insample = [
+            np.reshape(series, (len(series), -1))[:, channel]
+            for series in self.insample(split)
+            for channel in range(self.input_dim)
+        ]
         return forecasting.forecast_scores(
             actual,
             forecasts,
