@@ -250,10 +250,16 @@ SUITES = {
                     name="forecasting", dataset="taylor", lookback=336, horizon=336
                 ),
             },
+            # A week of half hours is a long read on 2 CPU cores: smaller batches there.
+            task_overrides={
+                "taylor_h48": {"training.batch_size": 32, "training.num_steps": 200},
+                "taylor_h336": {"training.batch_size": 32, "training.num_steps": 200},
+            },
             default_models=("lstm", "gru", "mamba", "lru", "gated_deltanet", "xlstm"),
             models={"xlstm": {"model.mixer": "mlstm,slstm"}},
             metric="smape",
             report_metrics=("smape", "mase", "mse", "mae"),
+            overrides={"training.num_steps": 500, "training.eval_every": 0},
             peers=("SeasonalNaive", "AutoETS", "AutoTheta"),
         ),
     ]

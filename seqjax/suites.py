@@ -49,8 +49,9 @@ RUN_EVALUATION_FILE = "suite_eval.json"  # per run: its scores at its latest ste
 class Suite:
     """A task family, the models it compares by default, and their training budgets.
 
-    ``overrides`` apply to every run, then ``models[label]`` (if the suite has an entry for
-    the model), then the variant's; all map dotted config keys to values
+    ``overrides`` apply to every run, then ``task_overrides[task]`` (a task's budget), then
+    ``models[label]`` (if the suite has an entry for the model), then the variant's; all map
+    dotted config keys to values
     (``{"training.num_steps": 2000}``). A model label is a registered mixer name, or a
     mixer with a ``negative_eigenvalues`` option followed by ``_neg`` (eigenvalues in
     [-1, 1] instead of [0, 1]), or a key of ``models``.
@@ -61,6 +62,7 @@ class Suite:
     base_config: str  # a config file; a relative path is relative to the repository root
     tasks: Mapping[str, Mapping[str, Any]]
     default_models: tuple[str, ...]
+    task_overrides: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     models: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     variants: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=lambda: {"": {}})
@@ -68,6 +70,20 @@ class Suite:
     metric: str = "accuracy"  # the test metric the report compares (label_error_rate, ...)
     report_metrics: tuple[str, ...] = ()  # the tables' test metrics (default: ``metric``)
     peers: tuple[str, ...] = ()  # statistical forecasters scored beside the models
+
+    def __post_init__(self):
+        unknown_tasks = sorted(set(self.task_overrides) - set(self.tasks))
+        if unknown_tasks:
+            raise ValueError(
+                f"suite {self.name!r}: task_overrides for unknown task(s) "
+                f"{', '.join(unknown_tasks)}; its tasks: {', '.join(self.tasks)}"
+            )
+        unknown_peers = sorted(set(self.peers) - set(forecasting.STATISTICAL_PEERS))
+        if unknown_peers:
+            raise ValueError(
+                f"suite {self.name!r}: unknown peer(s) {', '.join(unknown_peers)}; "
+                f"the peers are {', '.join(forecasting.STATISTICAL_PEERS)}"
+            )
 
 
 @dataclasses.dataclass
@@ -128,26 +144,29 @@ def model_overrides(suite: Suite, model: str) -> dict[str, Any]:
 
 def run_config(
     suite: Suite,
-    task_options: Mapping[str, Any],
+    task: str,
     model: str,
     variant: str,
     overrides: Sequence[str] = (),
     *,
     root: Path,
 ) -> ml_collections.ConfigDict:
-    """The training config of one run: the base config with the task's options (defaults
-    filled in), then the suite's, the model's and the variant's overrides, then the command
+    """The training config of one run: the base config with the options of the suite's
+    ``task`` (defaults filled in), then the suite's, the task's, the model's and the variant's
+    overrides, then the command
     line's ``key=value`` overrides (whose ``imports`` are imported first, so a model may be a
     mixer they register)."""
     base = Path(suite.base_config)
     imports = [override for override in overrides if override.partition("=")[0] == "imports"]
     config = config_lib.load_config(str(base if base.is_absolute() else root / base), imports)
+    task_options = suite.tasks[task]
     if "name" not in task_options:
         raise ValueError(f"suite {suite.name!r}: task options {dict(task_options)} have no 'name'")
     task_name = task_options["name"]
     config.task = {"name": task_name, **default_options(task_name), **task_options}
     suite_overrides = {
         **suite.overrides,
+        **suite.task_overrides.get(task, {}),
         **model_overrides(suite, model),
         **suite.variants[variant],
     }
@@ -176,12 +195,6 @@ def run_suite(
     the suite after writing the report of the runs done so far.
     """
     models = tuple(models or suite.default_models)
-    unknown_peers = sorted(set(suite.peers) - set(forecasting.STATISTICAL_PEERS))
-    if unknown_peers:
-        raise ValueError(
-            f"suite {suite.name!r}: unknown peer(s) {', '.join(unknown_peers)}; "
-            f"the peers are {', '.join(forecasting.STATISTICAL_PEERS)}"
-        )
     unknown_tasks = sorted(set(tasks or ()) - set(suite.tasks))
     if unknown_tasks:
         raise ValueError(
@@ -191,8 +204,8 @@ def run_suite(
     workdir, root = Path(workdir), Path(root)
     # Every config is built, so every error is raised, before anything trains.
     runs = [
-        (label, model, variant, run_config(suite, options, model, variant, overrides, root=root))
-        for label, options in suite.tasks.items()
+        (label, model, variant, run_config(suite, label, model, variant, overrides, root=root))
+        for label in suite.tasks
         if not tasks or label in tasks
         for model in models
         for variant in suite.variants

@@ -173,17 +173,17 @@ def test_every_configured_suite_builds_its_run_configs():
     suites = load_suites(ROOT / "configs" / "suites.py")
     assert {"chomsky_regular", "state_tracking", "mqar_width", "mnist1d", "parity"} <= set(suites)
     for suite in suites.values():
-        for task_options in suite.tasks.values():
+        for task, task_options in suite.tasks.items():
             for model in suite.default_models:
                 for variant in suite.variants:
-                    config = run_config(suite, task_options, model, variant, root=ROOT)
+                    config = run_config(suite, task, model, variant, root=ROOT)
                     assert config.task.name == task_options["name"]
     mqar = suites["mqar_width"]
     assert len(set(mqar.default_models) - {"attention"}) >= 5
-    config = run_config(mqar, mqar.tasks["mqar_T128"], "gla", "d128", root=ROOT)
+    config = run_config(mqar, "mqar_T128", "gla", "d128", root=ROOT)
     assert (config.model.mixer, config.model.d_model, config.task.seq_len) == ("gla", 128, 128)
     parity = suites["parity"]
-    config = run_config(parity, parity.tasks["parity"], "deltanet_neg", "", root=ROOT)
+    config = run_config(parity, "parity", "deltanet_neg", "", root=ROOT)
     assert config.model.mixers.deltanet.negative_eigenvalues is True
 
 
