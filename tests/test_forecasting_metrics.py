@@ -1,5 +1,5 @@
-"""Forecast accuracy measures against values worked out by hand, and RevIN's normalization
-round trip."""
+"""Forecast accuracy measures against values worked out by hand, RevIN's normalization
+round trip, the scores of windows of several channels, and the statistical peers."""
 
 import numpy as np
 import pytest
@@ -83,6 +83,18 @@ def test_normalize_equals_the_hand_computed_windows_and_round_trips():
 @pytest.mark.parametrize(
     ("call", "message"),
     [
+        (lambda: fc.statistical_forecasts("Naive", [], horizon=2, seasonality=1), "Naive'"),
+        (
+            lambda: fc.forecast_scores(
+                [1.0],
+                [1.0],
+                insample=[[1, 2]],
+                seasonality=1,
+                normalized_actual=[1.0],
+                normalized_forecast=[1.0],
+            ),
+            r"expected \[windows, horizon, channels\]",
+        ),  # fmt: skip
         (lambda: fc.smape([], []), "horizon is 0"),
         (lambda: fc.mae(np.zeros((0, 3)), np.zeros((0, 3))), "actual is empty"),
         (lambda: fc.mse(np.zeros((2, 0)), np.zeros((2, 0))), "horizon is 0"),
@@ -106,3 +118,47 @@ def test_normalize_equals_the_hand_computed_windows_and_round_trips():
 def test_bad_input_is_refused_by_name(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_forecast_scores_treat_each_channel_of_a_window_as_a_series():
+    # two windows of two channels, horizon 2: the series are (w0, c0), (w0, c1), (w1, c0), ...
+    actual = np.array([[[1.0, 10.0], [2.0, 20.0]], [[3.0, 30.0], [4.0, 40.0]]])
+    forecast = actual + np.array([[[1.0, 0.0], [0.0, 5.0]], [[0.0, -10.0], [2.0, 0.0]]])
+    insample = [[0.0, 1.0], [0.0, 10.0], [0.0, 2.0], [0.0, 20.0]]  # naive scales 1, 10, 2, 20
+    scores = fc.forecast_scores(
+        actual, forecast, insample=insample, seasonality=1,
+        normalized_actual=actual / 10, normalized_forecast=forecast / 10,
+    )  # fmt: skip
+    # errors by series: (1, 0), (0, 5), (0, 2), (-10, 0) over scales 1, 10, 2, 20
+    np.testing.assert_allclose(scores.by_horizon["mase"], [1.5 / 4, 1.5 / 4])
+    # squared normalized errors: step 1 (0.01, 0, 0, 1), step 2 (0, 0.25, 0.04, 0)
+    np.testing.assert_allclose(scores.by_horizon["mse"], [1.01 / 4, 0.29 / 4])
+    np.testing.assert_allclose(scores.by_horizon["mae"], [1.1 / 4, 0.7 / 4])
+    # step 1: 200 * (1/3 + 0 + 0 + 10/50) / 4; step 2: 200 * (0 + 5/45 + 2/10 + 0) / 4
+    expected_smape = [50 * (1 / 3 + 1 / 5), 50 * (1 / 9 + 1 / 5)]
+    np.testing.assert_allclose(scores.by_horizon["smape"], expected_smape)
+    for name, values in scores.by_horizon.items():
+        assert scores.overall[name] == pytest.approx(np.mean(values))
+
+
+def test_seasonal_naive_peer_repeats_the_last_season_of_each_channel():
+    history = np.stack([np.arange(10.0), 100 + np.arange(10.0) ** 2], axis=1)  # [10, 2]
+    forecasts = fc.statistical_forecasts(
+        "SeasonalNaive", [history, history[:7]], horizon=5, seasonality=3
+    )
+    assert forecasts.shape == (2, 5, 2)
+    np.testing.assert_allclose(forecasts[0], history[[7, 8, 9, 7, 8]])
+    np.testing.assert_allclose(forecasts[1], history[[4, 5, 6, 4, 5]])
+
+
+@pytest.mark.parametrize("peer", ["AutoETS", "AutoTheta"])
+def test_fitted_peers_follow_a_trend_and_a_season(peer):
+    t = np.arange(120.0)
+    season = np.tile([0.0, 5.0, -3.0, 1.0], 30)
+    rng = np.random.default_rng(0)
+    series = 50 + 0.5 * t + season + rng.normal(0, 0.1, len(t))
+    forecasts = fc.statistical_forecasts(peer, [series[:108, None]], horizon=12, seasonality=4)
+    truth = series[108:]
+    naive = np.full(12, series[107])
+    # a third of the error of repeating the last value, or less
+    assert fc.smape(truth, forecasts[0, :, 0]) < fc.smape(truth, naive) / 3

@@ -4,6 +4,7 @@ reaches training), normalization inverted for scoring, and its errors."""
 import numpy as np
 import pytest
 
+from seqjax import forecasting as fc
 from seqjax.data import create_task
 from seqjax.data import forecasting as forecasting_data
 
@@ -101,6 +102,9 @@ def test_no_competition_test_point_reaches_training(monkeypatch):
         assert not np.isclose(restored_inputs(task, "train", inputs), MARKER).any()
         assert not np.isclose(task.actual("train"), MARKER).any()
         np.testing.assert_allclose(task.actual(), MARKER)
+        # a statistical peer is fitted to the training part, the competitions' protocol
+        for history, train in zip(task.peer_histories(), trains, strict=True):
+            np.testing.assert_array_equal(history[:, 0], train)
     # the statistics come from the training part alone: other test values, same training data
     for normalization in ("series", "window"):
         options = dict(dataset="m3_yearly", lookback=4, normalization=normalization)
@@ -215,3 +219,40 @@ def test_bad_options_are_refused_by_name(tmp_path):
         create_task("forecasting", dataset="m3_yearly", lookback=9)
     with pytest.raises(ValueError, match="'normalization' must be one of window, series, none"):
         create_task("forecasting", dataset="sunspots", normalization="revin")
+
+
+def test_peers_read_the_look_back_window_and_scores_match_the_metrics(tmp_path):
+    rng = np.random.default_rng(1)
+    values = np.stack([10 + np.sin(np.arange(120) / 2), 5 + rng.random(120)], axis=1)
+    values[96:] = MARKER  # the test segment's values
+    path = write_csv(tmp_path / "s.csv", {"a": values[:, 0], "b": values[:, 1]})
+    task = create_task(
+        "forecasting", dataset="csv", csv_path=path, lookback=10, horizon=4,
+        test_fraction=0.2, validation_fraction=0.1, seasonality=3,
+    )  # fmt: skip
+    starts = task.window_starts["test"]
+    histories = task.peer_histories("test")
+    assert len(histories) == len(starts) == task.num_test_examples
+    for start, history, lookback in zip(starts, histories, task.history("test"), strict=True):
+        np.testing.assert_array_equal(history, values[start : start + 10])
+        np.testing.assert_array_equal(lookback, history)
+    assert not np.isclose(task.peer_histories("test")[0], MARKER).any()  # reads before the test
+
+    actual = task.actual()
+    perfect = task.score(actual)
+    assert perfect.overall == {"smape": 0.0, "mase": 0.0, "mse": 0.0, "mae": 0.0}
+    forecasts = actual + rng.normal(0, 1, actual.shape)
+    scores = task.score(forecasts)
+    as_series = (
+        np.swapaxes(actual, 1, 2).reshape(-1, 4),
+        np.swapaxes(forecasts, 1, 2).reshape(-1, 4),
+    )
+    assert scores.overall["smape"] == pytest.approx(fc.smape(*as_series))
+    insample = [values[: start + 10, channel] for start in starts for channel in (0, 1)]
+    assert scores.overall["mase"] == pytest.approx(fc.mase(*as_series, insample, seasonality=3))
+    statistics = task._splits["test"]["statistics"]
+    normalized_error = (forecasts - actual) / statistics.scale
+    assert scores.overall["mse"] == pytest.approx(np.mean(normalized_error**2))
+    assert len(scores.by_horizon["mae"]) == 4
+    with pytest.raises(ValueError, match=r"forecasts must be \[windows, horizon, channels\]"):
+        task.score(forecasts[:, :3])
