@@ -39,7 +39,7 @@ from seqjax.training import config as config_lib
 from seqjax.training import train
 from seqjax.training.files import write_atomically
 from seqjax.training.metrics import read_metrics
-from seqjax.training.workdir import load_saved_config
+from seqjax.training.workdir import CHECKPOINT_DIR, check_resume, load_saved_config
 
 RESULTS_JSON, RESULTS_MARKDOWN, PLOTS_DIR = "results.json", "results.md", "plots"
 RUN_EVALUATION_FILE = "suite_eval.json"  # per run: its scores at its latest step
@@ -212,6 +212,12 @@ def run_suite(
     ]
     used = set().union(*(config_lib.used_mixers(config.model) for *_, config in runs))
     config_lib.check_mixer_overrides([o.partition("=")[0] for o in overrides], used)
+    for task_label, model, variant, config in runs:  # a changed task or model is refused now
+        run_dir = workdir / task_label / (f"{model}@{variant}" if variant else model)
+        checkpoints = run_dir / CHECKPOINT_DIR
+        check_resume(
+            run_dir, config, has_checkpoint=checkpoints.is_dir() and any(checkpoints.iterdir())
+        )
     earlier = earlier_results(suite, workdir)
     results = []
     scored_peers = set()
@@ -473,6 +479,8 @@ def write_plots(suite: Suite, results: Sequence[RunResult], plots_dir: Path) -> 
             _save(figure, axes, plots_dir / f"{task}_{suite.metric}_by_horizon.png")
         if runs[0].examples:
             _plot_examples(suite, task, runs, plots_dir / f"{task}_forecasts.png")
+        if not any(run.train_loss for run in runs):
+            continue  # only peers so far
         figure, axes = plt.subplots(figsize=(6, 4))
         for run in runs:
             points = [(step, loss) for step, loss in run.train_loss if loss is not None]

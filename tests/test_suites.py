@@ -8,10 +8,12 @@ import textwrap
 from pathlib import Path
 
 import matplotlib.image
+import numpy as np
 import pytest
 
 from seqjax import suites as suites_module
-from seqjax.data import available_tasks
+from seqjax.data import available_tasks, create_task
+from seqjax.evaluation import evaluate_forecasts, load_run
 from seqjax.suites import Suite, load_suites, model_overrides, run_config
 from seqjax.training import load_config, train
 
@@ -167,6 +169,90 @@ def test_model_names_select_mixers_and_negative_eigenvalues():
     assert model_overrides(suite, "gru") == {"model.mixer": "gru", "optimizer.learning_rate": 0.01}
     with pytest.raises(ValueError, match="mixer 'lstm' has no negative_eigenvalues"):
         model_overrides(suite, "lstm_neg")
+
+
+def test_forecasting_suite_scores_models_and_peers_on_the_same_windows(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    values = 20 + np.tile([0.0, 3.0, -2.0, 1.0], 40) + rng.normal(0, 0.3, 160)
+    csv_path = tmp_path / "load.csv"
+    csv_path.write_text("time,load\n" + "".join(f"{t},{v}\n" for t, v in enumerate(values)))
+    (tmp_path / "suites.py").write_text(
+        textwrap.dedent(
+            f"""
+            from seqjax.suites import Suite
+
+            SUITES = {{
+                "tiny_forecasting": Suite(
+                    name="tiny_forecasting",
+                    description="A seasonal series.",
+                    base_config={str(ROOT / "configs" / "forecasting.py")!r},
+                    tasks={{
+                        "load": dict(
+                            name="forecasting", dataset="csv", csv_path={str(csv_path)!r},
+                            lookback=12, horizon=4, seasonality=4,
+                        )
+                    }},
+                    default_models=("lstm",),
+                    metric="smape",
+                    report_metrics=("smape", "mase", "mse", "mae"),
+                    peers=("SeasonalNaive", "AutoTheta"),
+                )
+            }}
+            """
+        )
+    )
+    workdir = tmp_path / "suite"
+    arguments = ["--suite", "tiny_forecasting", "--suites_file", str(tmp_path / "suites.py")]
+    arguments += ["--workdir", str(workdir), *(f"--config.{o}" for o in TINY_TRAINING)]
+    eval_script = load_eval_script()
+    assert eval_script.main(arguments) == 0
+
+    runs = json.loads((workdir / "results.json").read_text())["runs"]
+    assert [(run["model"], run["peer"]) for run in runs] == [
+        ("SeasonalNaive", True), ("AutoTheta", True), ("lstm", False),
+    ]  # fmt: skip
+    task = create_task(**run_config(load_suites(tmp_path / "suites.py")["tiny_forecasting"],
+                                    "load", "lstm", "", root=ROOT).task)  # fmt: skip
+    naive = np.stack([history[-4:] for history in task.peer_histories()])  # one season back
+    expected = task.score(naive)
+    assert runs[0]["test"] == pytest.approx(expected.overall)
+    for name, values in expected.by_horizon.items():
+        np.testing.assert_allclose(runs[0]["by_horizon"][name], values)
+    lstm = runs[2]
+    evaluation = evaluate_forecasts(load_run(workdir / lstm["workdir"]), batch_size=20)
+    assert lstm["test"]["smape"] == pytest.approx(evaluation.scores.overall["smape"])
+    np.testing.assert_allclose(lstm["by_horizon"]["mse"], evaluation.scores.by_horizon["mse"])
+    for run in runs:
+        assert len(run["by_horizon"]["mase"]) == 4 and len(run["examples"]) == 3
+        for example in run["examples"]:
+            window = example["window"]
+            np.testing.assert_allclose(example["actual"], task.actual()[window, :, 0])
+            np.testing.assert_allclose(example["history"], task.history()[window, -8:, 0])
+    np.testing.assert_allclose(
+        runs[0]["examples"][1]["forecast"], naive[runs[0]["examples"][1]["window"], :, 0]
+    )
+
+    table = (workdir / "results.md").read_text()
+    assert "| model | steps | test smape | test mase | test mse | test mae |" in table
+    assert f"| SeasonalNaive | - | {runs[0]['test']['smape']:.4f} |" in table
+    assert f"| lstm | 4 | {lstm['test']['smape']:.4f} | {lstm['test']['mase']:.4f} |" in table
+    assert table in capsys.readouterr().out
+    for plot in ["load_smape_by_horizon.png", "load_forecasts.png", "load_loss.png"]:
+        image = matplotlib.image.imread(workdir / "plots" / plot)
+        assert image.shape[0] > 100 and image.shape[1] > 100
+
+    peer_cache = workdir / "load" / "AutoTheta" / "suite_eval.json"
+    fitted = peer_cache.read_text()
+    peer_cache.write_text(fitted.replace('"test": {', '"test": {"cached": 1.0, ', 1))
+    assert eval_script.main(arguments) == 0  # the peers' cache is read, not refitted
+    assert json.loads((workdir / "results.json").read_text())["runs"][1]["test"]["cached"] == 1
+    options = {"name": "forecasting", **task.options(), "horizon": 3}
+    refitted = suites_module.score_peer("AutoTheta", "load", options, workdir=workdir)
+    assert "cached" not in refitted.test and len(refitted.by_horizon["smape"]) == 3
+    capsys.readouterr()
+    assert eval_script.main([*arguments, "--config.task.horizon=2"]) == 2  # before any fit
+    assert "trained with a different config" in capsys.readouterr().err
+    assert json.loads(peer_cache.read_text())["task"]["horizon"] == 3
 
 
 def test_every_configured_suite_builds_its_run_configs():
