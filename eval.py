@@ -12,17 +12,18 @@
 The model and task are rebuilt from the workdir's saved config.json (importing the modules
 of its ``imports`` first); the report is written to <workdir>/eval/step_<N>.json. A
 checkpoint directory (``--pretrained``: config.json, *.safetensors, tokenizer.json) is read
-with seqjax.interop.from_pretrained and its tokenizer.json. ``--text`` reads the file in
-windows of ``--window`` tokens, the model's state carried from each into the next, so the
-result is that of one pass over the file (seqjax/evaluation.py). For an encoder–decoder run
-``--generate`` is the source to translate, decoded greedily or with ``--beam_size`` beams
-(the best of them is printed, with its log-probability); a language model is continued by
-``--generate`` (greedy, sampled, or the best of ``--beam_size`` beams). A
-checkpoint that is corrupt or holds non-finite values, or metrics that are not finite, are an
-error, never a result. A suite (configs/suites.py) trains each model on each of its tasks
-into DIR/<task>/<model> (default DIR: runs/suites/<suite>), resuming unfinished runs, and
-writes DIR/results.md, DIR/results.json and DIR/plots/*.png; rows of models or tasks not run
-this time are kept from the earlier results.json.
+with seqjax.interop.from_pretrained and its tokenizer.json. A forecasting run also reports
+its metrics at each forecast step (a table of a few steps; all of them in the JSON).
+``--text`` reads the file in windows of ``--window`` tokens, the model's state carried from
+each into the next, so the result is that of one pass over the file (seqjax/evaluation.py).
+For an encoder–decoder run ``--generate`` is the source to translate, decoded greedily or
+with ``--beam_size`` beams (the best of them is printed, with its log-probability); a
+language model is continued by ``--generate`` (greedy, sampled, or the best of
+``--beam_size`` beams). A checkpoint that is corrupt or holds non-finite values, or metrics
+that are not finite, are an error, never a result. A suite (configs/suites.py) trains each
+model on each of its tasks into DIR/<task>/<model> (default DIR: runs/suites/<suite>),
+resuming unfinished runs, and writes DIR/results.md, DIR/results.json and DIR/plots/*.png;
+rows of models or tasks not run this time are kept from the earlier results.json.
 """
 
 import argparse
@@ -167,6 +168,18 @@ def markdown_table(metrics: dict[str, float]) -> str:
     return "\n".join(["| metric | value |", "| --- | --- |", *rows])
 
 
+def horizon_table(by_horizon: dict[str, list[float]]) -> str:
+    """The metrics at forecast steps 1, H/4, H/2, 3H/4 and H."""
+    horizon = len(next(iter(by_horizon.values())))
+    steps = sorted({max(1, round(horizon * part)) for part in (0, 0.25, 0.5, 0.75, 1)})
+    rows = [
+        f"| {step} | " + " | ".join(f"{values[step - 1]:.6g}" for values in by_horizon.values())
+        for step in steps
+    ]
+    header = "| forecast step | " + " | ".join(by_horizon) + " |"
+    return "\n".join([header, "|" + " --- |" * (len(by_horizon) + 1), *(r + " |" for r in rows)])
+
+
 def load_model(arguments: argparse.Namespace):
     """(model, its tokenizer, what was loaded) from --pretrained or --workdir."""
     from seqjax.data.tokenizer import load_tokenizer
@@ -252,7 +265,7 @@ def main(argv: list[str]) -> int:
     arguments, overrides = parse_arguments(argv)
     if arguments.suite is not None:
         return run_suite(arguments, overrides)
-    from seqjax.evaluation import NonFiniteResultError, evaluate_run, load_run
+    from seqjax.evaluation import NonFiniteResultError, evaluate_forecasts, evaluate_run, load_run
     from seqjax.training.checkpoint import CheckpointError, quiet_background_failures
     from seqjax.training.files import WriteError, write_atomically
     from seqjax.training.workdir import EVAL_DIR
@@ -269,6 +282,9 @@ def main(argv: list[str]) -> int:
         run = load_run(workdir, step=arguments.step)
         metrics = evaluate_run(run, batch_size=arguments.batch_size)
         report = {"step": run.step, "task": run.task.name, "split": "test", "metrics": metrics}
+        if run.task.kind == "forecasting":
+            evaluation = evaluate_forecasts(run, batch_size=arguments.batch_size)
+            report["by_horizon"] = evaluation.scores.by_horizon
         path = workdir / EVAL_DIR / f"step_{run.step}.json"
         write_atomically(path, json.dumps(report, indent=2) + "\n")
     except (CheckpointError, NonFiniteResultError, WriteError) as error:
@@ -279,6 +295,8 @@ def main(argv: list[str]) -> int:
         return 2
     print(f"{run.task.name} test split ({run.task.num_test_examples} examples), step {run.step}")
     print(markdown_table(metrics))
+    if "by_horizon" in report:
+        print(horizon_table(report["by_horizon"]))
     print(f"saved {path}")
     return 0
 
