@@ -11,7 +11,9 @@ horizon 18, the look-back the shortest series allows).
         --config.task.csv_path=load.csv --config.task.lookback=96 --config.task.horizon=24
 
 ``model.regression_loss`` is ``mse``, ``mae`` or ``gaussian_nll``; the held-out windows report
-MSE and MAE on the normalized scale.
+MSE and MAE on the normalized scale. ``--config.task.strategy=autoregressive`` trains
+one-step-ahead forecasts at every position instead and rolls the H steps out with the state
+carried.
 """
 
 import ml_collections
@@ -28,6 +30,7 @@ def get_config() -> ml_collections.ConfigDict:
         lookback=None,
         horizon=None,
         normalization="window",
+        strategy="direct",
         validation_fraction=0.1,
         test_fraction=0.2,
         csv_path="",

@@ -111,26 +111,53 @@ class ForecastEvaluation:
     forecasts: np.ndarray  # [N, H, C] on the original scale, one per window of the split
 
 
+def _mean(outputs):
+    """The forecast of a regression head: its outputs, or a Gaussian head's mean."""
+    return outputs[..., 0] if outputs.ndim == 4 else outputs  # [B, T, D(, 2)]
+
+
 @functools.partial(jax.jit, static_argnums=0)
-def _last_outputs(graphdef, params, inputs):
+def _direct_forecasts(graphdef, params, inputs):
+    """The last output [B, H*C] of a direct multi-horizon forecaster."""
     outputs, _ = nnx.merge(graphdef, params)(inputs)
-    return outputs[:, -1]
+    return _mean(outputs)[:, -1]
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _rolled_out_forecasts(graphdef, params, inputs, horizon):
+    """[B, H, C]: the one-step forecast after the look-back ``inputs`` [B, L, C], then each
+    forecast fed back as the next input, the state carried."""
+    model = nnx.merge(graphdef, params)
+    outputs, state = model(inputs)
+
+    def step(carry, _):
+        value, state = carry
+        outputs, state = model(value[:, None], state=state)
+        return (_mean(outputs)[:, -1], state), value
+
+    _, forecasts = jax.lax.scan(step, (_mean(outputs)[:, -1], state), length=horizon)
+    return jnp.swapaxes(forecasts, 0, 1)
 
 
 def evaluate_forecasts(
     run: LoadedRun, *, batch_size: int, task: Task | None = None, split: str = "test"
 ) -> ForecastEvaluation:
     """The forecasts of ``run`` for the windows of ``split`` of its forecasting ``task``
-    (default: the run's), on the original scale, and their scores (``task.score``); the
-    mean of a Gaussian head's forecast."""
+    (default: the run's), on the original scale, and their scores (``task.score``): the last
+    output of a direct forecaster, the roll-out of an autoregressive one; the mean of a
+    Gaussian head's forecast."""
     task = task or run.task
     if task.kind != "forecasting":
         raise ValueError(f"task {task.name!r} is not a forecasting task")
     graphdef, params = nnx.split(run.model)
+    horizon = task.window_length[1]
     outputs = []
     for batch in task.split_batches(split, batch_size):
-        last = np.asarray(_last_outputs(graphdef, params, batch["inputs"]))
-        outputs.append(last[..., 0] if last.ndim == 3 else last)  # [B, H*C] (, 2)
+        if task.strategy == "autoregressive":
+            forecasts = _rolled_out_forecasts(graphdef, params, batch["inputs"], horizon)
+        else:
+            forecasts = _direct_forecasts(graphdef, params, batch["inputs"])
+        outputs.append(np.asarray(forecasts))
     forecasts = task.to_original(np.concatenate(outputs)[: len(task.actual(split))], split)
     scores = task.score(forecasts, split)
     _check_finite(run, task, scores.overall)

@@ -26,10 +26,14 @@ belongs to the segment that holds all of its forecast steps, so no training targ
 reaches a validation or test point (validation and test inputs may reach back into earlier
 segments, as in Informer's protocol, Zhou et al. 2021). Windows are taken at every step.
 
-Layout (direct multi-horizon forecasting with the ``regression`` head): a window's L look-back
-steps of C channels are the inputs [L, C]; its H-step forecast is the target at the last
-position, ``targets`` [L, H*C] (step-major: index h*C + c) with weight 1 there and 0 elsewhere,
-so a causal model reads the whole look-back window and its last output is the forecast.
+Layout (``regression`` head), by ``strategy``. ``"direct"`` (multi-horizon output): a
+window's L look-back steps of C channels are the inputs [L, C]; its H-step forecast is the
+target at the last position, ``targets`` [L, H*C] (step-major: index h*C + c) with weight 1
+there and 0 elsewhere, so a causal model reads the whole look-back window and its last output
+is the forecast. ``"autoregressive"``: the target at every position is the next value,
+``targets`` [L, C] (the inputs shifted by one, then the first forecast step), weight 1
+everywhere; the forecast is rolled out from the last output, each step fed back as the next
+input with the state carried (``seqjax.evaluation.evaluate_forecasts``).
 
 Normalization (``normalization``): ``"window"`` is RevIN's (Kim et al. 2022), each window
 scaled by the mean and standard deviation of its own look-back; ``"series"`` uses those of the
@@ -78,6 +82,7 @@ LONG_SERIES_DATASETS = {
 }
 SHIPPED_DATASETS = [*COMPETITION_DATASETS, *LONG_SERIES_DATASETS]
 NORMALIZATIONS = ("window", "series", "none")
+STRATEGIES = ("direct", "autoregressive")
 _EPSILON = 1e-5
 
 
@@ -97,6 +102,7 @@ class Forecasting(ArrayTask):
         lookback: int | None = None,
         horizon: int | None = None,
         normalization: str = "window",
+        strategy: str = "direct",
         validation_fraction: float = 0.1,
         test_fraction: float = 0.2,
         csv_path: str = "",
@@ -116,7 +122,11 @@ class Forecasting(ArrayTask):
                 f"{label} 'normalization' must be one of {', '.join(NORMALIZATIONS)}, "
                 f"got {normalization!r}"
             )
-        self.dataset, self.normalization = dataset, normalization
+        if strategy not in STRATEGIES:
+            raise ValueError(
+                f"{label} 'strategy' must be one of {', '.join(STRATEGIES)}, got {strategy!r}"
+            )
+        self.dataset, self.normalization, self.strategy = dataset, normalization, strategy
         self.seed = check_int(f"{label} 'seed'", seed, minimum=0)
         self.validation_fraction = check_float(
             f"{label} 'validation_fraction'", validation_fraction, minimum=0.0, below=1.0
@@ -168,7 +178,8 @@ class Forecasting(ArrayTask):
             else check_int(f"{label} 'seasonality'", seasonality, minimum=1)
         )
         self.seq_len = self._lookback
-        self.output_dim = self._horizon * self.input_dim
+        steps = self._horizon if strategy == "direct" else 1
+        self.output_dim = steps * self.input_dim
 
     def _check_horizon(self, horizon, *, default):
         if horizon is None:
@@ -308,14 +319,20 @@ class Forecasting(ArrayTask):
         forecasts = self._splits[split]["forecasts"]
         return forecasts.reshape(len(forecasts), -1)
 
-    def _at_last_position(self, batch: Batch) -> Batch:
-        """Compact forecasts [B, H*C] as the targets at the last position, weight 1 there."""
-        rows = len(batch["inputs"])
+    def _laid_out(self, batch: Batch) -> Batch:
+        """Compact forecasts [B, H*C] as the targets of the strategy (module docstring)."""
+        inputs, forecasts = batch["inputs"], batch["targets"]
+        rows = len(inputs)
+        if self.strategy == "autoregressive":
+            first_step = forecasts[:, None, : self.input_dim]
+            targets = np.concatenate([inputs[:, 1:], first_step], axis=1)
+            weights = np.ones((rows, self.seq_len), np.float32)
+            return as_batch(inputs=inputs, targets=targets, weights=weights)
         targets = np.zeros((rows, self.seq_len, self.output_dim), np.float32)
-        targets[:, -1] = batch["targets"]
+        targets[:, -1] = forecasts
         weights = np.zeros((rows, self.seq_len), np.float32)
         weights[:, -1] = 1
-        return as_batch(inputs=batch["inputs"], targets=targets, weights=weights)
+        return as_batch(inputs=inputs, targets=targets, weights=weights)
 
     def train_batch(
         self, step: int, batch_size: int, *, shard_index: int = 0, num_shards: int = 1
@@ -323,7 +340,7 @@ class Forecasting(ArrayTask):
         compact = super().train_batch(
             step, batch_size, shard_index=shard_index, num_shards=num_shards
         )
-        return self._at_last_position(compact)
+        return self._laid_out(compact)
 
     def test_batches(self, batch_size: int) -> Iterator[Batch]:
         return self.split_batches("test", batch_size)
@@ -334,7 +351,7 @@ class Forecasting(ArrayTask):
         inputs, compact = self._splits[self._check_split(split)]["inputs"], self._compact(split)
 
         def take_examples(start: int, stop: int) -> Batch:
-            return self._at_last_position(
+            return self._laid_out(
                 {"inputs": inputs[start:stop], "targets": compact[start:stop]}
             )
 

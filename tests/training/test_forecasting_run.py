@@ -1,13 +1,19 @@
 """A forecaster on a user's CSV file through train.py and eval.py: trained, resumed
-bit-identically, and scored on the original scale at every forecast step."""
+bit-identically, and scored on the original scale at every forecast step; the autoregressive
+strategy's layout and roll-out."""
 
 import json
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 from tiny_run import ROOT, assert_same_params, load_script, params_of, train_losses
 
-from seqjax.evaluation import evaluate_forecasts, load_run
+from seqjax.data import create_task
+from seqjax.evaluation import LoadedRun, evaluate_forecasts, load_run
+from seqjax.training import load_config
+from seqjax.training.objectives import create_task_model
 
 
 def write_load_csv(path):
@@ -53,3 +59,33 @@ def test_a_csv_forecaster_trains_resumes_exactly_and_is_scored_by_eval(tmp_path,
         assert report["metrics"][name] == pytest.approx(evaluation.scores.overall[name], rel=1e-6)
     assert "| forecast step | smape | mase | mse | mae |" in printed
     assert f"| 6 | {report['by_horizon']['smape'][5]:.6g} |" in printed
+
+
+def test_the_autoregressive_roll_out_carries_the_state_as_rereading_would(tmp_path):
+    config = load_config(
+        str(ROOT / "configs" / "forecasting.py"),
+        [
+            "task.dataset=csv", f"task.csv_path={write_load_csv(tmp_path / 'load.csv')}",
+            "task.lookback=12", "task.horizon=5", "task.strategy=autoregressive",
+            "model.d_model=16", "model.num_layers=2", "model.mixer=gru",
+        ],
+    )  # fmt: skip
+    task = create_task(**config.task)
+    assert task.output_dim == 2
+    batch = next(task.test_batches(4))
+    assert batch["targets"].shape == (4, 12, 2) and (batch["weights"] == 1).all()
+    np.testing.assert_array_equal(batch["targets"][:, :-1], batch["inputs"][:, 1:])
+    first_step = task._splits["test"]["forecasts"][:4, 0]
+    np.testing.assert_array_equal(batch["targets"][:, -1], first_step)
+
+    model = create_task_model(config.model, task, rngs=nnx.Rngs(0))
+    run = LoadedRun(config=config, task=task, model=model, step=0, workdir=tmp_path)
+    rolled = evaluate_forecasts(run, batch_size=8).forecasts
+
+    # the same forecasts by reading the look-back and the forecasts so far again each step
+    inputs = jnp.asarray(task._splits["test"]["inputs"])
+    for _ in range(5):
+        outputs, _ = model(inputs)
+        inputs = jnp.concatenate([inputs, outputs[:, -1:]], axis=1)
+    reread = task.to_original(np.asarray(inputs[:, 12:]))
+    np.testing.assert_allclose(rolled, reread, rtol=1e-5, atol=1e-4 * np.abs(reread).max())
