@@ -219,6 +219,8 @@ def test_bad_options_are_refused_by_name(tmp_path):
         create_task("forecasting", dataset="m3_yearly", lookback=9)
     with pytest.raises(ValueError, match="'normalization' must be one of window, series, none"):
         create_task("forecasting", dataset="sunspots", normalization="revin")
+    with pytest.raises(ValueError, match="'strategy' must be one of direct, autoregressive"):
+        create_task("forecasting", dataset="sunspots", strategy="recursive")
 
 
 def test_peers_read_the_look_back_window_and_scores_match_the_metrics(tmp_path):
