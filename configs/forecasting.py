@@ -31,6 +31,7 @@ def get_config() -> ml_collections.ConfigDict:
         horizon=None,
         normalization="window",
         strategy="direct",
+        calendar_features=False,
         validation_fraction=0.1,
         test_fraction=0.2,
         csv_path="",

@@ -40,6 +40,11 @@ scaled by the mean and standard deviation of its own look-back; ``"series"`` use
 series' training part (the training segment of a long series); ``"none"`` keeps the raw
 values. ``to_original`` inverts it for the held-out forecasts before they are scored
 (``seqjax.forecasting``), against ``actual(split)`` and, for MASE, ``insample(split)``.
+
+Covariates (``calendar_features``, a CSV whose times are ISO 8601): six inputs after the C
+value channels, sin and cos of the time of day, the day of the week and the day of the year,
+so ``input_dim`` is C + 6 while the forecast stays C channels (direct strategy only: a
+roll-out feeds back the values alone).
 """
 
 from __future__ import annotations
@@ -103,6 +108,7 @@ class Forecasting(ArrayTask):
         horizon: int | None = None,
         normalization: str = "window",
         strategy: str = "direct",
+        calendar_features: bool = False,
         validation_fraction: float = 0.1,
         test_fraction: float = 0.2,
         csv_path: str = "",
@@ -127,6 +133,14 @@ class Forecasting(ArrayTask):
                 f"{label} 'strategy' must be one of {', '.join(STRATEGIES)}, got {strategy!r}"
             )
         self.dataset, self.normalization, self.strategy = dataset, normalization, strategy
+        if not isinstance(calendar_features, bool):
+            raise ValueError(f"{label} 'calendar_features' must be True or False")
+        if calendar_features and (dataset != "csv" or strategy != "direct"):
+            raise ValueError(
+                f"{label} 'calendar_features' needs dataset='csv' (times to read the calendar "
+                f"from) and strategy='direct'; got dataset={dataset!r}, strategy={strategy!r}"
+            )
+        self.calendar_features = calendar_features
         self.seed = check_int(f"{label} 'seed'", seed, minimum=0)
         self.validation_fraction = check_float(
             f"{label} 'validation_fraction'", validation_fraction, minimum=0.0, below=1.0
@@ -161,9 +175,12 @@ class Forecasting(ArrayTask):
             )
             self._build_competition(trains, tests)
         else:
+            features = None
             if dataset == "csv":
-                names, values = read_csv_series(csv_path, time_column, self.value_columns)
+                names, values, times = read_csv_series(csv_path, time_column, self.value_columns)
                 defaults = (None, None, 1)
+                if calendar_features:
+                    features = calendar_encoding(times, csv_path)
             else:
                 names, values = _load_long_series(dataset)
                 defaults = LONG_SERIES_DATASETS[dataset]
@@ -171,7 +188,7 @@ class Forecasting(ArrayTask):
             self._horizon = self._check_horizon(horizon, default=defaults[1])
             self._lookback = self._check_lookback(lookback, default=defaults[0])
             default_seasonality = defaults[2]
-            self._build_long_series(values)
+            self._build_long_series(values, features)
         self._seasonality = (
             default_seasonality
             if seasonality is None
@@ -179,7 +196,7 @@ class Forecasting(ArrayTask):
         )
         self.seq_len = self._lookback
         steps = self._horizon if strategy == "direct" else 1
-        self.output_dim = steps * self.input_dim
+        self.output_dim = steps * self.num_channels
 
     def _check_horizon(self, horizon, *, default):
         if horizon is None:
@@ -209,7 +226,7 @@ class Forecasting(ArrayTask):
         """Training windows inside each series' training part; one test example per series:
         the last L training points and the h test points."""
         lookback, horizon = self._lookback, self._horizon
-        self.input_dim = 1
+        self.num_channels = self.input_dim = 1
         inputs, targets, series_index = [], [], []
         for index, train in enumerate(trains):
             windows = np.lib.stride_tricks.sliding_window_view(train, lookback + horizon)
@@ -234,11 +251,13 @@ class Forecasting(ArrayTask):
         self._insample = {"test": trains}
         self._peer_histories = {"test": [train[:, None] for train in trains]}
 
-    def _build_long_series(self, values: np.ndarray) -> None:
+    def _build_long_series(self, values: np.ndarray, features: np.ndarray | None) -> None:
         """Chronological train / validation / test segments of one [T, C] series; a window
-        belongs to the segment holding all its forecast steps."""
+        belongs to the segment holding all its forecast steps. ``features`` [T, F] (or None)
+        follow the normalized values in the inputs."""
         lookback, horizon = self._lookback, self._horizon
-        length, self.input_dim = values.shape
+        length, self.num_channels = values.shape
+        self.input_dim = self.num_channels + (0 if features is None else features.shape[1])
         test_start = length - round(self.test_fraction * length)
         validation_start = test_start - round(self.validation_fraction * length)
         if validation_start < lookback + horizon:
@@ -280,6 +299,12 @@ class Forecasting(ArrayTask):
                 train_statistics,
             )
             self._insample[split] = [values[: start + lookback] for start in starts]
+            if features is not None:
+                read = np.lib.stride_tricks.sliding_window_view(features, lookback, axis=0)
+                stored = self._splits[split]
+                stored["inputs"] = np.concatenate(
+                    [stored["inputs"], np.swapaxes(read[starts], 1, 2).astype(np.float32)], axis=2
+                )
         self._peer_histories = {
             split: list(self._splits[split]["lookback"]) for split in self._splits
         }
@@ -324,7 +349,7 @@ class Forecasting(ArrayTask):
         inputs, forecasts = batch["inputs"], batch["targets"]
         rows = len(inputs)
         if self.strategy == "autoregressive":
-            first_step = forecasts[:, None, : self.input_dim]
+            first_step = forecasts[:, None, : self.num_channels]
             targets = np.concatenate([inputs[:, 1:], first_step], axis=1)
             weights = np.ones((rows, self.seq_len), np.float32)
             return as_batch(inputs=inputs, targets=targets, weights=weights)
@@ -351,9 +376,7 @@ class Forecasting(ArrayTask):
         inputs, compact = self._splits[self._check_split(split)]["inputs"], self._compact(split)
 
         def take_examples(start: int, stop: int) -> Batch:
-            return self._laid_out(
-                {"inputs": inputs[start:stop], "targets": compact[start:stop]}
-            )
+            return self._laid_out({"inputs": inputs[start:stop], "targets": compact[start:stop]})
 
         return padded_batches(len(inputs), batch_size, take_examples)
 
@@ -372,7 +395,7 @@ class Forecasting(ArrayTask):
         scale [N, H, C] (the normalization inverted)."""
         statistics = self._splits[self._check_split(split)]["statistics"]
         forecasts = np.asarray(forecasts, np.float64)
-        forecasts = forecasts.reshape(len(forecasts), self._horizon, self.input_dim)
+        forecasts = forecasts.reshape(len(forecasts), self._horizon, self.num_channels)
         return forecasting.denormalize(forecasts, statistics)
 
     def actual(self, split: str = "test") -> np.ndarray:
@@ -413,7 +436,7 @@ class Forecasting(ArrayTask):
         insample = [
             np.reshape(series, (len(series), -1))[:, channel]
             for series in self.insample(split)
-            for channel in range(self.input_dim)
+            for channel in range(self.num_channels)
         ]
         return forecasting.forecast_scores(
             actual,
@@ -465,9 +488,9 @@ def _load_long_series(dataset: str) -> tuple[tuple[str, ...], np.ndarray]:
 
 def read_csv_series(
     path: str, time_column: str = "", value_columns: Sequence[str] = ()
-) -> tuple[tuple[str, ...], np.ndarray]:
-    """The value column names and values [T, C] of a CSV file with a header row, rows in time
-    order; a ValueError names the row (line of the file) and column of a bad value."""
+) -> tuple[tuple[str, ...], np.ndarray, list[str]]:
+    """The value column names, values [T, C] and times of a CSV file with a header row, rows
+    in time order; a ValueError names the row (line of the file) and column of a bad value."""
     if not path:
         raise ValueError("forecasting: option 'csv_path' is required for dataset='csv'")
     file = Path(path)
@@ -491,6 +514,7 @@ def read_csv_series(
     indices = [header.index(name) for name in value_columns]
     time_index = header.index(time_column)
     values = np.empty((len(rows) - 1, len(indices)))
+    times = [row[time_index].strip() if len(row) > time_index else "" for row in rows[1:]]
     for row_number, row in enumerate(rows[1:], start=2):
         if len(row) != len(header):
             raise ValueError(
@@ -512,4 +536,29 @@ def read_csv_series(
             values[row_number - 2, position] = value
     if not len(values):
         raise ValueError(f"{path}: no rows after the header")
-    return tuple(value_columns), values
+    return tuple(value_columns), values, times
+
+
+def calendar_encoding(times: Sequence[str], path: str = "") -> np.ndarray:
+    """[T, 6]: the sines, then the cosines, of the time of day, the day of the week (Monday
+    first) and the day of the year (of 365.25) of ISO 8601 ``times`` (as angles, 2π a cycle); a ValueError names the row (line of the
+    file) of a time that is not ISO 8601."""
+    stamps = []
+    for row_number, text in enumerate(times, start=2):
+        try:
+            stamps.append(np.datetime64(text, "s"))
+        except ValueError:
+            raise ValueError(
+                f"{path}: row {row_number}: time {text!r} is not ISO 8601 (2026-01-31T13:30), "
+                "which calendar_features needs"
+            ) from None
+    seconds = np.array(stamps).astype(np.int64)
+    days = seconds // 86400  # since Thursday 1970-01-01
+    years = np.array(stamps).astype("datetime64[Y]")
+    fractions = [
+        (seconds % 86400) / 86400,
+        ((days + 3) % 7) / 7,
+        (days - years.astype("datetime64[D]").astype(np.int64)) / 365.25,
+    ]
+    angles = 2 * np.pi * np.stack(fractions, axis=1)
+    return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)

@@ -258,3 +258,37 @@ def test_peers_read_the_look_back_window_and_scores_match_the_metrics(tmp_path):
     assert len(scores.by_horizon["mae"]) == 4
     with pytest.raises(ValueError, match=r"forecasts must be \[windows, horizon, channels\]"):
         task.score(forecasts[:, :3])
+
+
+def test_calendar_features_follow_the_values_and_name_a_bad_time(tmp_path):
+    hours = np.arange(200)
+    times = [str(np.datetime64("2026-01-05T00:00") + np.timedelta64(int(h), "h")) for h in hours]
+    values = {"load": 100 + np.sin(hours / 3), "price": 50 + np.cos(hours / 5)}
+    path = write_csv(tmp_path / "hourly.csv", values, times=times)
+    options = dict(dataset="csv", csv_path=path, lookback=24, horizon=6, normalization="none")
+    task = create_task("forecasting", calendar_features=True, **options)
+    plain = create_task("forecasting", **options)
+    assert (task.input_dim, task.num_channels, task.output_dim) == (8, 2, 12)
+    batch = next(task.test_batches(4))
+    assert batch["inputs"].shape == (4, 24, 8)
+    np.testing.assert_array_equal(batch["inputs"][..., :2], next(plain.test_batches(4))["inputs"])
+    np.testing.assert_array_equal(batch["targets"], next(plain.test_batches(4))["targets"])
+    # 2026-01-05 is a Monday, the 5th day of the year: at 06:00 the day is a quarter through
+    start = task.window_starts["test"][0]
+    six_am = 6 - start % 24 + 24 * (start % 24 > 6)  # the first 06:00 in the window
+    day_of_year = (4 + (start + six_am) // 24) / 365.25
+    weekday = ((start + six_am) // 24 % 7) / 7
+    angles = 2 * np.pi * np.array([0.25, weekday, day_of_year])
+    np.testing.assert_allclose(
+        batch["inputs"][0, six_am, 2:], [*np.sin(angles), *np.cos(angles)], atol=1e-6
+    )
+    np.testing.assert_array_equal(task.score(task.actual()).overall["mae"], 0.0)
+
+    times[30] = "30/01/2026"
+    bad = write_csv(tmp_path / "bad.csv", values, times=times)
+    with pytest.raises(ValueError, match=r"row 32: time '30/01/2026' is not ISO 8601"):
+        create_task("forecasting", **{**options, "csv_path": bad}, calendar_features=True)
+    with pytest.raises(ValueError, match="'calendar_features' needs dataset='csv'"):
+        create_task("forecasting", dataset="taylor", calendar_features=True)
+    with pytest.raises(ValueError, match="and strategy='direct'"):
+        create_task("forecasting", calendar_features=True, strategy="autoregressive", **options)

@@ -22,17 +22,20 @@ def write_load_csv(path):
     load = 100 + 10 * np.sin(2 * np.pi * hours / 24) + rng.normal(0, 1, len(hours))
     temperature = 15 + 5 * np.cos(2 * np.pi * hours / 24) + rng.normal(0, 0.5, len(hours))
     columns = zip(hours, load, temperature, strict=True)
-    rows = [f"2026-01-01T{h:05d},{v:.3f},{t:.3f}" for h, v, t in columns]
+    start = np.datetime64("2026-01-01T00:00")
+    rows = [f"{start + np.timedelta64(int(h), 'h')},{v:.3f},{t:.3f}" for h, v, t in columns]
     path.write_text("time,load,temperature\n" + "\n".join(rows) + "\n")
     return path
 
 
 def test_a_csv_forecaster_trains_resumes_exactly_and_is_scored_by_eval(tmp_path, capsys):
+    """With calendar covariates: inputs of 2 + 6 channels, forecasts of the 2 values."""
     csv_path = write_load_csv(tmp_path / "load.csv")
     arguments = [
         "--config", str(ROOT / "configs" / "forecasting.py"),
         "--config.task.dataset=csv", f"--config.task.csv_path={csv_path}",
         "--config.task.lookback=24", "--config.task.horizon=6", "--config.task.seasonality=24",
+        "--config.task.calendar_features=True",
         "--config.model.d_model=16", "--config.model.num_layers=1",
         "--config.training.batch_size=8", "--config.training.num_steps=6",
         "--config.training.checkpoint_every=3", "--config.training.eval_every=3",
