@@ -221,13 +221,17 @@ def run_suite(
     earlier = earlier_results(suite, workdir)
     results = []
     scored_peers = set()
+
+    def suite_log(message: str) -> None:
+        log(f"[{suite.name}] {message}")
+
     for task_label, model, variant, config in runs:
         if suite.peers and task_label not in scored_peers:
             scored_peers.add(task_label)
             for peer in suite.peers:
-                log(f"[{suite.name}] {task_label} / {peer}: fitting to every test series")
-                results.append(score_peer(peer, task_label, config.task, workdir=workdir))
-                log(f"[{suite.name}] {task_label} / {peer}: {summary(results[-1], suite.metric)}")
+                result = score_peer(peer, task_label, config.task, workdir=workdir, log=suite_log)
+                suite_log(f"{task_label} / {peer}: {summary(result, suite.metric)}")
+                results.append(result)
             write_report(suite, merged(earlier, results), workdir)
         label = f"{model}@{variant}" if variant else model
         run_dir = workdir / task_label / label
@@ -323,7 +327,12 @@ def score_run(run_dir: Path, task: str, model: str, variant: str, *, workdir: Pa
 
 
 def score_peer(
-    peer: str, task_label: str, task_options: Mapping[str, Any], *, workdir: Path
+    peer: str,
+    task_label: str,
+    task_options: Mapping[str, Any],
+    *,
+    workdir: Path,
+    log: Callable[[str], None] = print,
 ) -> RunResult:
     """The statistical forecaster ``peer`` fitted to every test window of the forecasting
     task ``task_options`` and scored as the models are; cached in its directory until the
@@ -333,6 +342,7 @@ def score_peer(
     options = json.loads(json.dumps(dict(task_options)))
     cached = json.loads(cache_path.read_text()) if cache_path.exists() else {}
     if cached.get("task") != options:
+        log(f"{task_label} / {peer}: fitting to every test series")
         task = create_task(**options)
         if task.kind != "forecasting":
             raise ValueError(f"peer {peer!r} forecasts, but task {task_label!r} is {task.kind!r}")
