@@ -253,8 +253,8 @@ SUITES = {
             # Measured on 2 CPU cores (sMAPE; peers SeasonalNaive / AutoETS / AutoTheta):
             # m3_monthly, 500 steps: peers 17.23 / 14.16 / 14.97, models 14.60 (gru) to
             # 15.09 (mamba); tourism_monthly, 2000 steps: peers 21.67 / 19.09 / 20.00, gru
-            # 20.45, lstm 21.27, mamba 21.20, gated_deltanet 21.98, lru 23.43. On taylor
-            # statsforecast's ETS has no seasonal state for a period over 24 (here 48).
+            # 20.45, lstm 21.27, mamba 21.20, gated_deltanet 21.98, lru 23.43, xlstm 22.56.
+            # On taylor statsforecast's ETS has no seasonal state for a period over 24 (48).
             # A week of half hours is a long read on 2 CPU cores: smaller batches there.
             # Tourism needs more steps than M3 (a GRU: sMAPE 23.1 at 500 steps, 20.5 at 2000).
             task_overrides={
