@@ -541,8 +541,8 @@ def read_csv_series(
 
 def calendar_encoding(times: Sequence[str], path: str = "") -> np.ndarray:
     """[T, 6]: the sines, then the cosines, of the time of day, the day of the week (Monday
-    first) and the day of the year (of 365.25) of ISO 8601 ``times`` (as angles, 2π a cycle); a ValueError names the row (line of the
-    file) of a time that is not ISO 8601."""
+    first) and the day of the year (of 365.25) of ISO 8601 ``times`` (2π a cycle); a
+    ValueError names the row (line of the file) of a time that is not ISO 8601."""
     stamps = []
     for row_number, text in enumerate(times, start=2):
         try:
