@@ -280,10 +280,12 @@ def main(argv: list[str]) -> int:
             return 0
         workdir = Path(arguments.workdir)
         run = load_run(workdir, step=arguments.step)
-        metrics = evaluate_run(run, batch_size=arguments.batch_size)
-        report = {"step": run.step, "task": run.task.name, "split": "test", "metrics": metrics}
+        evaluation = None
         if run.task.kind == "forecasting":
             evaluation = evaluate_forecasts(run, batch_size=arguments.batch_size)
+        metrics = evaluate_run(run, batch_size=arguments.batch_size, forecasts=evaluation)
+        report = {"step": run.step, "task": run.task.name, "split": "test", "metrics": metrics}
+        if evaluation is not None:
             report["by_horizon"] = evaluation.scores.by_horizon
         path = workdir / EVAL_DIR / f"step_{run.step}.json"
         write_atomically(path, json.dumps(report, indent=2) + "\n")

@@ -80,17 +80,24 @@ def load_run(workdir: str | Path, *, step: int | None = None) -> LoadedRun:
     )
 
 
-def evaluate_run(run: LoadedRun, *, batch_size: int, task: Task | None = None) -> dict:
+def evaluate_run(
+    run: LoadedRun,
+    *,
+    batch_size: int,
+    task: Task | None = None,
+    forecasts: "ForecastEvaluation | None" = None,
+) -> dict:
     """The metrics of ``run`` on the test split of ``task`` (default: the run's task); a
     NonFiniteResultError if any is NaN or infinite. A forecasting task's metrics are its
-    objective's and the overall scores of ``evaluate_forecasts``."""
+    objective's and the overall scores of ``evaluate_forecasts`` (``forecasts``, if the
+    caller has them already)."""
     graphdef, params = nnx.split(run.model)
     task = task or run.task
     objective = create_objective(run.config.model, task)
     metrics = evaluate(graphdef, params, task, batch_size=batch_size, objective=objective)
     if task.kind == "forecasting":
-        scores = evaluate_forecasts(run, batch_size=batch_size, task=task).scores
-        metrics = {**metrics, **scores.overall}
+        forecasts = forecasts or evaluate_forecasts(run, batch_size=batch_size, task=task)
+        metrics = {**metrics, **forecasts.scores.overall}
     _check_finite(run, task, metrics)
     return metrics
 

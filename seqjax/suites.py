@@ -293,14 +293,16 @@ def score_run(run_dir: Path, task: str, model: str, variant: str, *, workdir: Pa
         test, by_length = cached["test"], cached["by_length"]
         by_horizon, examples = cached.get("by_horizon", {}), cached.get("examples", [])
     else:
-        test = evaluate_run(run, batch_size=batch_size)
+        evaluation = None
+        if run.task.kind == "forecasting":
+            evaluation = evaluate_forecasts(run, batch_size=batch_size)
+        test = evaluate_run(run, batch_size=batch_size, forecasts=evaluation)
         by_length = {
             str(length): evaluate_run(run, batch_size=batch_size, task=run.task.at_length(length))
             for length in lengths
         }
         by_horizon, examples = {}, []
-        if run.task.kind == "forecasting":
-            evaluation = evaluate_forecasts(run, batch_size=batch_size)
+        if evaluation is not None:
             by_horizon = evaluation.scores.by_horizon
             examples = forecast_examples(run.task, evaluation.forecasts)
         cache = dict(step=run.step, lengths=lengths, test=test, by_length=by_length)
