@@ -6,8 +6,9 @@ channel d of the inner width E and state index n, with input-dependent Δ_t, B_t
     h_t[d, n] = exp(Δ_t[d] A[d, n]) h_{t-1}[d, n] + Δ_t[d] B_t[n] u_t[d]
     y_t[d] = Σ_n C_t[n] h_t[d, n] + D[d] u_t[d]
 
-(zero-order hold for A, the simplified Euler step Δ B for B, as in the paper). The block:
-x → in_proj → (u, z); u → causal conv → SiLU → S6 → ⊙ SiLU(z) → out_proj.
+(zero-order hold for A, the simplified Euler step Δ B for B, as in the paper), with
+A = -exp(A_log) < 0: the op ``seqjax.ops.selective_scan``. The block: x → in_proj → (u, z);
+u → causal conv → SiLU → S6 → ⊙ SiLU(z) → out_proj.
 
 With ``negative_eigenvalues=True`` the decays exp(Δ A) ∈ (0, 1) are mapped to
 2 exp(Δ A) - 1 ∈ (-1, 1) ("Unlocking State-Tracking in Linear RNNs Through Negative
@@ -32,51 +33,9 @@ from seqjax.layers.initializers import symmetric_uniform
 from seqjax.layers.norms import rms_normalize
 from seqjax.layers.partitioning import EMBED, HEADS, linear, param
 from seqjax.layers.registry import register
-from seqjax.ops.scan import linear_recurrence
+from seqjax.ops.selective_scan import DEFAULT_CHUNK_SIZE, selective_scan
 from seqjax.ops.sequence_parallel import SequenceSplit
 from seqjax.typing import Array, PyTree
-
-
-def selective_scan(
-    u: Array,
-    delta: Array,
-    log_decay_rate: Array,
-    input_matrix: Array,
-    output_matrix: Array,
-    skip: Array,
-    *,
-    negative_eigenvalues: bool = False,
-    **op_options,
-) -> tuple[Array, Array]:
-    """The S6 recurrence of the module docstring; returns ``(y [B, T, E], h_T [B, E, N])``.
-
-    Args:
-      u: inputs [B, T, E].
-      delta: step sizes Δ > 0 [B, T, E].
-      log_decay_rate: A_log [E, N]; A = -exp(A_log) < 0.
-      input_matrix: B_t [B, T, N].
-      output_matrix: C_t [B, T, N].
-      skip: D [E].
-      negative_eigenvalues: decays 2 exp(Δ A) - 1 instead of exp(Δ A).
-      op_options: of ``linear_recurrence`` (initial_state h [B, E, N], segment_starts,
-        implementation, sequence_split).
-    """
-    u32, delta = u.astype(jnp.float32), delta.astype(jnp.float32)
-    decay = selective_decay(delta, log_decay_rate, negative_eigenvalues=negative_eigenvalues)
-    inputs = (delta * u32)[..., None] * input_matrix.astype(jnp.float32)[:, :, None, :]
-    h, final_state = linear_recurrence(decay, inputs, **op_options)
-    y = jnp.einsum("bten,btn->bte", h, output_matrix.astype(jnp.float32))
-    return (y + skip * u32).astype(u.dtype), final_state
-
-
-def selective_decay(
-    delta: Array, log_decay_rate: Array, *, negative_eigenvalues: bool = False
-) -> Array:
-    """Ā = exp(Δ A) ∈ (0, 1), or 2 exp(Δ A) - 1 ∈ (-1, 1): [B, T, E, N] from Δ [B, T, E]
-    and A_log [E, N], in float32."""
-    rate = -jnp.exp(log_decay_rate.astype(jnp.float32))  # A = -exp(A_log) < 0
-    decay = jnp.exp(delta.astype(jnp.float32)[..., None] * rate)
-    return 2.0 * decay - 1.0 if negative_eigenvalues else decay
 
 
 def s4d_real_log_rates(inner_size: int, state_size: int) -> Array:
@@ -100,8 +59,8 @@ class Mamba(nnx.Module):
 
     Options: ``state_size`` N, ``expand`` (E = expand * D), ``conv_width``, ``dt_rank`` (rank
     of the Δ projection; None for ⌈D / 16⌉), ``dt_min``/``dt_max`` (range of the initial Δ),
-    ``negative_eigenvalues``, ``bc_dt_norm_epsilon`` (None: no norms of Δ, B, C) and
-    ``implementation`` (of ``linear_recurrence``).
+    ``negative_eigenvalues``, ``bc_dt_norm_epsilon`` (None: no norms of Δ, B, C), and
+    ``implementation`` and ``chunk_size`` (of ``selective_scan``).
     """
 
     def __init__(
@@ -118,9 +77,10 @@ class Mamba(nnx.Module):
         negative_eigenvalues: bool = False,
         bc_dt_norm_epsilon: float | None = None,
         implementation: str | None = None,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
         sequence_split: SequenceSplit | None = None,
     ):
-        check_sizes(state_size=state_size, expand=expand, dt_rank=dt_rank)
+        check_sizes(state_size=state_size, expand=expand, dt_rank=dt_rank, chunk_size=chunk_size)
         if bc_dt_norm_epsilon is not None:
             check_number("bc_dt_norm_epsilon", bc_dt_norm_epsilon)
         self.bc_dt_norm_epsilon = bc_dt_norm_epsilon
@@ -128,7 +88,8 @@ class Mamba(nnx.Module):
         self.state_size = state_size
         self.dt_rank = dt_rank = dt_rank or math.ceil(d_model / 16)
         self.negative_eigenvalues = negative_eigenvalues
-        self.implementation, self.sequence_split = implementation, sequence_split
+        self.implementation, self.chunk_size = implementation, chunk_size
+        self.sequence_split = sequence_split
 
         self.in_proj = linear(d_model, 2 * inner, EMBED, HEADS, use_bias=False, rngs=rngs)
         self.conv = ShortConv(
@@ -172,7 +133,7 @@ class Mamba(nnx.Module):
         y, ssm_state = selective_scan(
             u,
             delta,
-            self.log_decay_rate[...],
+            -jnp.exp(self.log_decay_rate[...].astype(jnp.float32)),  # A < 0
             input_matrix,
             output_matrix,
             self.skip[...],
@@ -180,6 +141,7 @@ class Mamba(nnx.Module):
             segment_starts=segment_starts,
             negative_eigenvalues=self.negative_eigenvalues,
             implementation=self.implementation,
+            chunk_size=self.chunk_size,
             sequence_split=self.sequence_split,
         )
         return self.out_proj(y * jax.nn.silu(gate)), {"conv": conv_state, "ssm": ssm_state}

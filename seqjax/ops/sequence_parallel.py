@@ -16,6 +16,10 @@ op's initial state, so every shard learns the state entering it:
                              independently, so one run of the shard with values [v | 0] from
                              the state [0 | I] gives N and M as its final state and o⁰ and r
                              as its outputs (flash-linear-attention's context parallelism)
+    selective_scan           each shard runs from zero, and from a state of ones with no
+                             input, whose final state is ∏_t Ā_t; folded like
+                             linear_recurrence, then each shard runs again from its entering
+                             state (y_t reads h_t through C_t, so no [B, T, E, N] is formed)
     mlstm                    each shard's (C, n, m) from an empty memory folds as the max-plus
                              recurrence of the stabilizer and the linear one of C and n; then
                              each shard runs again from its entering state (the normalized
@@ -164,6 +168,36 @@ def split_left_linear_state(
         return output[..., :value_size] + correction, final
 
     return _shard_map(op, shard, split, (v, *arrays), (initial_state,))
+
+
+def split_selective_scan(
+    local_op: Callable[..., tuple[Array, Array]],
+    split: SequenceSplit,
+    arrays: Sequence[Array],
+    state_matrix: Array,
+    initial_state: Array,
+) -> tuple[Array, Array]:
+    """``local_op(u, delta, input_matrix, output_matrix, starts, state_matrix, state) ->
+    (y, final_state)`` run over ``split``: ``arrays`` are (u, delta, input_matrix,
+    output_matrix, starts) [B, T, ...], state_matrix A [E, N] is replicated and
+    initial_state is [B, E, N]. Returns y [B, T, E] (without the skip term) and the final
+    state, as the unsplit op."""
+
+    def shard(u, delta, input_matrix, output_matrix, starts, initial_state, state_matrix):
+        def run(u, state):
+            return local_op(u, delta, input_matrix, output_matrix, starts, state_matrix, state)
+
+        _, own = run(u, jnp.zeros_like(initial_state))
+        _, transition = run(jnp.zeros_like(u), jnp.ones_like(initial_state))  # ∏ Ā over the shard
+        entering, final = _fold_shards(
+            split.axis, initial_state, (transition, own), _decay_then_add
+        )
+        y, _ = run(u, entering)
+        return y, final
+
+    return _shard_map(
+        "selective_scan", shard, split, tuple(arrays), (initial_state,), replicated=(state_matrix,)
+    )
 
 
 EMPTY_STABILIZER = -1e30

@@ -18,9 +18,10 @@ from tolerances import FLOAT32
 
 from seqjax import layers
 from seqjax.layers.hgrn import hgrn_forget_gate
-from seqjax.layers.mamba import selective_decay, selective_scan, step_size_bias
+from seqjax.layers.mamba import step_size_bias
 from seqjax.layers.min_rnn import min_lstm_gates
 from seqjax.layers.rg_lru import decay_logits_init, rg_lru, rg_lru_log_decay
+from seqjax.ops.selective_scan import discretize, selective_scan
 
 D_MODEL, BATCH, LENGTH = 8, 2, 7
 
@@ -79,9 +80,9 @@ def test_mamba_equals_loop_of_s6_equations(negative_eigenvalues):
 def test_negative_eigenvalues_give_decays_in_minus_one_to_one():
     # Δ over the default initial range [0.001, 0.1] and the S4D-Real rates A = -(n + 1).
     delta = jax.nn.softplus(step_size_bias(jax.random.key(0), 256, 0.001, 0.1))
-    log_rates = jnp.log(jnp.broadcast_to(jnp.arange(1.0, 17.0), (256, 16)))
-    positive = np.asarray(selective_decay(delta[None, None], log_rates))
-    negative = np.asarray(selective_decay(delta[None, None], log_rates, negative_eigenvalues=True))
+    rates = -jnp.broadcast_to(jnp.arange(1.0, 17.0), (256, 16))
+    positive = np.asarray(discretize(delta, rates, negative_eigenvalues=False))
+    negative = np.asarray(discretize(delta, rates, negative_eigenvalues=True))
     assert np.all((positive > 0) & (positive < 1))
     np.testing.assert_allclose(negative, 2 * positive - 1, **FLOAT32)
     assert np.all(np.abs(negative) <= 1)
@@ -94,9 +95,7 @@ def test_negative_eigenvalues_let_the_state_flip_sign():
     u = jnp.zeros((1, steps, 1)).at[0, 0, 0].set(1.0)
     delta = jnp.full((1, steps, 1), 5.0)  # exp(-5) ≈ 0.007: decay ≈ -0.99
     ones = jnp.ones((1, steps, 1))
-    y, _ = selective_scan(
-        u, delta, jnp.zeros((1, 1)), ones, ones, jnp.zeros(1), negative_eigenvalues=True
-    )
+    y, _ = selective_scan(u, delta, -jnp.ones((1, 1)), ones, ones, negative_eigenvalues=True)
     signs = np.sign(np.asarray(y[0, :, 0]))
     np.testing.assert_array_equal(signs, [1, -1, 1, -1, 1, -1])
 

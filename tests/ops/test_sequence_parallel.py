@@ -3,8 +3,8 @@
 states and the gradients of every input (initial state included), with segment resets, one
 of them on a shard boundary: linear_recurrence (both directions), gated_linear_attention (a
 decay per head and per key), delta_rule (with and without decay, beta up to 2),
-generalized_delta_rule, mlstm, causal_conv1d and softmax_attention (causal, window, segment
-ids, GQA, forget gate). Each shard runs the implementation asked for; one that cannot run is
+generalized_delta_rule, selective_scan (both forms), mlstm, causal_conv1d and
+softmax_attention (causal, window, segment ids, GQA, forget gate). Each shard runs the implementation asked for; one that cannot run is
 an error, never a substitute; so is an op that cannot run split. A split over an axis of one
 device runs the whole op."""
 
@@ -25,6 +25,7 @@ from seqjax.ops.conv import causal_conv1d
 from seqjax.ops.delta_rule import delta_rule, generalized_delta_rule
 from seqjax.ops.linear_attention import gated_linear_attention
 from seqjax.ops.scan import linear_recurrence
+from seqjax.ops.selective_scan import selective_scan
 from seqjax.ops.sequence_parallel import SequenceSplit
 
 BATCH, LENGTH, HEADS, KEY, VALUE = 4, 32, 2, 4, 3
@@ -125,6 +126,25 @@ def test_split_generalized_delta_rule_equals_the_whole_sequence(mesh):
         log_decay=log_decay(rng, BATCH, LENGTH, HEADS, KEY),
     )
     assert_split_equals_whole(generalized_delta_rule, arrays, mesh, implementation="reference")
+
+
+@pytest.mark.parametrize("implementation", ["reference", "chunked"])
+def test_split_selective_scan_equals_the_whole_sequence(mesh, implementation):
+    rng = np.random.default_rng(7)
+    width, size = 3, 2
+    arrays = dict(
+        u=normal(rng, BATCH, LENGTH, width),
+        delta=rng.uniform(0.05, 1.0, (BATCH, LENGTH, width)).astype(np.float32),
+        state_matrix=-rng.uniform(0.5, 2.0, (width, size)).astype(np.float32),
+        input_matrix=normal(rng, BATCH, LENGTH, size),
+        output_matrix=normal(rng, BATCH, LENGTH, size),
+        skip=normal(rng, width),
+        initial_state=normal(rng, BATCH, width, size),
+        segment_starts=segment_starts(rng),
+    )
+    assert_split_equals_whole(
+        selective_scan, arrays, mesh, implementation=implementation, chunk_size=4
+    )
 
 
 def test_split_mlstm_equals_the_whole_sequence(mesh):
