@@ -143,6 +143,7 @@ def softmax_attention(
         op, implementation, IMPLEMENTATIONS,
         preferred=("pallas", REFERENCE if small else "chunked"),
         cannot_run={"pallas": flash_attention_kernels.unsupported_reason(platform)},
+        kernels="flash_attention",
     )  # fmt: skip
     options = dict(causal=causal, window=window, scale=scale)
     if (split := sequence_parallel.active_split(op, sequence_split)) is not None:

@@ -126,15 +126,16 @@ def _resolve(implementation: str | None, dtype=jnp.float32) -> str:
     platform = jax.default_backend()
     # Measured by bench/scan.py: on CPU the in-place loop runs at about 2x one elementwise
     # pass, the chunked form at about 5x, the associative scan at about 9x (forward, freed
-    # memory kept). On TPU and GPU the kernels read and write each element once; where they
-    # cannot run, the associative form uses the parallel hardware that a time loop leaves
-    # idle.
+    # memory kept). On TPU and GPU the kernels read and write each element once (where they
+    # were measured); otherwise the associative form uses the parallel hardware that a time
+    # loop leaves idle.
     return implementations.select(
         "linear_recurrence",
         implementation,
         IMPLEMENTATIONS,
         preferred=(REFERENCE,) if platform == "cpu" else ("pallas", "associative"),
         cannot_run={"pallas": linear_scan_kernels.unsupported_reason(platform, dtype)},
+        kernels="linear_scan",
     )
 
 

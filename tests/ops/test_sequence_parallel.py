@@ -4,9 +4,9 @@ states and the gradients of every input (initial state included), with segment r
 of them on a shard boundary: linear_recurrence (both directions), gated_linear_attention (a
 decay per head and per key), delta_rule (with and without decay, beta up to 2),
 generalized_delta_rule, selective_scan (both forms), mlstm, causal_conv1d and
-softmax_attention (causal, window, segment ids, GQA, forget gate). Each shard runs the implementation asked for; one that cannot run is
-an error, never a substitute; so is an op that cannot run split. A split over an axis of one
-device runs the whole op."""
+softmax_attention (causal, window, segment ids, GQA, forget gate). Each shard runs the
+implementation asked for; one that cannot run is an error, never a substitute; so is an op
+that cannot run split. A split over an axis of one device runs the whole op."""
 
 import functools
 
