@@ -19,17 +19,20 @@ Cells:
             with a block-diagonal recurrence and a stabilizer              (Beck et al., 2024)
 """
 
+import itertools
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from seqjax.ops import checks, sequence_parallel
+from seqjax.ops import checks, deer, implementations, sequence_parallel
 from seqjax.ops.sequence_parallel import SequenceSplit
 from seqjax.typing import Array, PyTree
 
 Cell = Callable[[PyTree, Array], tuple[PyTree, Array]]
+IMPLEMENTATIONS = (implementations.REFERENCE, "deer", "quasi_deer")
 
 
 def run_cell(
@@ -40,6 +43,9 @@ def run_cell(
     segment_starts: Array | None = None,
     reverse: bool = False,
     sequence_split: SequenceSplit | None = None,
+    implementation: str | None = None,
+    tolerance: float = 1e-6,
+    max_iterations: int | None = None,
 ) -> tuple[Array, PyTree]:
     """Scans ``cell`` over the time axis of ``gate_inputs`` [B, T, G] (floating point).
 
@@ -48,6 +54,11 @@ def run_cell(
     carried from position p into p - 1 is dropped when p starts a segment).
     A nonlinear recurrence has no sequence-parallel form: a ``sequence_split`` whose axis
     has more than one device is an error.
+
+    ``implementation``: "reference" (None) runs one step after another (``lax.scan``);
+    "deer" and "quasi_deer" solve for all states at once by Newton iterations with the full
+    Jacobian or its diagonal (seqjax.ops.deer), until no state moves by more than
+    ``tolerance`` or after ``max_iterations`` (None: T, where they are exact).
     Returns ``(outputs [B, T, ...], final_state)``.
     """
     op = "run_cell"
@@ -76,8 +87,50 @@ def run_cell(
             state = jax.tree.map(lambda s: jnp.where(reset[:, None], 0, s), state)
             return cell(state, gate_input)
 
-    final_state, outputs = jax.lax.scan(step, initial_state, inputs, reverse=reverse)
+    implementation = implementations.select(
+        op, implementation, IMPLEMENTATIONS, preferred=(implementations.REFERENCE,)
+    )
+    if implementation == implementations.REFERENCE:
+        final_state, outputs = jax.lax.scan(step, initial_state, inputs, reverse=reverse)
+    else:
+        jacobian = "full" if implementation == "deer" else "diagonal"
+        outputs, final_state = _parallel_newton_cell(
+            step, initial_state, inputs, reverse, jacobian, tolerance, max_iterations
+        )
     return jnp.swapaxes(outputs, 0, 1), final_state
+
+
+def _parallel_newton_cell(step, initial_state, inputs, reverse, jacobian, tolerance, iterations):
+    """``run_cell``'s scan by seqjax.ops.deer: the state pytree as one float32 vector [B, S]
+    per step, the states solved for, then every step's output from the state before it."""
+    leaves, structure = jax.tree.flatten(initial_state)
+    shapes = [leaf.shape[1:] for leaf in leaves]
+    splits = list(itertools.accumulate(math.prod(shape) for shape in shapes))[:-1]
+
+    def flat(state):
+        parts = [leaf.reshape(leaf.shape[0], -1) for leaf in jax.tree.leaves(state)]
+        return jnp.concatenate(parts, axis=-1).astype(jnp.float32)
+
+    def unflat(vector):
+        parts = jnp.split(vector, splits, axis=-1)
+        leaves = [
+            part.reshape(part.shape[:-1] + shape).astype(leaf.dtype)
+            for part, shape, leaf in zip(parts, shapes, jax.tree.leaves(initial_state), strict=True)
+        ]
+        return jax.tree.unflatten(structure, leaves)
+
+    if reverse:
+        inputs = jax.tree.map(lambda t: jnp.flip(t, 0), inputs)
+    start = flat(initial_state)
+    states, _ = deer.parallel_newton(
+        lambda vector, x: flat(step(unflat(vector), x)[0]), start, inputs,
+        jacobian=jacobian, tolerance=tolerance, max_iterations=iterations,
+    )  # fmt: skip
+    previous = jnp.concatenate([start[None], states[:-1]], axis=0)
+    _, outputs = jax.vmap(step)(unflat(previous), inputs)
+    if reverse:
+        outputs = jnp.flip(outputs, 0)
+    return outputs, unflat(states[-1])
 
 
 def _at_least_float32(x: Array) -> Array:
