@@ -1,7 +1,8 @@
-"""Kernels by measurement (each op called unjitted, so that no trace is reused): on a GPU whose device kind kernels_pallas/measured.py does not
-list, ``implementation=None`` runs no Pallas kernel in any op that has one; with a record of
-that device kind (or ``SEQJAX_UNMEASURED_KERNELS=1``) it runs the kernel; asking for
-"pallas" by name runs it either way, and on CPU still fails, naming why."""
+"""Kernels by measurement (each op called unjitted, so that no trace is reused): on a GPU
+whose device kind kernels_pallas/measured.py does not list, ``implementation=None`` runs no
+Pallas kernel in any op that has one; with a record of that device kind (or
+``SEQJAX_UNMEASURED_KERNELS=1``) it runs the kernel; asking for "pallas" by name runs it
+either way, and on CPU still fails, naming why."""
 
 import jax
 import numpy as np
