@@ -153,7 +153,7 @@ def test_training_on_a_mesh_equals_one_device(one_device, fsdp_run, name):
         # Every op over time, Mamba's conv and scan and GLA's, runs split: one shard_map
         # forward and one backward each.
         ops = sorted(op for op, _ in calls)
-        assert ops == ["causal_conv1d", "gated_linear_attention", "linear_recurrence"]
+        assert ops == ["causal_conv1d", "gated_linear_attention", "selective_scan"]
         assert all(ran_split for _, ran_split in calls)
         assert jaxpr.count("shard_map") == 2 * len(calls)
         for metric, value in sharded.eval_metrics.items():
