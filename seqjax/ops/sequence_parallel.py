@@ -174,18 +174,17 @@ def split_selective_scan(
     local_op: Callable[..., tuple[Array, Array]],
     split: SequenceSplit,
     arrays: Sequence[Array],
-    state_matrix: Array,
+    parameters: Sequence[Array],
     initial_state: Array,
 ) -> tuple[Array, Array]:
-    """``local_op(u, delta, input_matrix, output_matrix, starts, state_matrix, state) ->
-    (y, final_state)`` run over ``split``: ``arrays`` are (u, delta, input_matrix,
-    output_matrix, starts) [B, T, ...], state_matrix A [E, N] is replicated and
-    initial_state is [B, E, N]. Returns y [B, T, E] (without the skip term) and the final
-    state, as the unsplit op."""
+    """``local_op(u, delta, input_matrix, output_matrix, starts, state_matrix, skip, state)
+    -> (y, final_state)`` run over ``split``: ``arrays`` are (u, delta, input_matrix,
+    output_matrix, starts) [B, T, ...], ``parameters`` (A [E, N], D [E]) are replicated and
+    initial_state is [B, E, N]. Returns y [B, T, E] and the final state, as the unsplit op."""
 
-    def shard(u, delta, input_matrix, output_matrix, starts, initial_state, state_matrix):
+    def shard(u, delta, input_matrix, output_matrix, starts, initial_state, *parameters):
         def run(u, state):
-            return local_op(u, delta, input_matrix, output_matrix, starts, state_matrix, state)
+            return local_op(u, delta, input_matrix, output_matrix, starts, *parameters, state)
 
         _, own = run(u, jnp.zeros_like(initial_state))
         _, transition = run(jnp.zeros_like(u), jnp.ones_like(initial_state))  # ∏ Ā over the shard
@@ -196,7 +195,12 @@ def split_selective_scan(
         return y, final
 
     return _shard_map(
-        "selective_scan", shard, split, tuple(arrays), (initial_state,), replicated=(state_matrix,)
+        "selective_scan",
+        shard,
+        split,
+        tuple(arrays),
+        (initial_state,),
+        replicated=tuple(parameters),
     )
 
 
