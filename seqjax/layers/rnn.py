@@ -26,13 +26,22 @@ class _RecurrentMixer(nnx.Module):
     """Shared input/output projections and a hidden vector [B, N] as the state; subclasses
     set ``num_gates`` and define ``cell()`` (and ``init_state`` for another state).
 
-    Options: ``hidden_size`` N (None for D).
+    Options: ``hidden_size`` N (None for D) and ``implementation`` (of ``run_cell``: the
+    sequential scan, or "deer" / "quasi_deer", Newton iterations over the whole sequence).
     """
 
     num_gates: int
 
-    def __init__(self, d_model: int, *, rngs: nnx.Rngs, hidden_size: int | None = None):
+    def __init__(
+        self,
+        d_model: int,
+        *,
+        rngs: nnx.Rngs,
+        hidden_size: int | None = None,
+        implementation: str | None = None,
+    ):
         check_sizes(hidden_size=hidden_size)
+        self.implementation = implementation
         self.hidden_size = hidden_size = hidden_size or d_model
         num_gates = self.num_gates
         self.input_proj = linear(d_model, num_gates * hidden_size, EMBED, HEADS, rngs=rngs)
@@ -48,8 +57,9 @@ class _RecurrentMixer(nnx.Module):
         if state is None:
             state = self.init_state(x.shape[0])
         hidden, final_state = cells.run_cell(
-            self.cell(), self.input_proj(x), state, segment_starts=segment_starts
-        )
+            self.cell(), self.input_proj(x), state, segment_starts=segment_starts,
+            implementation=self.implementation,
+        )  # fmt: skip
         return self.output_proj(hidden.astype(x.dtype)), final_state
 
     def init_state(self, batch_size: int) -> PyTree:

@@ -131,7 +131,9 @@ def _iterate(update, guess, tolerance, max_iterations):
     def body(carry):
         current, _, iteration = carry
         new = update(current)
-        return new, jnp.max(jnp.abs(new - current)), iteration + 1
+        # A non-finite state (from a non-finite input) never settles; the others decide.
+        change = jnp.abs(new - current)
+        return new, jnp.max(jnp.where(jnp.isfinite(change), change, 0)), iteration + 1
 
     solution, _, iterations = jax.lax.while_loop(
         running, body, (guess, jnp.array(jnp.inf, guess.dtype), jnp.array(0))

@@ -23,6 +23,8 @@ VARIANTS = [
     ("lstm", dict(peepholes=True, coupled_input_forget=True)),
     ("lstm", dict(forget_gate=False)),
     ("gru", dict(reset_after=False)),
+    ("gru", dict(implementation="deer")),
+    ("lstm", dict(implementation="quasi_deer")),
     ("mamba", dict(negative_eigenvalues=True)),
     ("hgrn", dict(forget_lower_bound=0.5)),
     ("hgrn", dict(form="fla", conv_width=4, forget_lower_bound=0.5)),
