@@ -147,8 +147,13 @@ def test_chunked_and_associative_match_over_shapes(
     def every_form(a, x, h0, starts):
         return {
             implementation: linear_recurrence(
-                a, x, initial_state=h0, segment_starts=starts, reverse=reverse,
-                implementation=implementation, chunk_size=chunk_size,
+                a,
+                x,
+                initial_state=h0,
+                segment_starts=starts,
+                reverse=reverse,
+                implementation=implementation,
+                chunk_size=chunk_size,
             )  # fmt: skip
             for implementation in ("reference", *FAST)
         }
