@@ -1,4 +1,4 @@
-"""The chunk loop shared by the chunked matrix-state ops (gated linear attention, delta rule).
+"""The chunk loop shared by the chunked ops (GLA, the delta rule, mLSTM, the selective scan).
 
 The sequence is cut into chunks of C steps; a loop carries the state from chunk to chunk,
 reading each chunk in place from the [B, T, ...] inputs and writing its outputs in place. The
