@@ -35,7 +35,8 @@ GATES = {"lstm": 4, "gru": 3}
 
 def seqjax_rnn(name: str, weights: dict, x):
     """The input projection for all steps at once, then ``run_cell`` over the cell."""
-    gate_inputs = x @ weights["input_kernel"] + weights["bias"]
+    projected = x @ weights["input_kernel"] + weights["bias"]
+    gate_inputs = tuple(jnp.split(projected, GATES[name], axis=-1))  # as the layers pass them
     hidden_size = weights["recurrent_kernel"].shape[0]
     zeros = jnp.zeros((x.shape[0], hidden_size), jnp.float32)
     if name == "lstm":

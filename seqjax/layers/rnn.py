@@ -56,8 +56,10 @@ class _RecurrentMixer(nnx.Module):
     ) -> tuple[Array, PyTree]:
         if state is None:
             state = self.init_state(x.shape[0])
+        # One [B, T, N] array per gate (seqjax.ops.cells says why).
+        gate_inputs = tuple(jnp.split(self.input_proj(x), self.num_gates, axis=-1))
         hidden, final_state = cells.run_cell(
-            self.cell(), self.input_proj(x), state, segment_starts=segment_starts,
+            self.cell(), gate_inputs, state, segment_starts=segment_starts,
             implementation=self.implementation,
         )  # fmt: skip
         return self.output_proj(hidden.astype(x.dtype)), final_state

@@ -229,16 +229,16 @@ class SLSTM(nnx.Module):
             conv, new_state["conv"] = self.conv(x, state["conv"], segment_starts)
             conv = jax.nn.silu(conv)
         sources = {"cell_input": x, "input": conv, "forget": conv, "output": x}
-        gate_input = jnp.concatenate(
-            [
-                block_diagonal_linear(sources[name], kernel)
-                for name, kernel in zip(cells.SLSTM_GATES, self.gate_kernels[...], strict=True)
-            ],
-            axis=-1,
-        ) + self.gate_bias[...].reshape(-1)
+        biases = jnp.split(self.gate_bias[...].reshape(-1), len(cells.SLSTM_GATES))
+        gate_inputs = tuple(  # one [B, T, N] array per gate (seqjax.ops.cells says why)
+            block_diagonal_linear(sources[name], kernel) + bias
+            for name, kernel, bias in zip(
+                cells.SLSTM_GATES, self.gate_kernels[...], biases, strict=True
+            )
+        )
         hidden, new_state["slstm"] = cells.run_cell(
             functools.partial(cells.slstm_cell, self.recurrent_kernel[...]),
-            gate_input,
+            gate_inputs,
             state["slstm"],
             segment_starts=segment_starts,
         )

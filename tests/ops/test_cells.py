@@ -1,6 +1,8 @@
 """The cells equal an independent NumPy implementation of their equations, and the scan
-driver handles initial states, segment resets and the reverse direction."""
+driver handles initial states, segment resets, the reverse direction and gate inputs given
+as one array or one array per gate."""
 
+import functools
 import itertools
 
 import jax
@@ -193,3 +195,49 @@ def test_bad_arguments_raise_clear_errors():
             lambda s, u: (s, u), jnp.zeros((2, 3, 1)), jnp.zeros((2, 1)),
             segment_starts=jnp.zeros((2, 4), bool),
         )  # fmt: skip
+
+
+@pytest.mark.parametrize("implementation", ["reference", "quasi_deer"])
+def test_gate_inputs_split_per_gate_equal_the_whole_array(implementation):
+    """Each cell given its gate inputs as one [B, T, G] array or as one [B, T, N] per gate
+    computes the same outputs, final state and gradients."""
+    rng = np.random.default_rng(6)
+    heads = 1
+    weights = {
+        "elman": (cells.elman_cell, jnp.asarray(random(rng, N, N) * 0.5), 1),
+        "lstm": (cells.lstm_cell, cells.LSTMWeights(jnp.asarray(random(rng, N, 4 * N)), None), 4),
+        "gru": (
+            cells.gru_cell,
+            cells.GRUWeights(jnp.asarray(random(rng, N, 3 * N)), jnp.ones(N)),
+            3,
+        ),
+        "slstm": (cells.slstm_cell, jnp.asarray(random(rng, heads, N, 4 * N) * 0.5), 4),
+    }
+    states = {
+        "elman": jnp.zeros((B, N)),
+        "lstm": cells.LSTMState(jnp.zeros((B, N)), jnp.zeros((B, N))),
+        "gru": jnp.zeros((B, N)),
+        "slstm": cells.SLSTMState(*(jnp.zeros((B, N)),) * 4),
+    }
+    for name, (cell, cell_weights, count) in weights.items():
+        gate_inputs = jnp.asarray(random(rng, B, T, count * N))
+
+        def loss(gate_inputs, cell=cell, cell_weights=cell_weights, name=name):
+            outputs, final = cells.run_cell(
+                functools.partial(cell, cell_weights), gate_inputs, states[name],
+                implementation=implementation,
+            )  # fmt: skip
+            value = jnp.sum(outputs**2) + sum(jnp.sum(leaf) for leaf in jax.tree.leaves(final))
+            return value, (outputs, final)
+
+        whole = jax.grad(loss, has_aux=True)(gate_inputs)
+
+        def split_loss(gate_inputs, loss=loss, count=count):
+            return loss(tuple(jnp.split(gate_inputs, count, axis=-1)))
+
+        parts = jax.grad(split_loss, has_aux=True)(gate_inputs)
+        jax.tree.map(
+            lambda a, e: np.testing.assert_allclose(a, e, rtol=RTOL, atol=ATOL), parts, whole
+        )
+    with pytest.raises(ValueError, match="the cell takes 3 gate inputs, got 2"):
+        cells.gru_cell(weights["gru"][1], states["gru"], (jnp.zeros((B, N)),) * 2)
