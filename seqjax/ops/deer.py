@@ -85,10 +85,16 @@ def _per_step(row, weights):
     return jax.vmap(jax.vmap(lambda s, x: row(s, x, *weights)))
 
 
-def _jacobians(row, weights, previous, inputs, jacobian):
-    """J_t = ∂f/∂s at every (s_{t-1}, x_t): [T, B, S, S], or its diagonal [T, B, S]."""
-    full = jax.vmap(jax.vmap(jax.jacfwd(lambda s, x: row(s, x, *weights))))(previous, inputs)
-    return full if jacobian == "full" else jnp.diagonal(full, axis1=-2, axis2=-1)
+def _linearized(row, weights, previous, inputs, jacobian):
+    """f(s_{t-1}, x_t) [T, B, S] and J_t = ∂f/∂s there, [T, B, S, S] or its diagonal
+    [T, B, S], from one forward-mode pass."""
+
+    def value_twice(s, x):
+        value = row(s, x, *weights)
+        return value, value
+
+    full, values = jax.vmap(jax.vmap(jax.jacfwd(value_twice, has_aux=True)))(previous, inputs)
+    return values, full if jacobian == "full" else jnp.diagonal(full, axis1=-2, axis2=-1)
 
 
 def _affine_scan(matrices: Array, offsets: Array, initial_state: Array, *, reverse=False):
@@ -145,12 +151,10 @@ def _iterate(update, guess, tolerance, max_iterations):
 def _solve(options, initial_state, inputs, weights):
     row, jacobian, tolerance, max_iterations = options
     length = jax.tree.leaves(inputs)[0].shape[0]
-    per_step = _per_step(row, weights)
 
     def newton(states):
         previous = _shifted(initial_state, states)
-        jacobians = _jacobians(row, weights, previous, inputs, jacobian)
-        values = per_step(previous, inputs)
+        values, jacobians = _linearized(row, weights, previous, inputs, jacobian)
         if jacobian == "full":
             linearized = values - jnp.einsum("tbij,tbj->tbi", jacobians, previous)
         else:
@@ -177,12 +181,7 @@ def _solve_backward(options, residuals, cotangents):
         _, vjp = jax.vjp(lambda s, x, w: _per_step(row, w)(s, x), previous, inputs, weights)
         return vjp(adjoint)
 
-    # δ_t = ct_t + J_{t+1}ᵀ δ_{t+1}: J_{t+1}ᵀ δ_{t+1} is the cotangent of s_t from step t + 1.
-    def carried_back(adjoint):  # [T, B, S]: J_{t+1}ᵀ δ_{t+1}, 0 at the last step
-        into_previous = pullback(adjoint)[0]
-        return jnp.concatenate([into_previous[1:], jnp.zeros_like(into_previous[:1])], axis=0)
-
-    jacobians = _jacobians(row, weights, previous, inputs, jacobian)
+    _, jacobians = _linearized(row, weights, previous, inputs, jacobian)
     # The adjoint runs backwards: δ_t = A_t δ_{t+1} + ct_t with A_t = J_{t+1}ᵀ.
     shifted = jnp.concatenate([jacobians[1:], jnp.zeros_like(jacobians[:1])], axis=0)
     if jacobian == "full":
@@ -191,6 +190,10 @@ def _solve_backward(options, residuals, cotangents):
             transposed, state_cotangent, jnp.zeros_like(initial_state), reverse=True
         )
     else:
+        # J_{t+1}ᵀ δ_{t+1} is the cotangent of s_t from step t + 1 (0 after the last step).
+        def carried_back(adjoint):
+            into_previous = pullback(adjoint)[0]
+            return jnp.concatenate([into_previous[1:], jnp.zeros_like(into_previous[:1])], 0)
 
         def quasi_newton(adjoint):
             # The exact residual, with the diagonal part moved to the left-hand side.
